@@ -1,0 +1,24 @@
+# The two commands of the README, and their helpers.
+MOUNT := mnt
+DATA := data
+REPOFS := .venv/bin/repofs
+
+.PHONY: run stop test deps lint
+
+deps:
+	@scripts/install-deps
+
+run: deps
+	@$(REPOFS) mount $(MOUNT) --data-dir $(DATA) --log-file $(DATA)/repofs.log
+	@$(REPOFS) tour $(MOUNT)
+
+stop:
+	@if [ -x $(REPOFS) ]; then $(REPOFS) umount $(MOUNT); fi
+
+test: deps
+	.venv/bin/ruff check repofs tests scripts
+	.venv/bin/python -m pytest -q
+
+lint: deps
+	.venv/bin/ruff check repofs tests scripts
+	.venv/bin/ruff format --check repofs tests scripts

@@ -1,0 +1,1 @@
+"""repofs: VM disk-image management exposed as a FUSE filesystem."""

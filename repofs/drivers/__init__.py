@@ -1,0 +1,1 @@
+"""Repository formats: on-disk layout, volumes, metadata and locks."""

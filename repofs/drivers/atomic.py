@@ -1,0 +1,54 @@
+"""Durable file updates: the only place repofs writes metadata files."""
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Replaces `path` with `data` so that a crash leaves the old or the new file.
+
+    Durable steps: write a temp file beside it, fsync it, rename it over `path`,
+    fsync the directory. A crash before the rename leaves only a temp file (named
+    TEMP_PREFIX..., which no listing shows and a clean removes).
+    """
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def durable_rename(src: Path, dst: Path) -> None:
+    """Moves a file in one atomic step; the caller holds the lock that makes
+    "`dst` does not exist" still true at the rename.
+
+    Durable steps: rename, fsync the destination directory, fsync the source
+    directory. A crash before the first fsync leaves the old name or the new one,
+    never both and never neither.
+    """
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def read_json(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return json.load(f)

@@ -1,0 +1,246 @@
+"""localfs-1.0: a repository in one directory, used by one host.
+
+Layout (DESIGN.md, "On-disk: localfs-1.0"; docs/on-disk.md adds trash/ and options):
+
+    ROOT/repofs.json          format marker and format version
+    ROOT/options.json         the repository's default options (user.repofs.* xattrs)
+    ROOT/images/ID.json       image record
+    ROOT/trash/ID.json        record of a removed image, restorable until cleaned
+    ROOT/volumes/VOL.FORMAT   raw or qcow2 volume
+    ROOT/tasks/TASK.json      queued/running work (fix engine)
+    ROOT/locks/               repository.lock (metadata changes), connection.lock
+    ROOT/hosts/HOST.json      host heartbeats (fix engine)
+
+Every metadata change happens under the repository lock and is an atomic write
+(drivers/atomic.py). Volumes are created before the record that names them and
+removed only after no record names them.
+"""
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from repofs import errors
+from repofs.drivers.atomic import atomic_write_json, durable_rename, fsync_dir, read_json
+from repofs.model import ImageRecord, RepositoryOptions, Volume, VolumeFormat
+
+log = logging.getLogger(__name__)
+
+FORMAT = "localfs-1.0"
+FORMAT_VERSION = 1
+_DIRS = ("images", "trash", "volumes", "tasks", "locks", "hosts")
+
+
+class LocalRepository:
+    """One localfs-1.0 directory. Methods are blocking: call them from a worker thread."""
+
+    format = FORMAT
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._images = root / "images"
+        self._trash = root / "trash"
+        self._volumes = root / "volumes"
+        self._locks = root / "locks"
+        self._thread_lock = threading.Lock()
+        self._connection_fd: int | None = None
+
+    # Connection
+
+    @classmethod
+    def open(cls, root: Path) -> "LocalRepository":
+        """Opens the repository at `root`, formatting it when `root` is an empty directory.
+
+        Durable steps of formatting: create the subdirectories, then write the
+        marker. A crash before the marker leaves a directory holding only empty
+        subdirectories, which the next open formats again.
+        """
+        root = root.absolute()
+        marker = root / "repofs.json"
+        if not root.is_dir():
+            raise errors.not_found(f"{root} is not a directory")
+        if marker.exists():
+            data = read_json(marker)
+            if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
+                raise errors.invalid(f"{root} holds format {data.get('format')!r}, not {FORMAT}")
+        elif any(p.name not in _DIRS or any(p.iterdir()) for p in root.iterdir()):
+            raise errors.invalid(f"{root} is not empty and is not a repofs repository")
+        else:
+            for name in _DIRS:
+                (root / name).mkdir(exist_ok=True)
+            fsync_dir(root)
+            atomic_write_json(marker, {"format": FORMAT, "version": FORMAT_VERSION})
+            log.info("formatted %s as %s", root, FORMAT)
+        repo = cls(root)
+        repo._take_connection_lock()
+        return repo
+
+    def _take_connection_lock(self) -> None:
+        """localfs-1.0 is for one host: a second process connecting it is refused."""
+        fd = os.open(self._locks / "connection.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise errors.busy(f"{self.root} is connected by another repofs process") from None
+        self._connection_fd = fd
+
+    def close(self) -> None:
+        if self._connection_fd is not None:
+            os.close(self._connection_fd)
+            self._connection_fd = None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The repository lock: serialises metadata changes among threads and processes.
+
+        flock on a descriptor of our own conflicts with every other descriptor,
+        including other threads' in this process.
+        """
+        with self._thread_lock:
+            fd = os.open(self._locks / "repository.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # Facts
+
+    def statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.root)
+
+    def read_options(self) -> RepositoryOptions:
+        path = self.root / "options.json"
+        return RepositoryOptions.from_json(read_json(path)) if path.exists() else RepositoryOptions()
+
+    def write_options(self, options: RepositoryOptions) -> None:
+        with self.lock():
+            atomic_write_json(self.root / "options.json", options.to_json())
+
+    # Image records
+
+    def _record_path(self, image_id: str, trashed: bool = False) -> Path:
+        return (self._trash if trashed else self._images) / f"{image_id}.json"
+
+    def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
+        path = self._record_path(image_id, trashed)
+        try:
+            return ImageRecord.from_json(image_id, read_json(path))
+        except FileNotFoundError:
+            where = "trash" if trashed else "repository"
+            raise errors.not_found(f"no image {image_id} in {where} {self.root}") from None
+
+    def list_image_ids(self, trashed: bool = False) -> list[str]:
+        directory = self._trash if trashed else self._images
+        return sorted(
+            p.name[: -len(".json")]
+            for p in directory.iterdir()
+            if p.name.endswith(".json") and not p.name.startswith(".")
+        )
+
+    def list_images(self, trashed: bool = False) -> list[ImageRecord]:
+        records = []
+        for image_id in self.list_image_ids(trashed):
+            with contextlib.suppress(errors.RepofsError):  # removed while we listed
+                records.append(self.read_image(image_id, trashed))
+        return records
+
+    def create_image(self, record: ImageRecord) -> ImageRecord:
+        """Writes the record of a new image (generation 1); EEXIST if the ID is taken."""
+        with self.lock():
+            path = self._record_path(record.id)
+            if path.exists():
+                raise errors.exists(f"image {record.id} already exists")
+            record = record.evolve(generation=1)
+            atomic_write_json(path, record.to_json())
+            return record
+
+    def update_image(self, record: ImageRecord) -> ImageRecord:
+        """Compare-and-swap: writes `record` as generation + 1 if storage still holds
+        `record.generation`, else ESTALE (someone else changed the image meanwhile)."""
+        with self.lock():
+            current = self.read_image(record.id)
+            if current.generation != record.generation:
+                raise errors.conflict(
+                    f"image {record.id} changed meanwhile (generation "
+                    f"{current.generation}, expected {record.generation})"
+                )
+            record = record.evolve(generation=record.generation + 1)
+            atomic_write_json(self._record_path(record.id), record.to_json())
+            return record
+
+    def trash_image(self, image_id: str) -> None:
+        """removeImage on storage: one rename of the record into trash/."""
+        with self.lock():
+            if self._record_path(image_id, trashed=True).exists():
+                raise errors.exists(
+                    f"trash already holds an image {image_id}: restore or clean it first"
+                )
+            self._rename(self._record_path(image_id), self._record_path(image_id, trashed=True))
+
+    def restore_image(self, image_id: str) -> None:
+        with self.lock():
+            if self._record_path(image_id).exists():
+                raise errors.exists(f"image {image_id} already exists")
+            self._rename(self._record_path(image_id, trashed=True), self._record_path(image_id))
+
+    def rename_image(self, old_id: str, new_id: str) -> None:
+        with self.lock():
+            if self._record_path(new_id).exists():
+                raise errors.exists(f"image {new_id} already exists")
+            self._rename(self._record_path(old_id), self._record_path(new_id))
+
+    @staticmethod
+    def _rename(src: Path, dst: Path) -> None:
+        try:
+            durable_rename(src, dst)
+        except FileNotFoundError:
+            raise errors.not_found(f"{src.name[:-5]} does not exist") from None
+
+    # Volumes
+
+    def volume_path(self, volume: Volume) -> Path:
+        return self._volumes / volume.file_name
+
+    def new_volume(self, fmt: VolumeFormat) -> Volume:
+        return Volume(uuid.uuid4().hex, fmt)
+
+    def create_raw_volume(self, size: int, preallocate: bool) -> Volume:
+        """Creates a raw volume of `size` bytes, allocated on storage if `preallocate`.
+
+        Durable steps: create + size (+ allocate) the file, fsync it, fsync the
+        directory. A crash leaves a volume no record names, which a clean removes.
+        """
+        volume = self.new_volume(VolumeFormat.RAW)
+        path = self.volume_path(volume)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            if preallocate and size:
+                os.posix_fallocate(fd, 0, size)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            fd = -1
+            path.unlink()
+            if exc.errno == errno.ENOSPC:
+                raise errors.no_space(f"no space for a {size}-byte volume in {self.root}") from None
+            raise errors.from_os_error(exc, f"creating volume {path}") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        fsync_dir(self._volumes)
+        return volume
+
+    def allocated_bytes(self, volume: Volume) -> int:
+        try:
+            return os.stat(self.volume_path(volume)).st_blocks * 512
+        except FileNotFoundError:
+            return 0

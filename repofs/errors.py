@@ -1,0 +1,72 @@
+"""The one error type of repofs: an errno a shell user recognises, and the reason.
+
+Every refusal below the FUSE layer raises RepofsError; the FUSE boundary turns it
+into the errno and logs the reason. The constructors below are where each errno
+choice of DESIGN.md is made, so that the same situation always gets the same errno.
+"""
+
+import errno
+
+
+class RepofsError(Exception):
+    def __init__(self, errno_: int, reason: str):
+        super().__init__(reason)
+        self.errno = errno_
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{errno.errorcode.get(self.errno, self.errno)}: {self.reason}"
+
+
+def not_found(reason: str) -> RepofsError:
+    return RepofsError(errno.ENOENT, reason)
+
+
+def exists(reason: str) -> RepofsError:
+    return RepofsError(errno.EEXIST, reason)
+
+
+def invalid(reason: str) -> RepofsError:
+    return RepofsError(errno.EINVAL, reason)
+
+
+def busy(reason: str) -> RepofsError:
+    return RepofsError(errno.EBUSY, reason)
+
+
+def read_only(reason: str) -> RepofsError:
+    return RepofsError(errno.EROFS, reason)
+
+
+def cross_repository(reason: str) -> RepofsError:
+    return RepofsError(errno.EXDEV, reason)
+
+
+def not_supported(reason: str) -> RepofsError:
+    return RepofsError(errno.EOPNOTSUPP, reason)
+
+
+def no_attribute(reason: str) -> RepofsError:
+    return RepofsError(errno.ENODATA, reason)
+
+
+def too_long(reason: str) -> RepofsError:
+    return RepofsError(errno.ERANGE, reason)
+
+
+def no_space(reason: str) -> RepofsError:
+    return RepofsError(errno.ENOSPC, reason)
+
+
+def io_error(reason: str) -> RepofsError:
+    return RepofsError(errno.EIO, reason)
+
+
+def conflict(reason: str) -> RepofsError:
+    """A record changed under us (generation compare-and-swap failed)."""
+    return RepofsError(errno.ESTALE, reason)
+
+
+def from_os_error(exc: OSError, what: str) -> RepofsError:
+    """A storage syscall failed: keep its errno (ENOSPC stays ENOSPC), say where."""
+    return RepofsError(exc.errno or errno.EIO, f"{what}: {exc.strerror or exc}")

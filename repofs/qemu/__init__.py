@@ -1,0 +1,1 @@
+"""QEMU tools: qemu-img, qemu-storage-daemon (QMP through qemu.qmp), NBD client."""

@@ -1,0 +1,56 @@
+"""qemu-img, run asynchronously. The format is always named: QEMU never probes."""
+
+import errno
+import json
+import logging
+from pathlib import Path
+
+import trio
+
+from repofs import errors
+from repofs.model import VolumeFormat
+from repofs.qemu.tools import require
+
+log = logging.getLogger(__name__)
+
+
+async def _run(*args: str) -> bytes:
+    cmd = [require("qemu-img"), *args]
+    result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip()
+        code = errno.ENOSPC if "No space left" in message else errno.EIO
+        raise errors.RepofsError(code, f"qemu-img {args[0]} failed: {message}")
+    return result.stdout
+
+
+async def create_overlay(path: Path, size: int, backing: Path, backing_format: VolumeFormat) -> None:
+    """Creates a qcow2 volume at `path` over `backing`, which must be in the same
+    directory: the backing name stored in the header is bare and relative, so the
+    repository can move as a whole."""
+    assert backing.parent == path.parent
+    await _run(
+        "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
+        "-b", backing.name, "-F", str(backing_format), str(path), str(size),
+    )  # fmt: skip
+
+
+async def resize(path: Path, fmt: VolumeFormat, size: int) -> None:
+    await _run("resize", "-q", "-f", str(fmt), str(path), str(size))
+
+
+async def info(path: Path, fmt: VolumeFormat) -> dict:
+    """`qemu-img info` of one volume; -U because the storage daemon may hold it open."""
+    return json.loads(await _run("info", "-U", "--output=json", "-f", str(fmt), str(path)))
+
+
+async def repair_leaks(path: Path) -> None:
+    """Repairs refcount leaks of a qcow2 volume left open for writing by a crash.
+
+    Leaks are harmless and repaired in place; any other corruption raises EIO so the
+    volume is not used for writing (DESIGN.md, Data path)."""
+    cmd = [require("qemu-img"), "check", "-q", "-r", "leaks", "-f", "qcow2", str(path)]
+    result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode not in (0, 3):
+        message = (result.stdout + result.stderr).decode(errors="replace").strip()
+        raise errors.io_error(f"{path.name} fails qemu-img check: {message}")

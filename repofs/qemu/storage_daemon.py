@@ -1,0 +1,237 @@
+"""The mount's one qemu-storage-daemon: qcow2 chains opened as block nodes and
+exported over NBD on a unix socket, supervised and restarted if it dies.
+
+Each open image with a qcow2 top is one block node (QEMU opens the backing chain
+from the qcow2 headers, whose backing formats repofs always records) and one NBD
+export of the same name. If the daemon dies, `run` starts a new one and adds every
+node again (after `qemu-img check -r leaks` on the writable ones); NBD clients see
+their connection fail and reconnect through `connect`, which waits for that.
+"""
+
+import ctypes
+import errno
+import itertools
+import logging
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from repofs import errors
+from repofs.model import VolumeFormat
+from repofs.qemu import img
+from repofs.qemu.nbd import NbdConnection
+from repofs.qemu.qmp import QmpConnection
+from repofs.qemu.tools import require
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 10
+RESTART_DELAY_S = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Node:
+    name: str
+    path: Path
+    read_only: bool
+    users: int = 1
+
+
+def _die_with_parent() -> None:
+    # Our process runs this in the child between fork and exec; a repofs killed
+    # with -9 must not leave a daemon holding image locks behind.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class StorageDaemon:
+    def __init__(self, run_dir: Path, log_fd: int | None):
+        self._run_dir = run_dir
+        self._log_fd = log_fd
+        self.qmp_socket = str(run_dir / "qsd-qmp.sock")
+        self.nbd_socket = str(run_dir / "qsd-nbd.sock")
+        self._names = itertools.count(1)
+        self._nodes: dict[Path, Node] = {}
+        self._process: subprocess.Popen | None = None
+        self._qmp: QmpConnection | None = None
+        self._ready = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._node_lock = trio.Lock()
+
+    # Lifetime
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Runs the daemon until cancelled, restarting it whenever it dies."""
+        require("qemu-storage-daemon")
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._start()
+                self._ready.set()
+                task_status.started()
+                while True:
+                    await self._wait_for_exit()
+                    self._ready = trio.Event()
+                    log.error("qemu-storage-daemon exited with %s; restarting",
+                              self._process.returncode)  # fmt: skip
+                    await self._qmp.close()
+                    await trio.sleep(RESTART_DELAY_S)
+                    await self._start()
+                    await self._add_all_nodes()
+                    self._ready.set()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop()
+                nursery.cancel_scope.cancel()
+
+    async def _start(self) -> None:
+        for sock in (self.qmp_socket, self.nbd_socket):
+            if os.path.exists(sock):
+                os.unlink(sock)
+        cmd = [
+            require("qemu-storage-daemon"),
+            "--chardev", f"socket,id=qmp,path={self.qmp_socket},server=on,wait=off",
+            "--monitor", "chardev=qmp",
+            "--nbd-server", f"addr.type=unix,addr.path={self.nbd_socket}",
+        ]  # fmt: skip
+        # Popen from this thread (not a worker thread): PDEATHSIG follows the
+        # thread that forked, and trio's worker threads come and go.
+        self._process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log_fd, stderr=self._log_fd,
+            preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        self._pidfd = os.pidfd_open(self._process.pid)
+        with trio.move_on_after(START_TIMEOUT_S) as scope:
+            while not (os.path.exists(self.qmp_socket) and os.path.exists(self.nbd_socket)):
+                if self._process.poll() is not None:
+                    raise errors.io_error(
+                        f"qemu-storage-daemon exited at start with {self._process.returncode}"
+                    )
+                await trio.sleep(0.02)
+        if scope.cancelled_caught:
+            self._process.kill()
+            raise errors.io_error("qemu-storage-daemon did not start in time")
+        self._qmp = QmpConnection("repofs")
+        await self._qmp.connect(self.qmp_socket)
+        log.info("qemu-storage-daemon started, pid %d", self._process.pid)
+
+    async def _wait_for_exit(self) -> None:
+        await trio.lowlevel.wait_readable(self._pidfd)
+        self._process.wait()
+        os.close(self._pidfd)
+
+    async def _stop(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        try:
+            await self._qmp.execute("quit", timeout=STOP_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - it is being stopped either way
+            pass
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            while self._process.poll() is None:
+                await trio.sleep(0.05)
+        if self._process.poll() is None:
+            log.warning("qemu-storage-daemon ignored quit; killing pid %d", self._process.pid)
+            self._process.kill()
+            self._process.wait()
+        await self._qmp.close()
+        os.close(self._pidfd)
+        log.info("qemu-storage-daemon stopped")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    # Nodes and exports
+
+    async def open_node(self, top: Path, read_only: bool) -> str:
+        """Opens the qcow2 chain whose top volume is `top` and exports it over NBD.
+        Opening the same top again shares its node."""
+        await self._ready.wait()
+        async with self._node_lock:
+            node = self._nodes.get(top)
+            if node is not None:
+                node.users += 1
+                return node.name
+            node = Node(f"img{next(self._names)}", top, read_only)
+            await self._add_node(node)
+            self._nodes[top] = node
+            return node.name
+
+    async def close_node(self, top: Path) -> None:
+        await self._ready.wait()
+        async with self._node_lock:
+            node = self._nodes[top]
+            node.users -= 1
+            if node.users:
+                return
+            del self._nodes[top]
+            await self._remove_export(node)
+            await self._qmp.execute("blockdev-del", {"node-name": node.name})
+
+    async def _remove_export(self, node: Node) -> None:
+        """Drops the export and its clients; returns once it let go of the node."""
+        await self._qmp.execute("block-export-del", {"id": node.name, "mode": "hard"})
+        with trio.fail_after(STOP_TIMEOUT_S):
+            while any(e["id"] == node.name for e in await self._qmp.execute("query-block-exports")):
+                await trio.sleep(0.01)
+
+    async def _add_export(self, node: Node) -> None:
+        await self._qmp.execute("block-export-add", {
+            "type": "nbd", "id": node.name, "node-name": node.name,
+            "name": node.name, "writable": not node.read_only,
+        })  # fmt: skip
+
+    async def _add_node(self, node: Node) -> None:
+        if not node.read_only:
+            await img.repair_leaks(node.path)
+        await self._qmp.execute("blockdev-add", {
+            "driver": str(VolumeFormat.QCOW2),
+            "node-name": node.name,
+            "read-only": node.read_only,
+            "discard": "unmap",
+            "file": {"driver": "file", "filename": str(node.path), "aio": "threads"},
+        })  # fmt: skip
+        await self._add_export(node)
+
+    async def _add_all_nodes(self) -> None:
+        async with self._node_lock:
+            for node in list(self._nodes.values()):
+                try:
+                    await self._add_node(node)
+                except errors.RepofsError as exc:
+                    log.error("cannot reopen %s after the restart: %s", node.path.name, exc)
+
+    async def resize(self, top: Path, size: int) -> None:
+        """Grows an open chain. An NBD export holds its node's size fixed, so the
+        export is dropped around the resize; its clients reconnect (see `connect`)
+        and then see the new size."""
+        await self._ready.wait()
+        async with self._node_lock:
+            node = self._nodes[top]
+            self._ready = trio.Event()
+            try:
+                await self._remove_export(node)
+                try:
+                    await self._qmp.execute("block_resize", {"node-name": node.name, "size": size})
+                finally:
+                    await self._add_export(node)
+            finally:
+                self._ready.set()
+
+    async def connect(self, node_name: str) -> NbdConnection:
+        """An NBD connection to a node's export, waiting for a restart in progress."""
+        with trio.fail_after(START_TIMEOUT_S * 2):
+            while True:
+                await self._ready.wait()
+                try:
+                    return await NbdConnection.connect(self._nursery, self.nbd_socket, node_name)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT and self._ready.is_set():
+                        raise errors.io_error(f"no NBD export {node_name}: {exc}") from None
+                    await trio.sleep(RESTART_DELAY_S)
