@@ -118,7 +118,9 @@ class LocalRepository:
 
     def read_options(self) -> RepositoryOptions:
         path = self.root / "options.json"
-        return RepositoryOptions.from_json(read_json(path)) if path.exists() else RepositoryOptions()
+        return (
+            RepositoryOptions.from_json(read_json(path)) if path.exists() else RepositoryOptions()
+        )
 
     def write_options(self, options: RepositoryOptions) -> None:
         with self.lock():
@@ -136,6 +138,9 @@ class LocalRepository:
         except FileNotFoundError:
             where = "trash" if trashed else "repository"
             raise errors.not_found(f"no image {image_id} in {where} {self.root}") from None
+
+    def has_image(self, image_id: str) -> bool:
+        return self._record_path(image_id).exists()
 
     def list_image_ids(self, trashed: bool = False) -> list[str]:
         directory = self._trash if trashed else self._images
@@ -238,6 +243,25 @@ class LocalRepository:
                 os.close(fd)
         fsync_dir(self._volumes)
         return volume
+
+    def grow_raw_volume(self, volume: Volume, old_size: int, size: int, preallocate: bool) -> None:
+        """Extends a raw volume from `old_size` (the record's) to `size` bytes.
+
+        Durable steps: cut the file back to `old_size` (dropping growth a crash
+        left unrecorded, so the new range reads as zeros), extend it, allocate the
+        new range if asked, fsync.
+        """
+        fd = os.open(self.volume_path(volume), os.O_WRONLY)
+        try:
+            os.ftruncate(fd, old_size)
+            os.ftruncate(fd, size)
+            if preallocate:
+                os.posix_fallocate(fd, old_size, size - old_size)
+            os.fsync(fd)
+        except OSError as exc:
+            raise errors.from_os_error(exc, f"growing volume {volume.file_name}") from None
+        finally:
+            os.close(fd)
 
     def allocated_bytes(self, volume: Volume) -> int:
         try:

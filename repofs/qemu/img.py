@@ -24,15 +24,27 @@ async def _run(*args: str) -> bytes:
     return result.stdout
 
 
-async def create_overlay(path: Path, size: int, backing: Path, backing_format: VolumeFormat) -> None:
+async def create_overlay(
+    path: Path, size: int, backing: Path, backing_format: VolumeFormat
+) -> None:
     """Creates a qcow2 volume at `path` over `backing`, which must be in the same
     directory: the backing name stored in the header is bare and relative, so the
     repository can move as a whole."""
     assert backing.parent == path.parent
     await _run(
-        "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536",
-        "-b", backing.name, "-F", str(backing_format), str(path), str(size),
-    )  # fmt: skip
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=65536",
+        "-b",
+        backing.name,
+        "-F",
+        str(backing_format),
+        str(path),
+        str(size),
+    )
 
 
 async def resize(path: Path, fmt: VolumeFormat, size: int) -> None:

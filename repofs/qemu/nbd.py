@@ -168,7 +168,10 @@ async def _handshake(sock, export: str) -> int:
     payload = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
     await _send_all(
         sock,
-        struct.pack(">I", client_flags) + IHAVEOPT + struct.pack(">II", OPT_GO, len(payload)) + payload,
+        struct.pack(">I", client_flags)
+        + IHAVEOPT
+        + struct.pack(">II", OPT_GO, len(payload))
+        + payload,
     )
     size = None
     while True:

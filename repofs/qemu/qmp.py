@@ -41,8 +41,9 @@ class QmpConnection:
     async def connect(self, socket_path: str, timeout: float = 10) -> None:
         await self._call(self._client.connect(socket_path), timeout)
 
-    async def execute(self, command: str, arguments: dict | None = None,
-                      timeout: float = COMMAND_TIMEOUT_S):  # fmt: skip
+    async def execute(
+        self, command: str, arguments: dict | None = None, timeout: float = COMMAND_TIMEOUT_S
+    ):
         try:
             return await self._call(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:

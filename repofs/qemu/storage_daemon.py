@@ -77,8 +77,9 @@ class StorageDaemon:
                 while True:
                     await self._wait_for_exit()
                     self._ready = trio.Event()
-                    log.error("qemu-storage-daemon exited with %s; restarting",
-                              self._process.returncode)  # fmt: skip
+                    log.error(
+                        "qemu-storage-daemon exited with %s; restarting", self._process.returncode
+                    )
                     await self._qmp.close()
                     await trio.sleep(RESTART_DELAY_S)
                     await self._start()
@@ -95,16 +96,22 @@ class StorageDaemon:
                 os.unlink(sock)
         cmd = [
             require("qemu-storage-daemon"),
-            "--chardev", f"socket,id=qmp,path={self.qmp_socket},server=on,wait=off",
-            "--monitor", "chardev=qmp",
-            "--nbd-server", f"addr.type=unix,addr.path={self.nbd_socket}",
-        ]  # fmt: skip
+            "--chardev",
+            f"socket,id=qmp,path={self.qmp_socket},server=on,wait=off",
+            "--monitor",
+            "chardev=qmp",
+            "--nbd-server",
+            f"addr.type=unix,addr.path={self.nbd_socket}",
+        ]
         # Popen from this thread (not a worker thread): PDEATHSIG follows the
         # thread that forked, and trio's worker threads come and go.
         self._process = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log_fd, stderr=self._log_fd,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fd,
+            stderr=self._log_fd,
             preexec_fn=_die_with_parent,
-        )  # fmt: skip
+        )
         self._pidfd = os.pidfd_open(self._process.pid)
         with trio.move_on_after(START_TIMEOUT_S) as scope:
             while not (os.path.exists(self.qmp_socket) and os.path.exists(self.nbd_socket)):
@@ -182,21 +189,30 @@ class StorageDaemon:
                 await trio.sleep(0.01)
 
     async def _add_export(self, node: Node) -> None:
-        await self._qmp.execute("block-export-add", {
-            "type": "nbd", "id": node.name, "node-name": node.name,
-            "name": node.name, "writable": not node.read_only,
-        })  # fmt: skip
+        await self._qmp.execute(
+            "block-export-add",
+            {
+                "type": "nbd",
+                "id": node.name,
+                "node-name": node.name,
+                "name": node.name,
+                "writable": not node.read_only,
+            },
+        )
 
     async def _add_node(self, node: Node) -> None:
         if not node.read_only:
             await img.repair_leaks(node.path)
-        await self._qmp.execute("blockdev-add", {
-            "driver": str(VolumeFormat.QCOW2),
-            "node-name": node.name,
-            "read-only": node.read_only,
-            "discard": "unmap",
-            "file": {"driver": "file", "filename": str(node.path), "aio": "threads"},
-        })  # fmt: skip
+        await self._qmp.execute(
+            "blockdev-add",
+            {
+                "driver": str(VolumeFormat.QCOW2),
+                "node-name": node.name,
+                "read-only": node.read_only,
+                "discard": "unmap",
+                "file": {"driver": "file", "filename": str(node.path), "aio": "threads"},
+            },
+        )
         await self._add_export(node)
 
     async def _add_all_nodes(self) -> None:

@@ -1,0 +1,3 @@
+from repofs.cli import main
+
+main()

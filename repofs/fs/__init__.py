@@ -1,0 +1,1 @@
+"""The FUSE layer: path <-> object, errno, xattrs, rendering. No storage logic."""

@@ -1,0 +1,38 @@
+"""The one errno boundary around every FUSE handler.
+
+pyfuse3 lets only FUSEError out of a handler: anything else kills the mount.
+RepofsError becomes its errno, and its reason is logged; anything unexpected
+becomes EIO with its traceback in the log, and the mount stays up.
+"""
+
+import errno
+import functools
+import logging
+
+import pyfuse3
+
+from repofs.errors import RepofsError
+
+log = logging.getLogger("repofs.fs")
+
+# Answers that shells and tools provoke all the time while probing (`ls`,
+# completion, security.* lookups): logged at debug level only.
+ROUTINE = frozenset({errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP})
+
+
+def boundary(handler):
+    @functools.wraps(handler)
+    async def wrapper(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except RepofsError as exc:
+            level = logging.DEBUG if exc.errno in ROUTINE else logging.WARNING
+            log.log(level, "%s refused: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("%s failed unexpectedly", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper

@@ -1,0 +1,81 @@
+"""Running one repofs mount: the storage daemon, the connected repositories and
+the FUSE session, all in one trio run, until unmounted or terminated."""
+
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from repofs import errors
+from repofs.fs.operations import RepofsOperations
+from repofs.ops.connect_repository import connect_data_dir, connect_repository, parse_connection
+from repofs.ops.registry import Registry
+from repofs.qemu.storage_daemon import StorageDaemon
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENT_REQUESTS = 64
+
+
+async def _serve(
+    mountpoint: Path,
+    data_dir: Path,
+    connections: list[str],
+    host_id: str,
+    allow_other: bool,
+    log_fd: int | None,
+    run_dir: Path,
+) -> None:
+    daemon = StorageDaemon(run_dir, log_fd)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        registry = Registry(data_dir, host_id, daemon)
+        await connect_data_dir(registry)
+        for line in connections:
+            await connect_repository(registry, *parse_connection(line))
+        options = set(pyfuse3.default_options) | {"fsname=repofs", "subtype=repofs"}
+        if allow_other:
+            options.add("allow_other")
+        pyfuse3.init(RepofsOperations(registry), str(mountpoint), options)
+        nursery.start_soon(_terminate_on_signal)
+        log.info("mounted %s (data %s, host %s)", mountpoint, data_dir, host_id)
+        try:
+            await pyfuse3.main(max_tasks=MAX_CONCURRENT_REQUESTS)
+        finally:
+            pyfuse3.close(unmount=True)
+            for repo in registry.repositories.values():
+                repo.driver.close()
+            nursery.cancel_scope.cancel()
+    log.info("unmounted %s", mountpoint)
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def serve(
+    mountpoint: Path,
+    data_dir: Path,
+    connections: list[str],
+    host_id: str,
+    allow_other: bool,
+    log_fd: int | None,
+) -> None:
+    """Mounts and serves in the foreground until unmounted."""
+    run_dir = Path(tempfile.mkdtemp(prefix="repofs-"))
+    try:
+        trio.run(_serve, mountpoint, data_dir, connections, host_id, allow_other, log_fd, run_dir)
+    except* errors.RepofsError as group:
+        raise group.exceptions[0] from None
+    finally:
+        for entry in run_dir.iterdir():
+            entry.unlink()
+        os.rmdir(run_dir)

@@ -1,0 +1,507 @@
+"""The FUSE operations: each handler maps a path to an object, calls one operation
+of repofs.ops, and renders the outcome. Errno mapping is in boundary.py."""
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from repofs import errors
+from repofs.fs import render
+from repofs.fs.boundary import boundary
+from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
+from repofs.model import ImageKind, Owner
+from repofs.ops import image_attributes, repository_options
+from repofs.ops.connect_repository import (
+    connect_repository,
+    create_local_repository,
+    disconnect_repository,
+    parse_connection,
+)
+from repofs.ops.create_snapshot import create_snapshot
+from repofs.ops.create_virtual_disk import create_virtual_disk, create_virtual_disk_from_snapshot
+from repofs.ops.image_status import get_image_status
+from repofs.ops.open_image import OpenImage, open_image, release_image
+from repofs.ops.registry import Registry
+from repofs.ops.remove_image import remove_image, restore_image
+from repofs.ops.rename_image import rename_image
+from repofs.ops.resize_virtual_disk import resize_virtual_disk
+
+log = logging.getLogger(__name__)
+
+AREA_KIND = {Area.DISKS: ImageKind.VIRTUAL_DISK, Area.SNAPSHOTS: ImageKind.SNAPSHOT}
+KIND_AREA = {kind: area for area, kind in AREA_KIND.items()}
+REPOSITORY_ENTRIES = {
+    **{area.value: NodeKind.AREA for area in Area},
+    "repository": NodeKind.REPOSITORY_FILE,
+}
+ROOT_ENTRIES = {"README": NodeKind.README, "connect": NodeKind.CONNECT}
+ROOT_ATTRIBUTES = ("user.repofs.pid", "user.repofs.host")
+IMAGE_ATTRIBUTE_CACHE_S = 1.0
+
+
+@dataclass
+class ImageHandle:
+    image: OpenImage
+
+
+@dataclass
+class TextHandle:
+    data: bytes
+
+
+@dataclass
+class ConnectHandle:
+    pass
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class RepofsOperations(pyfuse3.Operations):
+    def __init__(self, registry: Registry):
+        super().__init__()
+        self.registry = registry
+        self.inodes = InodeTable()
+        self._handles: dict[int, object] = {}
+        self._next_handle = 1
+
+    # Path <-> object
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.inodes.node(ino)
+        except KeyError:
+            raise errors.not_found(f"inode {ino} is gone") from None
+
+    def _repo(self, node: Node):
+        return self.registry.get(node.repo)
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        """The node for `name` in `parent`, if it exists (ENOENT otherwise)."""
+        if name == "..":
+            return parent.parent()
+        if parent.kind is NodeKind.ROOT:
+            if name in ROOT_ENTRIES:
+                return Node(ROOT_ENTRIES[name])
+            self.registry.get(name)
+            return Node(NodeKind.REPOSITORY, name)
+        if parent.kind is NodeKind.REPOSITORY:
+            kind = REPOSITORY_ENTRIES.get(name)
+            if kind is NodeKind.AREA:
+                return Node(kind, parent.repo, Area(name))
+            if kind is NodeKind.REPOSITORY_FILE:
+                return Node(kind, parent.repo)
+        elif parent.kind is NodeKind.AREA:
+            # Whether the image is there is checked by whoever renders the node.
+            kind = NodeKind.STATUS if parent.area is Area.STATUS else NodeKind.IMAGE
+            return Node(kind, parent.repo, parent.area, name)
+        raise errors.not_found(f"no {name} in {parent}")
+
+    async def _image_status(self, node: Node):
+        repo = self._repo(node)
+        status = await get_image_status(repo, node.image_id, node.trashed)
+        wanted = AREA_KIND.get(node.area)
+        if wanted is not None and status.kind is not wanted:
+            raise errors.not_found(f"{node.image_id} is a {status.kind}, not in {node.area}/")
+        return status
+
+    async def _children(self, node: Node) -> list[str]:
+        if node.kind is NodeKind.ROOT:
+            return [*ROOT_ENTRIES, *sorted(self.registry.repositories)]
+        if node.kind is NodeKind.REPOSITORY:
+            self._repo(node)
+            return list(REPOSITORY_ENTRIES)
+        if node.kind is NodeKind.AREA:
+            driver = self._repo(node).driver
+            if node.area is Area.TRASH:
+                return await trio.to_thread.run_sync(driver.list_image_ids, True)
+            if node.area is Area.STATUS:
+                return await trio.to_thread.run_sync(driver.list_image_ids)
+            kind = AREA_KIND[node.area]
+            records = await trio.to_thread.run_sync(driver.list_images)
+            return [r.id for r in records if r.kind is kind]
+        raise errors.RepofsError(errno.ENOTDIR, f"{node} is not a directory")
+
+    async def _text(self, node: Node) -> bytes:
+        if node.kind is NodeKind.README:
+            return render.README.encode()
+        if node.kind is NodeKind.CONNECT:
+            return "".join(
+                f"{r.name} {r.format} " + " ".join(f"{k}={v}" for k, v in r.params.items()) + "\n"
+                for r in self.registry.repositories.values()
+            ).encode()
+        if node.kind is NodeKind.STATUS:
+            return render.to_json((await self._image_status(node)).to_json())
+        if node.kind is NodeKind.REPOSITORY_FILE:
+            return render.to_json(await self._repository_facts(node))
+        raise errors.invalid(f"{node} has no text")
+
+    async def _repository_facts(self, node: Node) -> dict:
+        repo = self._repo(node)
+        vfs = await trio.to_thread.run_sync(repo.driver.statvfs)
+        return {
+            "name": repo.name,
+            "format": repo.format,
+            "connection": repo.params,
+            "transient": repo.transient,
+            "capacity": vfs.f_blocks * vfs.f_frsize,
+            "free": vfs.f_bavail * vfs.f_frsize,
+            "hosts": [self.registry.host_id],
+            "options": await repository_options.get_options(repo),
+        }
+
+    # Attributes
+
+    async def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = self.inodes.inode(node)
+        attr.entry_timeout = 0
+        attr.attr_timeout = 0
+        attr.st_blksize = 65536
+        attr.st_nlink = 1
+        if node.kind in (NodeKind.ROOT, NodeKind.REPOSITORY, NodeKind.AREA):
+            attr.st_mode = stat.S_IFDIR | 0o755
+            attr.st_nlink = 2
+            if node.kind is not NodeKind.ROOT:
+                self._repo(node)
+        elif node.kind is NodeKind.IMAGE:
+            await self._image_attributes(node, attr)
+        else:
+            attr.st_mode = stat.S_IFREG | (0o644 if node.kind is NodeKind.CONNECT else 0o444)
+            attr.st_size = len(await self._text(node))
+        return attr
+
+    async def _image_attributes(self, node: Node, attr: pyfuse3.EntryAttributes) -> None:
+        status = await self._image_status(node)
+        owner = status.record.owner
+        mode = owner.mode
+        if status.kind is ImageKind.SNAPSHOT or node.trashed:
+            mode &= ~0o222
+        attr.st_mode = stat.S_IFREG | mode
+        attr.st_uid = owner.uid
+        attr.st_gid = owner.gid
+        attr.st_size = status.size
+        attr.st_blocks = (status.allocated + 511) // 512
+        attr.st_mtime_ns = attr.st_ctime_ns = attr.st_atime_ns = status.modified_ns
+        # The kernel may keep an image's attributes a moment: its size only changes
+        # through this mount (which the kernel sees), and without the cache every
+        # read(2) would cost a getattr round trip.
+        attr.attr_timeout = attr.entry_timeout = IMAGE_ATTRIBUTE_CACHE_S
+
+    async def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = await self._attributes(node)
+        self.inodes.looked_up(attr.st_ino)
+        return attr
+
+    @boundary
+    async def lookup(self, parent_inode, name, ctx=None):
+        return await self._entry(await self._child(self._node(parent_inode), _name(name)))
+
+    @boundary
+    async def getattr(self, inode, ctx=None):
+        return await self._attributes(self._node(inode))
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @boundary
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if node.kind is NodeKind.IMAGE and not node.trashed:
+            repo = self._repo(node)
+            if fields.update_size:
+                await resize_virtual_disk(repo, node.image_id, attr.st_size)
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                await image_attributes.set_owner(
+                    repo,
+                    node.image_id,
+                    attr.st_uid if fields.update_uid else None,
+                    attr.st_gid if fields.update_gid else None,
+                    attr.st_mode if fields.update_mode else None,
+                )
+        elif fields.update_size and node.kind is not NodeKind.CONNECT:
+            raise errors.RepofsError(errno.EACCES, f"{node} cannot be written")
+        elif fields.update_mode or fields.update_uid or fields.update_gid:
+            raise errors.RepofsError(errno.EPERM, f"{node} has fixed ownership and mode")
+        # Times are accepted and not kept: an image's times are its volume's.
+        return await self._attributes(node)
+
+    @boundary
+    async def statfs(self, ctx):
+        vfs = await trio.to_thread.run_sync(os.statvfs, self.registry.data_dir)
+        out = pyfuse3.StatvfsData()
+        for field in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+        ):
+            setattr(out, field, getattr(vfs, field))
+        out.f_namemax = 128
+        return out
+
+    # Directories
+
+    @boundary
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        await self._children(node)
+        return inode
+
+    @boundary
+    async def readdir(self, fh, start_id, token):
+        node = self._node(fh)
+        names = await self._children(node)
+        for index in range(start_id, len(names)):
+            try:
+                child = await self._child(node, names[index])
+                attr = await self._attributes(child)
+            except errors.RepofsError:
+                continue  # gone while we listed
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
+                break
+
+    async def releasedir(self, fh):
+        pass
+
+    @boundary
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        if self._node(parent_inode).kind is not NodeKind.ROOT:
+            raise errors.RepofsError(errno.EPERM, "directories are made only at the mount root")
+        repo = await create_local_repository(self.registry, _name(name))
+        return await self._entry(Node(NodeKind.REPOSITORY, repo.name))
+
+    @boundary
+    async def rmdir(self, parent_inode, name, ctx):
+        if self._node(parent_inode).kind is not NodeKind.ROOT:
+            raise errors.RepofsError(errno.EPERM, f"{_name(name)} is part of its repository")
+        await disconnect_repository(self.registry, _name(name))
+        self.inodes.detach(Node(NodeKind.REPOSITORY, _name(name)))
+
+    # Images: create, remove, rename, link
+
+    @boundary
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._node(parent_inode)
+        if parent.kind is not NodeKind.AREA or parent.area is not Area.DISKS:
+            if parent.kind is NodeKind.AREA:
+                raise errors.read_only(f"{parent.area}/ does not take new files; disks/ does")
+            raise errors.RepofsError(errno.EPERM, "new files are virtual disks, made in disks/")
+        repo = self._repo(parent)
+        owner = Owner(ctx.uid, ctx.gid, mode & ~ctx.umask & 0o7777)
+        record = await create_virtual_disk(repo, _name(name), 0, owner)
+        node = Node(NodeKind.IMAGE, parent.repo, Area.DISKS, record.id)
+        info = await self._open_image(node, write=True)
+        return info, await self._entry(node)
+
+    @boundary
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        if parent.kind is not NodeKind.AREA or parent.area not in AREA_KIND:
+            raise errors.read_only(f"cannot remove {_name(name)} from {parent}")
+        await remove_image(self._repo(parent), _name(name), AREA_KIND[parent.area])
+        self.inodes.detach(Node(NodeKind.IMAGE, parent.repo, parent.area, _name(name)))
+
+    @boundary
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        old_name, new_name = _name(name_old), _name(name_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise errors.invalid("rename with exchange is not supported")
+        if old_parent.kind is not NodeKind.AREA or new_parent.kind is not NodeKind.AREA:
+            raise errors.invalid(f"only images can be renamed, not {old_name}")
+        if old_parent.repo != new_parent.repo:
+            raise errors.cross_repository(
+                f"{old_name} cannot move from {old_parent.repo} to {new_parent.repo} by "
+                "rename; mv falls back to copy and remove"
+            )
+        repo = self._repo(old_parent)
+        old_area, new_area = old_parent.area, new_parent.area
+        if old_area is new_area and old_area in AREA_KIND:
+            await rename_image(repo, old_name, new_name)
+        elif old_area is Area.TRASH and new_area in AREA_KIND and old_name == new_name:
+            await restore_image(repo, old_name, AREA_KIND[new_area])
+        elif new_area is Area.TRASH and old_area in AREA_KIND and old_name == new_name:
+            await remove_image(repo, old_name, AREA_KIND[old_area])
+        else:
+            raise errors.invalid(
+                f"mv {old_area}/{old_name} {new_area}/{new_name} maps to no operation"
+            )
+        self.inodes.move(
+            Node(NodeKind.IMAGE, repo.name, old_area, old_name),
+            Node(NodeKind.IMAGE, repo.name, new_area, new_name),
+        )
+
+    @boundary
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        source, target = self._node(inode), self._node(new_parent_inode)
+        name = _name(new_name)
+        if (
+            source.kind is not NodeKind.IMAGE
+            or target.kind is not NodeKind.AREA
+            or source.trashed
+            or target.area not in AREA_KIND
+        ):
+            raise errors.invalid(f"ln {source} {target}/{name} maps to no operation")
+        if source.repo != target.repo:
+            raise errors.not_supported(
+                f"ln across repositories ({source.repo} -> {target.repo}) is copyImage, "
+                "not built yet"
+            )
+        repo = self._repo(source)
+        if source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
+            await create_snapshot(repo, source.image_id, name)
+        elif source.area is Area.SNAPSHOTS and target.area is Area.DISKS:
+            record = await trio.to_thread.run_sync(repo.driver.read_image, source.image_id)
+            owner = Owner(ctx.uid, ctx.gid, record.owner.mode | 0o200)
+            await create_virtual_disk_from_snapshot(repo, name, source.image_id, owner)
+        else:
+            raise errors.invalid(
+                f"ln {source.area}/{source.image_id} {target.area}/{name} maps to no operation"
+            )
+        return await self._entry(Node(NodeKind.IMAGE, repo.name, target.area, name))
+
+    # Files
+
+    def _add_handle(self, handle) -> int:
+        fh = self._next_handle
+        self._next_handle += 1
+        self._handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int):
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise errors.RepofsError(errno.EBADF, f"no open file {fh}") from None
+
+    async def _open_image(self, node: Node, write: bool) -> pyfuse3.FileInfo:
+        image = await open_image(self.registry, self._repo(node), node.image_id, write)
+        return pyfuse3.FileInfo(fh=self._add_handle(ImageHandle(image)), keep_cache=False)
+
+    @boundary
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if node.kind is NodeKind.IMAGE:
+            if node.trashed:
+                raise errors.RepofsError(
+                    errno.EACCES, f"{node.image_id} is in the trash: restore it to open it"
+                )
+            if flags & os.O_TRUNC and write:
+                status = await self._image_status(node)
+                if status.size:
+                    raise errors.invalid(f"cannot truncate {node.image_id}: shrinking is refused")
+            return await self._open_image(node, write)
+        if node.kind is NodeKind.CONNECT:
+            handle = ConnectHandle() if write else TextHandle(await self._text(node))
+            return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
+        if write:
+            raise errors.RepofsError(errno.EACCES, f"{node} is read-only")
+        text = await self._text(node)
+        return pyfuse3.FileInfo(fh=self._add_handle(TextHandle(text)), direct_io=True)
+
+    @boundary
+    async def read(self, fh, off, size):
+        handle = self._handle(fh)
+        if isinstance(handle, ImageHandle):
+            return await handle.image.read(off, size)
+        if isinstance(handle, TextHandle):
+            return handle.data[off : off + size]
+        raise errors.RepofsError(errno.EBADF, "connect was opened for writing")
+
+    @boundary
+    async def write(self, fh, off, buf):
+        handle = self._handle(fh)
+        if isinstance(handle, ImageHandle):
+            return await handle.image.write(off, bytes(buf))
+        if isinstance(handle, ConnectHandle):
+            for line in bytes(buf).decode(errors="replace").splitlines():
+                if line.strip():
+                    await connect_repository(self.registry, *parse_connection(line))
+            return len(buf)
+        raise errors.RepofsError(errno.EBADF, "file is not open for writing")
+
+    @boundary
+    async def flush(self, fh):
+        handle = self._handle(fh)
+        if isinstance(handle, ImageHandle):
+            await handle.image.flush()
+
+    @boundary
+    async def fsync(self, fh, datasync):
+        handle = self._handle(fh)
+        if isinstance(handle, ImageHandle):
+            await handle.image.fsync()
+
+    @boundary
+    async def release(self, fh):
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, ImageHandle):
+            await release_image(handle.image)
+
+    # Extended attributes
+
+    @boundary
+    async def getxattr(self, inode, name, ctx):
+        node, attr = self._node(inode), _name(name)
+        if node.kind is NodeKind.IMAGE:
+            return await image_attributes.get_attribute(
+                self._repo(node), node.image_id, attr, node.trashed
+            )
+        if node.kind is NodeKind.REPOSITORY and attr.startswith("user."):
+            values = await repository_options.get_options(self._repo(node))
+            if attr in values:
+                return values[attr].encode()
+        if node.kind is NodeKind.ROOT and attr in ROOT_ATTRIBUTES:
+            return self._root_attributes()[attr].encode()
+        raise errors.no_attribute(f"{node} has no attribute {attr}")
+
+    def _root_attributes(self) -> dict[str, str]:
+        return {"user.repofs.pid": str(os.getpid()), "user.repofs.host": self.registry.host_id}
+
+    @boundary
+    async def listxattr(self, inode, ctx):
+        node = self._node(inode)
+        if node.kind is NodeKind.IMAGE:
+            names = await image_attributes.list_attributes(
+                self._repo(node), node.image_id, node.trashed
+            )
+        elif node.kind is NodeKind.REPOSITORY:
+            names = list(repository_options.NAMES)
+        elif node.kind is NodeKind.ROOT:
+            names = list(ROOT_ATTRIBUTES)
+        else:
+            names = []
+        return [os.fsencode(n) for n in names]
+
+    @boundary
+    async def setxattr(self, inode, name, value, ctx):
+        node, attr = self._node(inode), _name(name)
+        if node.kind is NodeKind.IMAGE and not node.trashed:
+            await image_attributes.set_user_data(self._repo(node), node.image_id, attr, value)
+        elif node.kind is NodeKind.REPOSITORY:
+            await repository_options.set_option(self._repo(node), attr, value)
+        else:
+            raise errors.not_supported(f"{node} takes no attributes")
+
+    @boundary
+    async def removexattr(self, inode, name, ctx):
+        node, attr = self._node(inode), _name(name)
+        if node.kind is NodeKind.IMAGE and not node.trashed:
+            await image_attributes.remove_user_data(self._repo(node), node.image_id, attr)
+        elif node.kind is NodeKind.REPOSITORY:
+            await repository_options.reset_option(self._repo(node), attr)
+        else:
+            raise errors.not_supported(f"{node} takes no attributes")

@@ -1,0 +1,22 @@
+"""The text of the mount's read-only files."""
+
+import json
+
+README = """\
+repofs: VM disk images as files. Each directory here is a connected repository.
+
+  truncate -s 20G default/disks/vm1          create a thin virtual disk
+  ln default/disks/vm1 default/snapshots/s1  snapshot it (O(1))
+  ln default/snapshots/s1 default/disks/vm2  a new disk based on the snapshot
+  cat default/status/vm2                     its state and progress, as JSON
+  rm default/disks/vm2                       remove it; mv default/trash/vm2 default/disks/ undoes
+
+Also: getfattr -d default/disks/vm1, setfattr -n user.owner -v alice default/disks/vm1,
+mkdir NAME (a new repository), echo "NAME localfs-1.0 path=/dir" > connect,
+rmdir NAME (disconnect), cat default/repository.
+Point QEMU or libvirt at an image path with format=raw.
+"""
+
+
+def to_json(data: dict) -> bytes:
+    return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"

@@ -1,0 +1,1 @@
+"""The API of the new storage API: one module per operation. No FUSE here."""

@@ -1,0 +1,90 @@
+"""connectStorageRepository / disconnectStorageRepository, and the repositories
+of the mount's data directory, which are connected again at every mount."""
+
+import logging
+import shlex
+from pathlib import Path
+
+import trio
+
+from repofs import errors
+from repofs.drivers import localfs
+from repofs.drivers.localfs import LocalRepository
+from repofs.names import check_name
+from repofs.ops.registry import ConnectedRepository, Registry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REPOSITORY = "default"
+PLANNED_FORMATS = ("posix-1.0", "glusterfs-1.0", "clvm-1.2")
+
+
+def parse_connection(line: str) -> tuple[str, str, dict[str, str]]:
+    """Parses "NAME FORMAT key=value ..." (the `connect` file, --connect)."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise errors.invalid(f"cannot parse connection {line!r}: {exc}") from None
+    if len(words) < 2:
+        raise errors.invalid(f"connection {line!r} is not 'NAME FORMAT key=value ...'")
+    name, fmt, *pairs = words
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise errors.invalid(f"connection parameter {pair!r} is not key=value")
+        params[key] = value
+    return check_name(name, "repository name"), fmt, params
+
+
+async def connect_repository(
+    registry: Registry, name: str, fmt: str, params: dict[str, str], transient: bool = True
+) -> ConnectedRepository:
+    check_name(name, "repository name")
+    if name in registry.repositories:
+        raise errors.exists(f"a repository named {name} is already connected")
+    if fmt in PLANNED_FORMATS:
+        raise errors.not_supported(f"format {fmt} is planned, not built yet")
+    if fmt != localfs.FORMAT:
+        raise errors.invalid(f"unknown repository format {fmt!r}")
+    if set(params) != {"path"}:
+        raise errors.invalid(f"{fmt} takes exactly one parameter, path=DIR; got {sorted(params)}")
+    root = Path(params["path"]).absolute()
+    for other in registry.repositories.values():
+        if other.driver.root == root:
+            raise errors.busy(f"{root} is already connected as {other.name}")
+    driver = await trio.to_thread.run_sync(LocalRepository.open, root)
+    repo = ConnectedRepository(name, driver, fmt, {"path": str(root)}, transient)
+    registry.repositories[name] = repo
+    log.info("connected %s: %s %s", name, fmt, root)
+    return repo
+
+
+async def create_local_repository(registry: Registry, name: str) -> ConnectedRepository:
+    """`mkdir MOUNT/NAME`: creates (or reopens) DATA_DIR/NAME and connects it."""
+    check_name(name, "repository name")
+    root = registry.data_dir / name
+    await trio.to_thread.run_sync(lambda: root.mkdir(exist_ok=True))
+    return await connect_repository(registry, name, localfs.FORMAT, {"path": str(root)}, False)
+
+
+async def connect_data_dir(registry: Registry) -> None:
+    """Connects every repository of the data directory, creating `default` first."""
+    await trio.to_thread.run_sync(
+        lambda: (registry.data_dir / DEFAULT_REPOSITORY).mkdir(parents=True, exist_ok=True)
+    )
+    for root in sorted(registry.data_dir.iterdir()):
+        if root.is_dir() and (root.name == DEFAULT_REPOSITORY or (root / "repofs.json").exists()):
+            try:
+                await create_local_repository(registry, root.name)
+            except errors.RepofsError as exc:
+                log.error("cannot connect %s: %s", root, exc)
+
+
+async def disconnect_repository(registry: Registry, name: str) -> None:
+    repo = registry.get(name)
+    if repo.open_images:
+        raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
+    del registry.repositories[name]
+    repo.driver.close()
+    log.info("disconnected %s", name)

@@ -1,0 +1,70 @@
+"""createSnapshot: `ln disks/D snapshots/S`, O(1) whatever the disk's size."""
+
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.model import ImageKind, ImageRecord, ImageState, VolumeFormat
+from repofs.names import check_name
+from repofs.ops.create_virtual_disk import check_free, commit_new_image
+from repofs.ops.registry import ConnectedRepository
+from repofs.qemu import img
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = "snapshot not finished: its disk may still write to its top volume"
+
+
+async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
+    """The disk's current top volume becomes the snapshot's; the disk gets a new
+    qcow2 top over it.
+
+    Durable steps:
+    1. create the disk's new top NEW over its top volume TOP;
+    2. write the snapshot record (chain from TOP down), `broken` with UNFINISHED;
+    3. write the disk record: chain NEW, TOP, ...; base = the snapshot;
+    4. write the snapshot record `optimized`.
+    After (1): NEW is named by no record (clean removes it). After (2): a broken
+    snapshot whose top is still its disk's top; a mend finishes it by redoing (3)
+    and (4) (or a removal drops it); the disk is untouched. After (3): the snapshot
+    is complete but still says broken; a mend does (4).
+    """
+    check_name(snapshot_id)
+    driver = repo.driver
+    async with repo.changing:
+        disk = await trio.to_thread.run_sync(driver.read_image, disk_id)
+        if disk.kind is not ImageKind.VIRTUAL_DISK:
+            raise errors.invalid(f"{disk_id} is a snapshot; snapshots are taken of disks")
+        image = repo.open_images.get(disk_id)
+        if image is not None:
+            # Live snapshots (blockdev-snapshot on the open node) are not built yet.
+            raise errors.busy(f"cannot snapshot {disk_id} while it is open")
+        if disk.state is ImageState.BROKEN:
+            raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
+        check_free(repo, snapshot_id)
+
+        new_top = driver.new_volume(VolumeFormat.QCOW2)
+        await img.create_overlay(
+            driver.volume_path(new_top), disk.size, driver.volume_path(disk.top), disk.top.format
+        )
+        snapshot = ImageRecord(
+            snapshot_id,
+            ImageKind.SNAPSHOT,
+            disk.size,
+            disk.chain,
+            base=disk.base,
+            state=ImageState.BROKEN,
+            last_error=UNFINISHED,
+            owner=disk.owner,
+        )
+        snapshot = await commit_new_image(repo, snapshot, new_top)
+        await trio.to_thread.run_sync(
+            driver.update_image, disk.evolve(chain=(new_top, *disk.chain), base=snapshot_id)
+        )
+        snapshot = await trio.to_thread.run_sync(
+            driver.update_image,
+            snapshot.evolve(state=ImageState.OPTIMIZED, last_error=None),
+        )
+    log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
+    return snapshot

@@ -1,0 +1,44 @@
+"""removeImage (`rm disks/X`, `rm snapshots/X`) and its undo (`mv trash/X disks/`).
+
+Removal is logical: the record moves into the trash in one rename and the volumes
+stay until a clean fix frees them.
+"""
+
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.model import ImageKind
+from repofs.ops.image_status import dependents_of
+from repofs.ops.registry import ConnectedRepository
+
+log = logging.getLogger(__name__)
+
+
+async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
+    """Durable step: one rename of the record into the trash."""
+    async with repo.changing:
+        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+        if record.kind is not kind:
+            raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
+        repo.check_not_open(image_id, "remove")
+        dependents = await trio.to_thread.run_sync(dependents_of, repo, image_id)
+        if dependents:
+            raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
+        await trio.to_thread.run_sync(repo.driver.trash_image, image_id)
+    log.info("removed %s/%s (in trash until cleaned)", repo.name, image_id)
+
+
+async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
+    """Durable step: one rename of the record out of the trash."""
+    async with repo.changing:
+        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, True)
+        if record.kind is not kind:
+            raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")
+        if record.base is not None and not repo.driver.has_image(record.base):
+            raise errors.not_found(
+                f"cannot restore {image_id}: its base {record.base} is gone (restore it first)"
+            )
+        await trio.to_thread.run_sync(repo.driver.restore_image, image_id)
+    log.info("restored %s/%s from the trash", repo.name, image_id)

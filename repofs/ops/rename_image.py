@@ -1,0 +1,29 @@
+"""Renaming an image: `mv disks/a disks/b` (within one repository)."""
+
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.names import check_name
+from repofs.ops.image_status import dependents_of
+from repofs.ops.registry import ConnectedRepository
+
+log = logging.getLogger(__name__)
+
+
+async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> None:
+    """Durable step: one rename of the record.
+
+    Refused while the image is open (a running VM keeps using the old path), and
+    for a snapshot that images depend on: they name their base by ID.
+    """
+    check_name(new_id)
+    async with repo.changing:
+        await trio.to_thread.run_sync(repo.driver.read_image, old_id)
+        repo.check_not_open(old_id, "rename")
+        dependents = await trio.to_thread.run_sync(dependents_of, repo, old_id)
+        if dependents:
+            raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
+        await trio.to_thread.run_sync(repo.driver.rename_image, old_id, new_id)
+    log.info("renamed %s/%s to %s", repo.name, old_id, new_id)

@@ -1,0 +1,75 @@
+"""The repository's default options, as xattrs of its directory:
+user.repofs.autofix, .strategy, .participating, .image_hints (DESIGN.md)."""
+
+import logging
+from dataclasses import replace
+
+import trio
+
+from repofs import errors
+from repofs.model import RepositoryOptions, Strategy
+from repofs.names import check_name
+from repofs.ops.registry import ConnectedRepository
+
+log = logging.getLogger(__name__)
+
+PREFIX = "user.repofs."
+NAMES = tuple(PREFIX + n for n in ("autofix", "strategy", "participating", "image_hints"))
+
+
+def render(options: RepositoryOptions) -> dict[str, str]:
+    return {
+        PREFIX + "autofix": "true" if options.autofix else "false",
+        PREFIX + "strategy": str(options.strategy),
+        PREFIX + "participating": ",".join(options.participating),
+        PREFIX + "image_hints": ",".join(f"{i}={r}" for i, r in options.image_hints),
+    }
+
+
+def _parse(options: RepositoryOptions, name: str, value: str) -> RepositoryOptions:
+    key = name[len(PREFIX) :]
+    if key == "autofix":
+        if value not in ("true", "false"):
+            raise errors.invalid(f"{name} is true or false, not {value!r}")
+        return replace(options, autofix=value == "true")
+    if key == "strategy":
+        try:
+            return replace(options, strategy=Strategy(value))
+        except ValueError:
+            raise errors.invalid(f"{name} is space or performance, not {value!r}") from None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if key == "participating":
+        return replace(options, participating=tuple(check_name(i, "repoId") for i in items))
+    hints = []
+    for item in items:
+        image_id, sep, repo = item.partition("=")
+        if not sep:
+            raise errors.invalid(f"{name} entries are ID=repo, not {item!r}")
+        hints.append((check_name(image_id), check_name(repo, "repoId")))
+    return replace(options, image_hints=tuple(hints))
+
+
+def _check(name: str) -> None:
+    if name not in NAMES:
+        raise errors.not_supported(f"a repository has only the attributes {', '.join(NAMES)}")
+
+
+async def get_options(repo: ConnectedRepository) -> dict[str, str]:
+    return render(await trio.to_thread.run_sync(repo.driver.read_options))
+
+
+async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None:
+    """Durable step: one atomic write of the options file."""
+    _check(name)
+    async with repo.changing:
+        options = await trio.to_thread.run_sync(repo.driver.read_options)
+        options = _parse(options, name, value.decode(errors="replace").strip())
+        await trio.to_thread.run_sync(repo.driver.write_options, options)
+    log.info("repository %s: %s set to %r", repo.name, name, value.decode(errors="replace"))
+
+
+async def reset_option(repo: ConnectedRepository, name: str) -> None:
+    """removexattr: back to the default."""
+    _check(name)
+    default = render(RepositoryOptions())[name]
+    await set_option(repo, name, default.encode())

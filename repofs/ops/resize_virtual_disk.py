@@ -1,0 +1,52 @@
+"""Growing a virtual disk: `truncate -s BIGGER disks/D`. Shrinking is refused."""
+
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.model import ImageKind
+from repofs.ops.registry import ConnectedRepository
+from repofs.qemu import img
+
+log = logging.getLogger(__name__)
+
+
+async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: int) -> None:
+    """Durable steps: (1) grow the top volume (raw: extend the file, allocating
+    the new range under strategy `performance`; qcow2: qemu-img resize), (2) write
+    the record with the new size. A crash after (1) leaves a volume bigger than the
+    record says: reads stop at the record's size, and the next growth of a raw
+    disk drops the tail first (ops/open_image.py)."""
+    image = repo.open_images.get(image_id)
+    if image is not None:
+        record = image.record
+    else:
+        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+    if record.kind is not ImageKind.VIRTUAL_DISK:
+        raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
+    current = image.size if image else record.size
+    if size < current:
+        raise errors.invalid(f"cannot shrink {image_id} from {current} to {size} bytes")
+    if size == current:
+        return
+    if image is not None:
+        await image.grow(size)
+    else:
+        async with repo.changing:
+            await _grow_closed(repo, image_id, size)
+    log.info("grew %s/%s from %d to %d bytes", repo.name, image_id, current, size)
+
+
+async def _grow_closed(repo: ConnectedRepository, image_id: str, size: int) -> None:
+    driver = repo.driver
+    record = await trio.to_thread.run_sync(driver.read_image, image_id)
+    path = driver.volume_path(record.top)
+    if record.is_raw:
+        preallocate = await repo.preallocates()
+        await trio.to_thread.run_sync(
+            driver.grow_raw_volume, record.top, record.size, size, preallocate
+        )
+    else:
+        await img.resize(path, record.top.format, size)
+    await trio.to_thread.run_sync(driver.update_image, record.evolve(size=size))

@@ -1,0 +1,170 @@
+"""Fixtures that mount the real filesystem, as a shell user would use it.
+
+Every mount is a `repofs mount --foreground` subprocess owned by its fixture:
+teardown unmounts it, then terminates, then kills it by PID, always. A test
+fails if the mount logged an unexpected error or traceback (s3ql's approach).
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MOUNT_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 20
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def sh(cmd: str, check: bool = True, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs a shell command line; on failure the assertion shows its output."""
+    result = subprocess.run(
+        cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert result.returncode == 0, f"{cmd!r} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def mount_pid(mountpoint: Path) -> int | None:
+    try:
+        return int(os.getxattr(mountpoint, "user.repofs.pid"))
+    except OSError:
+        return None
+
+
+class Mount:
+    """One repofs process mounted at `path`, with its data in `data`."""
+
+    def __init__(self, base: Path, extra_args: tuple[str, ...] = ()):
+        self.path = base / "mnt"
+        self.data = base / "data"
+        self.log = base / "repofs.log"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+        self._log_checked_upto = 0
+        self.path.mkdir(exist_ok=True)
+
+    @property
+    def default(self) -> Path:
+        return self.path / "default"
+
+    def start(self) -> "Mount":
+        cmd = [sys.executable, "-m", "repofs", "mount", str(self.path), "--foreground",
+               "--data-dir", str(self.data), "--log-file", str(self.log),
+               "--host-id", "test-host", *self.extra_args]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL)
+        wait_for(lambda: self.proc.poll() is not None or mount_pid(self.path) == self.proc.pid,
+                 MOUNT_TIMEOUT_S, "the mount")  # fmt: skip
+        assert self.proc.poll() is None, f"repofs exited: {self.log_text()}"
+        return self
+
+    @property
+    def storage_daemon_pid(self) -> int:
+        return wait_for(lambda: children(self.proc.pid), 10, "qemu-storage-daemon")[0]
+
+    def stop(self) -> None:
+        """Unmounts and waits for the process (and so its storage daemon) to end."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        daemons = children(proc.pid)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT_S)
+        for pid in daemons:  # gone with their parent (PDEATHSIG); make sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """kill -9: a crash. The mount point is left dead until the next mount."""
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+        self.proc = None
+
+    def remount(self) -> "Mount":
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def unexpected_log_lines(self) -> list[str]:
+        lines = self.log_text().splitlines()[self._log_checked_upto :]
+        return [line for line in lines if re.search(r" ERROR |Traceback", line)]
+
+    def expect_log(self, pattern: str) -> None:
+        """Asserts a log line matches, and forgives the ERROR lines so far."""
+        text = self.log_text()
+        assert re.search(pattern, text), f"no log line matches {pattern!r}:\n{text[-3000:]}"
+        self._log_checked_upto = len(text.splitlines())
+
+
+@pytest.fixture
+def mount(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        yield m.start()
+        unexpected = m.unexpected_log_lines()
+        assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def repo(mount) -> Path:
+    """The default repository of a fresh mount."""
+    return mount.default
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs, for repositories that must run out of space for real."""
+    path = tmp_path / "small"
+    path.mkdir()
+    sh(f"mount -t tmpfs -o size=32m repofs-test {path}")
+    try:
+        yield path
+    finally:
+        sh(f"umount -l {path}", check=False)
+
+
+def pattern(tag: bytes, length: int) -> bytes:
+    """A distinct, recognisable byte pattern."""
+    return (tag * (length // len(tag) + 1))[:length]
+
+
+def have(program: str) -> bool:
+    return shutil.which(program) is not None
