@@ -16,11 +16,11 @@ from repofs.errors import RepofsError
 log = logging.getLogger("repofs.fs")
 
 # Answers that shells and tools provoke all the time while probing (`ls`,
-# completion, security.* lookups): logged at debug level only.
+# completion, security.* lookups): logged at debug level when a probe gets them.
 ROUTINE = frozenset({errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP})
 
 
-def boundary(handler):
+def _wrap(handler, quiet: frozenset[int]):
     @functools.wraps(handler)
     async def wrapper(self, *args):
         try:
@@ -28,7 +28,7 @@ def boundary(handler):
         except pyfuse3.FUSEError:
             raise
         except RepofsError as exc:
-            level = logging.DEBUG if exc.errno in ROUTINE else logging.WARNING
+            level = logging.DEBUG if exc.errno in quiet else logging.WARNING
             log.log(level, "%s refused: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
@@ -36,3 +36,13 @@ def boundary(handler):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def boundary(handler):
+    """For handlers that act: every refusal is logged with its reason."""
+    return _wrap(handler, frozenset())
+
+
+def probe_boundary(handler):
+    """For handlers that look (lookup, getattr, getxattr, listxattr)."""
+    return _wrap(handler, ROUTINE)

@@ -12,7 +12,7 @@ import trio
 
 from repofs import errors
 from repofs.fs import render
-from repofs.fs.boundary import boundary
+from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
 from repofs.ops import image_attributes, repository_options
@@ -199,11 +199,11 @@ class RepofsOperations(pyfuse3.Operations):
         self.inodes.looked_up(attr.st_ino)
         return attr
 
-    @boundary
+    @probe_boundary
     async def lookup(self, parent_inode, name, ctx=None):
         return await self._entry(await self._child(self._node(parent_inode), _name(name)))
 
-    @boundary
+    @probe_boundary
     async def getattr(self, inode, ctx=None):
         return await self._attributes(self._node(inode))
 
@@ -253,13 +253,13 @@ class RepofsOperations(pyfuse3.Operations):
 
     # Directories
 
-    @boundary
+    @probe_boundary
     async def opendir(self, inode, ctx):
         node = self._node(inode)
         await self._children(node)
         return inode
 
-    @boundary
+    @probe_boundary
     async def readdir(self, fh, start_id, token):
         node = self._node(fh)
         names = await self._children(node)
@@ -453,7 +453,7 @@ class RepofsOperations(pyfuse3.Operations):
 
     # Extended attributes
 
-    @boundary
+    @probe_boundary
     async def getxattr(self, inode, name, ctx):
         node, attr = self._node(inode), _name(name)
         if node.kind is NodeKind.IMAGE:
@@ -471,7 +471,7 @@ class RepofsOperations(pyfuse3.Operations):
     def _root_attributes(self) -> dict[str, str]:
         return {"user.repofs.pid": str(os.getpid()), "user.repofs.host": self.registry.host_id}
 
-    @boundary
+    @probe_boundary
     async def listxattr(self, inode, ctx):
         node = self._node(inode)
         if node.kind is NodeKind.IMAGE:

@@ -24,6 +24,15 @@ async def _run(*args: str) -> bytes:
     return result.stdout
 
 
+SECTOR = 512
+
+
+def qcow2_size(size: int) -> int:
+    """QEMU sizes qcow2 images in whole sectors; an image's own size (its record's)
+    may be any byte count, and its raw view stops there."""
+    return -(-size // SECTOR) * SECTOR
+
+
 async def create_overlay(
     path: Path, size: int, backing: Path, backing_format: VolumeFormat
 ) -> None:
@@ -31,23 +40,14 @@ async def create_overlay(
     directory: the backing name stored in the header is bare and relative, so the
     repository can move as a whole."""
     assert backing.parent == path.parent
-    await _run(
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=65536",
-        "-b",
-        backing.name,
-        "-F",
-        str(backing_format),
-        str(path),
-        str(size),
-    )
+    options = ["-f", "qcow2", "-o", "cluster_size=65536", "-b", backing.name]
+    options += ["-F", str(backing_format)]
+    await _run("create", "-q", *options, str(path), str(qcow2_size(size)))
 
 
 async def resize(path: Path, fmt: VolumeFormat, size: int) -> None:
+    if fmt is VolumeFormat.QCOW2:
+        size = qcow2_size(size)
     await _run("resize", "-q", "-f", str(fmt), str(path), str(size))
 
 

@@ -234,7 +234,9 @@ class StorageDaemon:
             try:
                 await self._remove_export(node)
                 try:
-                    await self._qmp.execute("block_resize", {"node-name": node.name, "size": size})
+                    await self._qmp.execute(
+                        "block_resize", {"node-name": node.name, "size": img.qcow2_size(size)}
+                    )
                 finally:
                     await self._add_export(node)
             finally:

@@ -1,0 +1,142 @@
+"""removeImage, the trash, restore and rename, through the mount."""
+
+import errno
+import json
+import os
+
+import pytest
+from conftest import sh
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def listing(path) -> list[str]:
+    return sorted(os.listdir(path))
+
+
+def test_rm_moves_to_trash_and_mv_restores(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"printf keep | dd of={repo}/disks/vm1 conv=notrunc status=none")
+    volume = json.loads((repo / "status/vm1").read_text())["chain"][0]
+    sh(f"rm {repo}/disks/vm1")
+    assert listing(repo / "disks") == [] and listing(repo / "trash") == ["vm1"]
+    assert listing(repo / "status") == []
+    assert os.path.exists(volume)  # logical removal: space comes back with a clean
+    assert os.getxattr(repo / "trash/vm1", "user.repofs.kind") == b"virtual-disk"
+    assert oct(os.stat(repo / "trash/vm1").st_mode & 0o777) == "0o444"
+    mount.remount()
+    assert listing(repo / "trash") == ["vm1"]
+    sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+    assert listing(repo / "disks") == ["vm1"] and listing(repo / "trash") == []
+    assert (repo / "disks/vm1").read_bytes()[:4] == b"keep"
+
+
+def test_rm_snapshot_and_restore_to_its_own_kind_only(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"rm {repo}/disks/vm1")
+    sh(f"rm {repo}/snapshots/s1")
+    assert listing(repo / "trash") == ["s1", "vm1"]
+    with pytest.raises(OSError) as info:
+        os.rename(repo / "trash/s1", repo / "disks/s1")
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as info:  # its base is still in the trash
+        os.rename(repo / "trash/vm1", repo / "disks/vm1")
+    assert info.value.errno == errno.ENOENT
+    sh(f"mv {repo}/trash/s1 {repo}/snapshots/")
+    sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+    assert listing(repo / "snapshots") == ["s1"] and listing(repo / "disks") == ["vm1"]
+
+
+def test_trash_is_read_only(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"rm {repo}/disks/vm1")
+    for flags in (os.O_RDONLY, os.O_WRONLY):
+        with pytest.raises(OSError) as info:
+            os.open(repo / "trash/vm1", flags)
+        assert info.value.errno == errno.EACCES
+    with pytest.raises(OSError) as info:
+        os.unlink(repo / "trash/vm1")
+    assert info.value.errno == errno.EROFS
+
+
+def test_rm_open_image_is_ebusy(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    with open(repo / "disks/vm1", "rb"):
+        with pytest.raises(OSError) as info:
+            os.unlink(repo / "disks/vm1")
+        assert info.value.errno == errno.EBUSY
+    mount.expect_log("cannot remove vm1 in default: it is open")
+    assert listing(repo / "disks") == ["vm1"]
+
+
+def test_rm_snapshot_with_dependents_is_ebusy_and_names_them(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
+    assert os.getxattr(repo / "snapshots/s1", "user.repofs.dependents") == b"vm1,vm2"
+    with pytest.raises(OSError) as info:
+        os.unlink(repo / "snapshots/s1")
+    assert info.value.errno == errno.EBUSY
+    mount.expect_log("cannot remove s1: vm1, vm2 depend on it")
+    sh(f"rm {repo}/disks/vm1 {repo}/disks/vm2")
+    sh(f"rm {repo}/snapshots/s1")
+
+
+def test_same_id_in_trash_twice_is_eexist(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"rm {repo}/disks/vm1")
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    with pytest.raises(OSError) as info:
+        os.unlink(repo / "disks/vm1")
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.rename(repo / "trash/vm1", repo / "disks/vm1")
+    assert info.value.errno == errno.EEXIST
+
+
+def test_rename_within_a_repository(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/a")
+    sh(f"printf data | dd of={repo}/disks/a conv=notrunc status=none")
+    sh(f"setfattr -n user.owner -v alice {repo}/disks/a")
+    sh(f"mv {repo}/disks/a {repo}/disks/b")
+    assert listing(repo / "disks") == ["b"]
+    assert (repo / "disks/b").read_bytes()[:4] == b"data"
+    mount.remount()
+    assert os.getxattr(repo / "disks/b", "user.owner") == b"alice"
+    assert json.loads((repo / "status/b").read_text())["id"] == "b"
+
+
+def test_rename_refusals(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/a")
+    sh(f"truncate -s 1M {repo}/disks/b")
+    sh(f"ln {repo}/disks/a {repo}/snapshots/s1")
+    cases = [
+        ("disks/a", "disks/b", errno.EEXIST),
+        ("disks/a", "disks/.bad", errno.EINVAL),
+        ("disks/a", "snapshots/a2", errno.EINVAL),
+        ("snapshots/s1", "snapshots/s2", errno.EBUSY),  # a is based on s1
+    ]
+    for source, target, expected in cases:
+        with pytest.raises(OSError) as info:
+            os.rename(repo / source, repo / target)
+        assert info.value.errno == expected, (source, target)
+    with open(repo / "disks/b", "rb"), pytest.raises(OSError) as info:
+        os.rename(repo / "disks/b", repo / "disks/c")
+    assert info.value.errno == errno.EBUSY
+    mount.expect_log("cannot rename s1: a depend on it")
+
+
+def test_mv_across_repositories_is_exdev_and_falls_back(repo, mount):
+    sh(f"mkdir {mount.path}/r2")
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"printf moved | dd of={repo}/disks/vm1 conv=notrunc status=none")
+    with pytest.raises(OSError) as info:
+        os.rename(repo / "disks/vm1", mount.path / "r2/disks/vm1")
+    assert info.value.errno == errno.EXDEV
+    sh(f"mv {repo}/disks/vm1 {mount.path}/r2/disks/")
+    assert (mount.path / "r2/disks/vm1").read_bytes()[:5] == b"moved"
+    assert os.stat(mount.path / "r2/disks/vm1").st_size == MiB
+    assert listing(repo / "disks") == [] and listing(repo / "trash") == ["vm1"]

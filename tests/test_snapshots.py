@@ -1,0 +1,219 @@
+"""createSnapshot and disks based on snapshots; qcow2 chains in the raw view."""
+
+import errno
+import json
+import os
+import time
+
+import pytest
+from conftest import pattern, sh
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+SIZE = 8 * MiB
+
+
+def status(repo, image_id) -> dict:
+    return json.loads((repo / "status" / image_id).read_text())
+
+
+def write_at(path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def read_at(path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+# Each layer writes its own pattern at its own offset, and one shared offset
+# that every layer overwrites: reads show which layer wins.
+LAYERS = [(b"layer0-", 0), (b"layer1-", 1 * MiB + 512), (b"layer2-", 3 * MiB - 100)]
+SHARED = 5 * MiB
+
+
+def build_chain(repo) -> bytes:
+    """vm1 with three layers: s0 <- s1 <- vm1's top; returns vm1's expected bytes."""
+    sh(f"truncate -s {SIZE} {repo}/disks/vm1")
+    expected = bytearray(SIZE)
+    for index, (tag, offset) in enumerate(LAYERS):
+        data = pattern(tag, 70_000)
+        write_at(repo / "disks/vm1", offset, data)
+        write_at(repo / "disks/vm1", SHARED, tag)
+        expected[offset : offset + len(data)] = data
+        expected[SHARED : SHARED + len(tag)] = tag
+        if index < 2:
+            sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s{index}")
+    return bytes(expected)
+
+
+def expected_upto(layer: int) -> bytes:
+    expected = bytearray(SIZE)
+    for tag, offset in LAYERS[: layer + 1]:
+        data = pattern(tag, 70_000)
+        expected[offset : offset + len(data)] = data
+        expected[SHARED : SHARED + len(tag)] = tag
+    return bytes(expected)
+
+
+def test_chain_reads_every_layer_byte_by_byte(repo):
+    expected = build_chain(repo)
+    assert (repo / "disks/vm1").read_bytes() == expected
+    assert (repo / "snapshots/s0").read_bytes() == expected_upto(0)
+    assert (repo / "snapshots/s1").read_bytes() == expected_upto(1)
+    vm1, s1, s0 = status(repo, "vm1"), status(repo, "s1"), status(repo, "s0")
+    assert vm1["chain"][1:] == s1["chain"] and s1["chain"][1:] == s0["chain"]
+    assert (vm1["base"], s1["base"], s0["base"]) == ("s1", "s0", None)
+    assert s0["dependents"] == ["s1"] and s1["dependents"] == ["vm1"]
+    assert [s["state"] for s in (vm1, s1, s0)] == ["optimized"] * 3
+
+
+def test_overlay_names_its_backing_relatively_with_its_format(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    top, base = status(repo, "vm1")["chain"]
+    info = json.loads(sh(f"qemu-img info -U --output=json -f qcow2 {top}").stdout)
+    assert info["backing-filename"] == os.path.basename(base)
+    assert info["backing-filename-format"] == "raw"
+    assert os.getxattr(repo / "disks/vm1", "user.repofs.chain").decode() == f"{top},{base}"
+
+
+def test_snapshot_is_o1_whatever_the_size(repo):
+    sh(f"truncate -s 2T {repo}/disks/big")
+    sh(f"dd if=/dev/urandom of={repo}/disks/big bs=1M count=4 conv=notrunc status=none")
+    started = time.monotonic()
+    sh(f"ln {repo}/disks/big {repo}/snapshots/big-1")
+    # O(1): a qcow2 header and three small records, never a copy of 2 TiB.
+    assert time.monotonic() - started < 10
+    assert os.stat(repo / "snapshots/big-1").st_size == 2 << 40
+    assert status(repo, "big")["allocated"] - status(repo, "big-1")["allocated"] < 2 * MiB
+
+
+def test_snapshots_are_read_only(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    for flags in (os.O_WRONLY, os.O_RDWR):
+        with pytest.raises(OSError) as info:
+            os.open(repo / "snapshots/s1", flags)
+        assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        os.truncate(repo / "snapshots/s1", 2 * MiB)
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        os.open(repo / "snapshots/new", os.O_WRONLY | os.O_CREAT)
+    assert info.value.errno == errno.EROFS
+    assert oct(os.stat(repo / "snapshots/s1").st_mode & 0o777) == "0o444"
+    mount.expect_log("s1 is a snapshot: snapshots are read-only")
+
+
+def test_disk_from_snapshot_reads_the_snapshot_and_never_changes_it(repo):
+    build_chain(repo)
+    sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
+    assert (repo / "disks/vm2").read_bytes() == expected_upto(1)
+    write_at(repo / "disks/vm2", 0, b"vm2 writes here")
+    write_at(repo / "disks/vm2", SHARED, b"vm2!")
+    assert read_at(repo / "disks/vm2", 0, 15) == b"vm2 writes here"
+    assert (repo / "snapshots/s1").read_bytes() == expected_upto(1)
+    assert (repo / "snapshots/s0").read_bytes() == expected_upto(0)
+    vm2 = status(repo, "vm2")
+    assert (vm2["base"], vm2["state"], vm2["size"]) == ("s1", "optimized", SIZE)
+    assert status(repo, "s1")["dependents"] == ["vm1", "vm2"]
+
+
+def test_disk_from_snapshot_under_performance_is_degraded(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/gold")
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    assert status(repo, "vm2")["state"] == "degraded"
+    assert os.getxattr(repo / "disks/vm2", "user.repofs.status") == b"degraded"
+
+
+def test_qcow2_disk_grows_and_takes_writes_past_its_end(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"truncate -s 3M {repo}/disks/vm1")
+    assert os.stat(repo / "disks/vm1").st_size == 3 * MiB
+    assert read_at(repo / "disks/vm1", 2 * MiB, 4096) == bytes(4096)
+    with open(repo / "disks/vm1", "ab") as f:
+        f.write(b"appended")
+    assert os.stat(repo / "disks/vm1").st_size == 3 * MiB + 8
+    assert read_at(repo / "disks/vm1", 3 * MiB, 8) == b"appended"
+    assert status(repo, "vm1")["size"] == 3 * MiB + 8
+    assert os.stat(repo / "snapshots/s1").st_size == MiB
+
+
+def test_snapshot_of_an_open_disk_is_ebusy(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    with open(repo / "disks/vm1", "r+b"):
+        with pytest.raises(OSError) as info:
+            os.link(repo / "disks/vm1", repo / "snapshots/s1")
+        assert info.value.errno == errno.EBUSY
+    mount.expect_log("cannot snapshot vm1 while it is open")
+    assert not (repo / "snapshots/s1").exists()
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [("disks/vm1", "disks/vm9"), ("snapshots/s1", "snapshots/s9"), ("disks/vm1", "status/x")],
+)
+def test_ln_that_maps_to_no_operation_is_einval(repo, source, target):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    with pytest.raises(OSError) as info:
+        os.link(repo / source, repo / target)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_taken_id_is_eexist_across_disks_and_snapshots(repo):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    with pytest.raises(OSError) as info:
+        os.link(repo / "disks/vm1", repo / "snapshots/vm1")
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.link(repo / "snapshots/s1", repo / "disks/vm1")
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.open(repo / "disks/s1", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    assert info.value.errno == errno.EEXIST
+
+
+def test_missing_base_is_enoent(repo):
+    with pytest.raises(OSError) as info:
+        os.link(repo / "snapshots/nothing", repo / "disks/vm2")
+    assert info.value.errno == errno.ENOENT
+
+
+def test_storage_daemon_restarts_and_open_chains_go_on(repo, mount):
+    build_chain(repo)
+    first = mount.storage_daemon_pid
+    with open(repo / "disks/vm1", "r+b", buffering=0) as f:
+        f.seek(SHARED)
+        assert f.read(7) == b"layer2-"
+        os.kill(first, 9)
+        f.seek(SHARED)
+        f.write(b"after-kill")
+        os.fsync(f.fileno())
+        f.seek(SHARED)
+        assert f.read(10) == b"after-kill"
+    assert mount.storage_daemon_pid != first
+    mount.expect_log("qemu-storage-daemon exited with -9; restarting")
+    assert read_at(repo / "disks/vm1", LAYERS[1][1], 7) == b"layer1-"
+
+
+def test_odd_sized_disk_snapshots_and_clones_keep_their_size(repo, tmp_path):
+    data = pattern(b"odd", 1000)
+    (tmp_path / "odd").write_bytes(data)
+    sh(f"cp {tmp_path}/odd {repo}/disks/odd")
+    sh(f"ln {repo}/disks/odd {repo}/snapshots/odd-1")
+    sh(f"ln {repo}/snapshots/odd-1 {repo}/disks/odd-2")
+    for name in ("disks/odd", "snapshots/odd-1", "disks/odd-2"):
+        assert (repo / name).read_bytes() == data
+        assert os.stat(repo / name).st_size == 1000
