@@ -155,7 +155,7 @@ def test_snapshot_of_an_open_disk_is_ebusy(repo, mount):
         with pytest.raises(OSError) as info:
             os.link(repo / "disks/vm1", repo / "snapshots/s1")
         assert info.value.errno == errno.EBUSY
-    mount.expect_log("cannot snapshot vm1 while it is open")
+    mount.expect_log("cannot snapshot vm1 in default: it is open")
     assert not (repo / "snapshots/s1").exists()
 
 

@@ -138,6 +138,8 @@ class LocalRepository:
         except FileNotFoundError:
             where = "trash" if trashed else "repository"
             raise errors.not_found(f"no image {image_id} in {where} {self.root}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.io_error(f"record {path} is unreadable: {exc!r}") from None
 
     def has_image(self, image_id: str) -> bool:
         return self._record_path(image_id).exists()
@@ -153,8 +155,11 @@ class LocalRepository:
     def list_images(self, trashed: bool = False) -> list[ImageRecord]:
         records = []
         for image_id in self.list_image_ids(trashed):
-            with contextlib.suppress(errors.RepofsError):  # removed while we listed
+            try:
                 records.append(self.read_image(image_id, trashed))
+            except errors.RepofsError as exc:
+                if exc.errno != errno.ENOENT:  # else removed while we listed
+                    log.error("skipping %s: %s", image_id, exc.reason)
         return records
 
     def create_image(self, record: ImageRecord) -> ImageRecord:
@@ -259,6 +264,7 @@ class LocalRepository:
                 os.posix_fallocate(fd, old_size, size - old_size)
             os.fsync(fd)
         except OSError as exc:
+            os.ftruncate(fd, old_size)  # e.g. ENOSPC: the volume stays as it was
             raise errors.from_os_error(exc, f"growing volume {volume.file_name}") from None
         finally:
             os.close(fd)

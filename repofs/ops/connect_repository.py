@@ -83,6 +83,8 @@ async def connect_data_dir(registry: Registry) -> None:
 
 async def disconnect_repository(registry: Registry, name: str) -> None:
     repo = registry.get(name)
+    for image_id in list(repo.open_images):
+        await repo.wait_for_release(image_id)
     if repo.open_images:
         raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
     del registry.repositories[name]

@@ -36,10 +36,8 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         disk = await trio.to_thread.run_sync(driver.read_image, disk_id)
         if disk.kind is not ImageKind.VIRTUAL_DISK:
             raise errors.invalid(f"{disk_id} is a snapshot; snapshots are taken of disks")
-        image = repo.open_images.get(disk_id)
-        if image is not None:
-            # Live snapshots (blockdev-snapshot on the open node) are not built yet.
-            raise errors.busy(f"cannot snapshot {disk_id} while it is open")
+        # Live snapshots (blockdev-snapshot on the open node) are not built yet.
+        await repo.ensure_closed(disk_id, "snapshot")
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         check_free(repo, snapshot_id)

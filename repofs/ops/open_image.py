@@ -26,6 +26,7 @@ class OpenImage:
         self.writable = writable
         self.size = record.size
         self.handles = 0
+        self.closed = trio.Event()
         self._resizing = trio.Lock()
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -122,6 +123,7 @@ async def release_image(image: OpenImage) -> None:
     finally:
         del image.repo.open_images[image.record.id]
         await _close_io(image.io)
+        image.closed.set()
 
 
 async def _close_io(io) -> None:

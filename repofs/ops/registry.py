@@ -10,6 +10,8 @@ from repofs.drivers.localfs import LocalRepository
 from repofs.model import Strategy
 from repofs.qemu.storage_daemon import StorageDaemon
 
+RELEASE_GRACE_S = 1.0
+
 
 @dataclass
 class ConnectedRepository:
@@ -31,8 +33,18 @@ class ConnectedRepository:
         options = await trio.to_thread.run_sync(self.driver.read_options)
         return options.strategy is Strategy.PERFORMANCE
 
-    def check_not_open(self, image_id: str, doing: str) -> None:
-        if image_id in self.open_images:
+    async def wait_for_release(self, image_id: str) -> bool:
+        """Whether the image is closed, after waiting a moment if it is not: the
+        kernel sends the last release of a file only after close(2) returned, so
+        `cp x disks/a && ln disks/a snapshots/s` may find `a` open for a moment."""
+        image = self.open_images.get(image_id)
+        if image is not None:
+            with trio.move_on_after(RELEASE_GRACE_S):
+                await image.closed.wait()
+        return image_id not in self.open_images
+
+    async def ensure_closed(self, image_id: str, doing: str) -> None:
+        if not await self.wait_for_release(image_id):
             raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
 
 

@@ -22,7 +22,7 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
         record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
         if record.kind is not kind:
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
-        repo.check_not_open(image_id, "remove")
+        await repo.ensure_closed(image_id, "remove")
         dependents = await trio.to_thread.run_sync(dependents_of, repo, image_id)
         if dependents:
             raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
