@@ -5,6 +5,7 @@ teardown unmounts it, then terminates, then kills it by PID, always. A test
 fails if the mount logged an unexpected error or traceback (s3ql's approach).
 """
 
+import json
 import os
 import re
 import shutil
@@ -59,7 +60,8 @@ def mount_pid(mountpoint: Path) -> int | None:
 class Mount:
     """One repofs process mounted at `path`, with its data in `data`."""
 
-    def __init__(self, base: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, base: Path, extra_args: tuple[str, ...] = (), module: str = "repofs"):
+        self.module = module
         self.path = base / "mnt"
         self.data = base / "data"
         self.log = base / "repofs.log"
@@ -73,10 +75,11 @@ class Mount:
         return self.path / "default"
 
     def start(self) -> "Mount":
-        cmd = [sys.executable, "-m", "repofs", "mount", str(self.path), "--foreground",
+        cmd = [sys.executable, "-m", self.module, "mount", str(self.path), "--foreground",
                "--data-dir", str(self.data), "--log-file", str(self.log),
                "--host-id", "test-host", *self.extra_args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, env=env)
         wait_for(lambda: self.proc.poll() is not None or mount_pid(self.path) == self.proc.pid,
                  MOUNT_TIMEOUT_S, "the mount")  # fmt: skip
         assert self.proc.poll() is None, f"repofs exited: {self.log_text()}"
@@ -132,6 +135,24 @@ class Mount:
         self._log_checked_upto = len(text.splitlines())
 
 
+def assert_consistent(root: Path) -> None:
+    """What a test leaves in a repository: every record readable, every volume it
+    names present and passing `qemu-img check`, every volume named by a record,
+    no temp files. (The check of the fix-engine issue will do this in repofs.)"""
+    named = set()
+    for record_path in [*root.glob("images/*"), *root.glob("trash/*")]:
+        assert not record_path.name.startswith("."), f"leftover {record_path}"
+        record = json.loads(record_path.read_text())
+        for volume in record["chain"]:
+            path = root / "volumes" / volume
+            assert path.exists(), f"{record_path.name} names missing {volume}"
+            named.add(volume)
+    for path in (root / "volumes").iterdir():
+        assert path.name in named, f"volume {path.name} is named by no record"
+        if path.suffix == ".qcow2":
+            sh(f"qemu-img check -q -f qcow2 {path}")
+
+
 @pytest.fixture
 def mount(tmp_path):
     m = Mount(tmp_path)
@@ -141,6 +162,9 @@ def mount(tmp_path):
         assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
     finally:
         m.stop()
+    for root in m.data.iterdir():
+        if (root / "repofs.json").exists():
+            assert_consistent(root)
 
 
 @pytest.fixture

@@ -1,0 +1,123 @@
+"""The `repofs` command and the README's `make run` / `make stop`."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, Mount, children, mount_pid, sh, wait_for
+
+pytestmark = pytest.mark.mount
+
+REPOFS = f"{sys.executable} -m repofs"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stopped(mountpoint, pid: int) -> None:
+    """Asserts the mount is gone and its process and storage daemon ended."""
+    daemons = children(pid)
+    result = sh(f"{REPOFS} umount {mountpoint}", cwd=REPO)
+    assert result.returncode == 0
+    assert not os.path.ismount(mountpoint)
+    assert not alive(pid)
+    wait_for(lambda: not any(alive(d) for d in daemons), 10, "the storage daemon to end")
+
+
+def test_background_mount_tour_and_umount(tmp_path):
+    mnt, data = tmp_path / "mnt", tmp_path / "data"
+    sh(f"{REPOFS} mount {mnt} --data-dir {data}", cwd=REPO)
+    pid = mount_pid(mnt)
+    try:
+        assert pid and alive(pid)
+        assert (data / "repofs.log").exists()
+        again = sh(f"{REPOFS} mount {mnt} --data-dir {data}", cwd=REPO)
+        assert "already mounted" in again.stdout and mount_pid(mnt) == pid
+        tour = sh(f"{REPOFS} tour {mnt}", cwd=REPO).stdout
+        assert "truncate -s 20G default/disks/vm1" in tour
+        sh(f"truncate -s 1M {mnt}/default/disks/vm1")
+    finally:
+        stopped(mnt, pid)
+    assert "not mounted" in sh(f"{REPOFS} umount {mnt}", cwd=REPO).stdout
+
+
+def test_make_run_twice_is_harmless_and_make_stop_stops(tmp_path):
+    args = f"MOUNT={tmp_path}/mnt DATA={tmp_path}/data"
+    first = sh(f"make -s run {args}", cwd=REPO, timeout=600)
+    assert "try, in" in first.stdout and "ln default/disks/vm1" in first.stdout
+    pid = mount_pid(tmp_path / "mnt")
+    try:
+        second = sh(f"make -s run {args}", cwd=REPO, timeout=600)
+        assert "already mounted" in second.stdout and mount_pid(tmp_path / "mnt") == pid
+        assert os.listdir(tmp_path / "mnt/default/disks") == []
+    finally:
+        daemons = children(pid)
+        sh(f"make -s stop {args}", cwd=REPO)
+    assert not os.path.ismount(tmp_path / "mnt") and not alive(pid)
+    wait_for(lambda: not any(alive(d) for d in daemons), 10, "the storage daemon to end")
+
+
+def test_mount_over_a_dead_mount_after_kill_9(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        m.start()
+        sh(f"truncate -s 1M {m.default}/disks/vm1")
+        daemon = m.storage_daemon_pid
+        m.kill()
+        with pytest.raises(OSError) as info:
+            os.stat(m.path)
+        assert info.value.errno == errno.ENOTCONN
+        # The storage daemon dies with its parent, releasing its image locks.
+        wait_for(lambda: not alive(daemon), 10, "the orphaned storage daemon to end")
+        m.start()
+        assert os.listdir(m.default / "disks") == ["vm1"]
+    finally:
+        m.stop()
+
+
+def test_clear_error_when_a_qemu_tool_is_missing(tmp_path):
+    env = {**os.environ, "PATH": "/nonexistent"}
+    result = subprocess.run(
+        [sys.executable, "-m", "repofs", "mount", str(tmp_path / "mnt"),
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "repofs: qemu-img not found: install the Debian package qemu-utils "
+        "(or run `make run`, which installs it)"
+    )
+
+
+def test_clear_error_when_dev_fuse_is_missing(tmp_path):
+    # A private mount namespace whose /dev lacks fuse: the error is real, not mocked.
+    result = sh(
+        f"unshare -m sh -c 'mount -t tmpfs none /dev && exec {REPOFS} mount "
+        f"{tmp_path}/mnt --data-dir {tmp_path}/data'",
+        check=False, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "repofs: /dev/fuse is missing: load the fuse module (modprobe fuse)"
+    )
+
+
+def test_sigterm_unmounts_cleanly(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        m.start()
+        proc = m.proc
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert not os.path.ismount(m.path)
+        m.expect_log("signal 15: unmounting")
+    finally:
+        m.stop()

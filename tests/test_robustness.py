@@ -1,0 +1,120 @@
+"""Errors, full repositories, crashes and persistence."""
+
+import errno
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from conftest import Mount, assert_consistent, pattern, sh
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def test_an_unexpected_exception_is_eio_and_the_mount_stays_up(tmp_path):
+    m = Mount(tmp_path, module="injected_bug")
+    try:
+        m.start()
+        result = sh(f"truncate -s 1M {m.default}/disks/bug", check=False)
+        assert result.returncode != 0 and "Input/output error" in result.stderr
+        with pytest.raises(OSError) as info:
+            (m.default / "status/bug").read_text()
+        assert info.value.errno == errno.EIO
+        sh(f"truncate -s 1M {m.default}/disks/fine")
+        assert os.stat(m.default / "disks/fine").st_size == MiB
+        m.expect_log("RuntimeError: injected bug")
+        assert "Traceback" in m.log_text()
+    finally:
+        m.stop()
+
+
+def test_full_repository_is_enospc_and_leaves_nothing_half_made(mount, tmpfs):
+    sh(f"echo 'small localfs-1.0 path={tmpfs}' > {mount.path}/connect")
+    small = mount.path / "small"
+    sh(f"setfattr -n user.repofs.strategy -v performance {small}")
+    result = sh(f"truncate -s 64M {small}/disks/big", check=False)
+    assert result.returncode != 0 and "No space left on device" in result.stderr
+    # The disk exists as the empty disk open(O_CREAT) made; its volume did not grow.
+    assert os.stat(small / "disks/big").st_size == 0
+    assert sum(p.stat().st_blocks for p in (tmpfs / "volumes").iterdir()) == 0
+    sh(f"setfattr -x user.repofs.strategy {small}")
+    sh(f"truncate -s 64M {small}/disks/thin")
+    result = sh(f"dd if=/dev/urandom of={small}/disks/thin bs=1M count=48 conv=notrunc",
+                check=False)  # fmt: skip
+    assert result.returncode != 0 and "No space left on device" in result.stderr
+    mount.expect_log("No space left on device")
+    sh(f"rm {small}/disks/big")
+    assert sorted(os.listdir(small / "trash")) == ["big"]
+    assert_consistent(tmpfs)
+
+
+def test_corrupt_record_is_eio_and_the_others_still_work(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/ok")
+    sh(f"truncate -s 1M {repo}/disks/bad")
+    record = mount.data / "default/images/bad.json"
+    original = record.read_text()
+    record.write_text("{not json")
+    with pytest.raises(OSError) as info:
+        (repo / "status/bad").read_text()
+    assert info.value.errno == errno.EIO
+    assert os.listdir(repo / "disks") == ["ok"]
+    mount.expect_log("record .*bad.json is unreadable")
+    record.write_text(original)
+    assert os.listdir(repo / "disks") == ["bad", "ok"]
+
+
+def test_everything_persists_across_remount(repo, mount):
+    sh(f"truncate -s 4M {repo}/disks/vm1")
+    with open(repo / "disks/vm1", "r+b") as f:
+        f.write(pattern(b"base", MiB))
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    with open(repo / "disks/vm1", "r+b") as f:
+        f.seek(2 * MiB)
+        f.write(pattern(b"top", MiB))
+    sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
+    sh(f"truncate -s 1M {repo}/disks/gone")
+    sh(f"rm {repo}/disks/gone")
+    sh(f"setfattr -n user.owner -v alice {repo}/disks/vm2")
+    before = {
+        name: (repo / name).read_bytes() for name in ("disks/vm1", "disks/vm2", "snapshots/s1")
+    }
+    statuses = {i: json.loads((repo / "status" / i).read_text()) for i in ("vm1", "vm2", "s1")}
+    mount.remount()
+    for name, data in before.items():
+        assert (repo / name).read_bytes() == data
+    for image_id, status in statuses.items():
+        assert json.loads((repo / "status" / image_id).read_text()) == status
+    assert os.listdir(repo / "trash") == ["gone"]
+    assert os.getxattr(repo / "disks/vm2", "user.owner") == b"alice"
+
+
+def test_kill_9_while_writing_a_qcow2_disk_then_remount(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        m.start()
+        sh(f"truncate -s 1G {m.default}/disks/vm1")
+        sh(f"ln {m.default}/disks/vm1 {m.default}/snapshots/s1")
+        writer = subprocess.Popen(
+            ["dd", "if=/dev/urandom", f"of={m.default}/disks/vm1", "bs=64k", "count=16384",
+             "conv=notrunc", "status=none"],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(1)
+            assert writer.poll() is None, "the writer finished before the crash"
+            m.kill()
+            writer.wait(20)  # its writes fail once the mount is dead
+        finally:
+            writer.kill()
+            writer.wait(20)
+        m.start()
+        assert os.stat(m.default / "disks/vm1").st_size == 1 << 30
+        sh(f"dd if={m.default}/disks/vm1 of=/dev/null bs=1M status=none")
+        sh(f"printf after | dd of={m.default}/disks/vm1 conv=notrunc status=none")
+        assert (m.default / "disks/vm1").read_bytes()[:5] == b"after"
+    finally:
+        m.stop()
+    assert_consistent(m.data / "default")
