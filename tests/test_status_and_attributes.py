@@ -124,7 +124,12 @@ def test_new_disk_owner_and_mode_follow_the_creator(repo):
 
 
 def test_trusted_attributes_are_refused_so_libvirt_skips_remembering(repo, mount):
+    """libvirt's virSecuritySetRememberedLabel reads the refcount attribute first
+    and skips remembering on ENOTSUP; ENODATA would make it try to set it."""
     sh(f"truncate -s 1M {repo}/disks/vm1")
+    with pytest.raises(OSError) as info:
+        xattr.getxattr(str(repo / "disks/vm1"), "trusted.libvirt.security.ref_dac")
+    assert info.value.errno == errno.ENOTSUP
     result = sh(f"setfattr -n trusted.libvirt.security.dac -v x {repo}/disks/vm1", check=False)
     assert result.returncode != 0 and "not supported" in result.stderr
     mount.expect_log("only user.\\* attributes are supported")
