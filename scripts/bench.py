@@ -60,11 +60,11 @@ def main() -> None:
             repo = mnt / "default"
             peer = data / "peer.raw"
             run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
+            run(f"cp {peer} {repo}/disks/gold")
+            run(f"ln {repo}/disks/gold {repo}/snapshots/base")
+            run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")  # overlay over base
             run(f"cp {peer} {repo}/disks/raw")
-            run(f"ln {repo}/disks/raw {repo}/snapshots/base")
-            run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")
-            run(f"cp {peer} {repo}/disks/raw2")
-            for image in ("raw2", "qcow2"):
+            for image in ("raw", "qcow2"):
                 for name, job in JOBS.items():
                     through = fio(repo / "disks" / image, job, size)
                     direct = fio(peer, job, size)

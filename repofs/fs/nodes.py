@@ -32,6 +32,16 @@ class Node:
     area: Area | None = None
     image_id: str | None = None
 
+    def __str__(self) -> str:
+        """The node's path below the mount, for log lines."""
+        if self.kind is NodeKind.ROOT:
+            return "/"
+        if self.kind in (NodeKind.README, NodeKind.CONNECT):
+            return self.kind.name.lower()
+        if self.kind is NodeKind.REPOSITORY_FILE:
+            return f"{self.repo}/repository"
+        return "/".join(p for p in (self.repo, self.area, self.image_id) if p)
+
     @property
     def trashed(self) -> bool:
         return self.area is Area.TRASH

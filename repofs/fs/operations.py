@@ -34,7 +34,6 @@ from repofs.ops.resize_virtual_disk import resize_virtual_disk
 log = logging.getLogger(__name__)
 
 AREA_KIND = {Area.DISKS: ImageKind.VIRTUAL_DISK, Area.SNAPSHOTS: ImageKind.SNAPSHOT}
-KIND_AREA = {kind: area for area, kind in AREA_KIND.items()}
 REPOSITORY_ENTRIES = {
     **{area.value: NodeKind.AREA for area in Area},
     "repository": NodeKind.REPOSITORY_FILE,
@@ -42,6 +41,7 @@ REPOSITORY_ENTRIES = {
 ROOT_ENTRIES = {"README": NodeKind.README, "connect": NodeKind.CONNECT}
 ROOT_ATTRIBUTES = ("user.repofs.pid", "user.repofs.host")
 IMAGE_ATTRIBUTE_CACHE_S = 1.0
+STATVFS_FIELDS = "f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail".split()
 
 
 @dataclass
@@ -82,7 +82,7 @@ class RepofsOperations(pyfuse3.Operations):
     def _repo(self, node: Node):
         return self.registry.get(node.repo)
 
-    async def _child(self, parent: Node, name: str) -> Node:
+    def _child(self, parent: Node, name: str) -> Node:
         """The node for `name` in `parent`, if it exists (ENOENT otherwise)."""
         if name == "..":
             return parent.parent()
@@ -201,7 +201,7 @@ class RepofsOperations(pyfuse3.Operations):
 
     @probe_boundary
     async def lookup(self, parent_inode, name, ctx=None):
-        return await self._entry(await self._child(self._node(parent_inode), _name(name)))
+        return await self._entry(self._child(self._node(parent_inode), _name(name)))
 
     @probe_boundary
     async def getattr(self, inode, ctx=None):
@@ -237,16 +237,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def statfs(self, ctx):
         vfs = await trio.to_thread.run_sync(os.statvfs, self.registry.data_dir)
         out = pyfuse3.StatvfsData()
-        for field in (
-            "f_bsize",
-            "f_frsize",
-            "f_blocks",
-            "f_bfree",
-            "f_bavail",
-            "f_files",
-            "f_ffree",
-            "f_favail",
-        ):
+        for field in STATVFS_FIELDS:
             setattr(out, field, getattr(vfs, field))
         out.f_namemax = 128
         return out
@@ -265,7 +256,7 @@ class RepofsOperations(pyfuse3.Operations):
         names = await self._children(node)
         for index in range(start_id, len(names)):
             try:
-                child = await self._child(node, names[index])
+                child = self._child(node, names[index])
                 attr = await self._attributes(child)
             except errors.RepofsError:
                 continue  # gone while we listed

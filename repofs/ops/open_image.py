@@ -85,31 +85,43 @@ class OpenImage:
 async def open_image(
     registry: Registry, repo: ConnectedRepository, image_id: str, write: bool
 ) -> OpenImage:
-    """Opens an image for one more handle. Snapshots are read-only (EROFS)."""
+    """Opens an image for one more handle. Snapshots are read-only (EROFS).
+
+    A first open holds the repository's `changing` lock, so that it cannot open
+    the top volume that a snapshot, removal or rename of the image is changing.
+    """
     image = repo.open_images.get(image_id)
     if image is None:
-        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
-        writable = record.kind is ImageKind.VIRTUAL_DISK
-        if write and not writable:
-            raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
-        path = repo.driver.volume_path(record.top)
-        if record.is_raw:
-            io = await trio.to_thread.run_sync(RawVolumeFile, path, writable)
-            if writable:
-                # Growth written but never persisted before a crash is dropped, so
-                # that a later grow reads zeros there, not stale bytes.
-                await io.truncate(record.size)
-        else:
-            io = await QcowChainFile.open(registry.daemon, path, writable)
-        # Another handle may have opened it while we waited.
-        image = repo.open_images.get(image_id)
-        if image is None:
-            image = repo.open_images[image_id] = OpenImage(repo, record, io, writable)
-        else:
-            await _close_io(io)
-    elif write and not image.writable:
-        raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
+        async with repo.changing:
+            image = repo.open_images.get(image_id)
+            if image is None:
+                record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+                _check_writable(record.kind, image_id, write)
+                image = await _first_open(registry, repo, record)
+    _check_writable(image.record.kind, image_id, write)
     image.handles += 1
+    return image
+
+
+def _check_writable(kind: ImageKind, image_id: str, write: bool) -> None:
+    if write and kind is ImageKind.SNAPSHOT:
+        raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
+
+
+async def _first_open(
+    registry: Registry, repo: ConnectedRepository, record: ImageRecord
+) -> OpenImage:
+    writable = record.kind is ImageKind.VIRTUAL_DISK
+    path = repo.driver.volume_path(record.top)
+    if record.is_raw:
+        io = await trio.to_thread.run_sync(RawVolumeFile, path, writable)
+        if writable:
+            # Growth written but never persisted before a crash is dropped, so that
+            # a later grow reads zeros there, not stale bytes.
+            await io.truncate(record.size)
+    else:
+        io = await QcowChainFile.open(registry.daemon, path, writable)
+    image = repo.open_images[record.id] = OpenImage(repo, record, io, writable)
     return image
 
 
