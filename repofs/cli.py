@@ -76,11 +76,11 @@ def cmd_mount(args) -> int:
     _check_environment(mountpoint)
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.foreground:
-        from repofs.fs.mount import serve  # pyfuse3 only where it mounts
+        from repofs.fs.mount import MountConfig, serve  # pyfuse3 only where it mounts
 
         log_fd = _setup_logging(args.log_file)
         host_id = args.host_id or f"{socket.gethostname()}:{data_dir}"
-        serve(mountpoint, data_dir, args.connect, host_id, args.allow_other, log_fd)
+        serve(MountConfig(mountpoint, data_dir, args.connect, host_id, args.allow_other, log_fd))
         return 0
     return _mount_in_background(args, mountpoint, data_dir)
 

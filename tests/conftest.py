@@ -185,6 +185,13 @@ def tmpfs(tmp_path):
         sh(f"umount -l {path}", check=False)
 
 
+def errno_of(call, *args) -> int:
+    """The errno that `call(*args)` fails with (the test fails if it succeeds)."""
+    with pytest.raises(OSError) as info:
+        call(*args)
+    return info.value.errno
+
+
 def pattern(tag: bytes, length: int) -> bytes:
     """A distinct, recognisable byte pattern."""
     return (tag * (length // len(tag) + 1))[:length]

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from conftest import sh
+from conftest import errno_of, sh
 
 pytestmark = pytest.mark.mount
 
@@ -39,12 +39,9 @@ def test_rm_snapshot_and_restore_to_its_own_kind_only(repo):
     sh(f"rm {repo}/disks/vm1")
     sh(f"rm {repo}/snapshots/s1")
     assert listing(repo / "trash") == ["s1", "vm1"]
-    with pytest.raises(OSError) as info:
-        os.rename(repo / "trash/s1", repo / "disks/s1")
-    assert info.value.errno == errno.EINVAL
-    with pytest.raises(OSError) as info:  # its base is still in the trash
-        os.rename(repo / "trash/vm1", repo / "disks/vm1")
-    assert info.value.errno == errno.ENOENT
+    assert errno_of(os.rename, repo / "trash/s1", repo / "disks/s1") == errno.EINVAL
+    # vm1's base is still in the trash:
+    assert errno_of(os.rename, repo / "trash/vm1", repo / "disks/vm1") == errno.ENOENT
     sh(f"mv {repo}/trash/s1 {repo}/snapshots/")
     sh(f"mv {repo}/trash/vm1 {repo}/disks/")
     assert listing(repo / "snapshots") == ["s1"] and listing(repo / "disks") == ["vm1"]
@@ -54,20 +51,14 @@ def test_trash_is_read_only(repo):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"rm {repo}/disks/vm1")
     for flags in (os.O_RDONLY, os.O_WRONLY):
-        with pytest.raises(OSError) as info:
-            os.open(repo / "trash/vm1", flags)
-        assert info.value.errno == errno.EACCES
-    with pytest.raises(OSError) as info:
-        os.unlink(repo / "trash/vm1")
-    assert info.value.errno == errno.EROFS
+        assert errno_of(os.open, repo / "trash/vm1", flags) == errno.EACCES
+    assert errno_of(os.unlink, repo / "trash/vm1") == errno.EROFS
 
 
 def test_rm_open_image_is_ebusy(repo, mount):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     with open(repo / "disks/vm1", "rb"):
-        with pytest.raises(OSError) as info:
-            os.unlink(repo / "disks/vm1")
-        assert info.value.errno == errno.EBUSY
+        assert errno_of(os.unlink, repo / "disks/vm1") == errno.EBUSY
     mount.expect_log("cannot remove vm1 in default: it is open")
     assert listing(repo / "disks") == ["vm1"]
 
@@ -77,9 +68,7 @@ def test_rm_snapshot_with_dependents_is_ebusy_and_names_them(repo, mount):
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
     sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
     assert os.getxattr(repo / "snapshots/s1", "user.repofs.dependents") == b"vm1,vm2"
-    with pytest.raises(OSError) as info:
-        os.unlink(repo / "snapshots/s1")
-    assert info.value.errno == errno.EBUSY
+    assert errno_of(os.unlink, repo / "snapshots/s1") == errno.EBUSY
     mount.expect_log("cannot remove s1: vm1, vm2 depend on it")
     sh(f"rm {repo}/disks/vm1 {repo}/disks/vm2")
     sh(f"rm {repo}/snapshots/s1")
@@ -89,12 +78,8 @@ def test_same_id_in_trash_twice_is_eexist(repo):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"rm {repo}/disks/vm1")
     sh(f"truncate -s 1M {repo}/disks/vm1")
-    with pytest.raises(OSError) as info:
-        os.unlink(repo / "disks/vm1")
-    assert info.value.errno == errno.EEXIST
-    with pytest.raises(OSError) as info:
-        os.rename(repo / "trash/vm1", repo / "disks/vm1")
-    assert info.value.errno == errno.EEXIST
+    assert errno_of(os.unlink, repo / "disks/vm1") == errno.EEXIST
+    assert errno_of(os.rename, repo / "trash/vm1", repo / "disks/vm1") == errno.EEXIST
 
 
 def test_rename_within_a_repository(repo, mount):
@@ -120,12 +105,9 @@ def test_rename_refusals(repo, mount):
         ("snapshots/s1", "snapshots/s2", errno.EBUSY),  # a is based on s1
     ]
     for source, target, expected in cases:
-        with pytest.raises(OSError) as info:
-            os.rename(repo / source, repo / target)
-        assert info.value.errno == expected, (source, target)
-    with open(repo / "disks/b", "rb"), pytest.raises(OSError) as info:
-        os.rename(repo / "disks/b", repo / "disks/c")
-    assert info.value.errno == errno.EBUSY
+        assert errno_of(os.rename, repo / source, repo / target) == expected, (source, target)
+    with open(repo / "disks/b", "rb"):
+        assert errno_of(os.rename, repo / "disks/b", repo / "disks/c") == errno.EBUSY
     mount.expect_log("cannot rename s1: a depend on it")
 
 
@@ -133,9 +115,7 @@ def test_mv_across_repositories_is_exdev_and_falls_back(repo, mount):
     sh(f"mkdir {mount.path}/r2")
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"printf moved | dd of={repo}/disks/vm1 conv=notrunc status=none")
-    with pytest.raises(OSError) as info:
-        os.rename(repo / "disks/vm1", mount.path / "r2/disks/vm1")
-    assert info.value.errno == errno.EXDEV
+    assert errno_of(os.rename, repo / "disks/vm1", mount.path / "r2/disks/vm1") == errno.EXDEV
     sh(f"mv {repo}/disks/vm1 {mount.path}/r2/disks/")
     assert (mount.path / "r2/disks/vm1").read_bytes()[:5] == b"moved"
     assert os.stat(mount.path / "r2/disks/vm1").st_size == MiB

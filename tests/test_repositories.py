@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Mount, sh
+from conftest import Mount, errno_of, sh
 
 pytestmark = pytest.mark.mount
 
@@ -21,9 +21,7 @@ def test_root_and_repository_layout(mount):
     ]  # fmt: skip
     readme = (mount.path / "README").read_text()
     assert "truncate -s 20G default/disks/vm1" in readme
-    with pytest.raises(OSError) as info:
-        os.open(mount.path / "README", os.O_WRONLY)
-    assert info.value.errno == errno.EACCES
+    assert errno_of(os.open, mount.path / "README", os.O_WRONLY) == errno.EACCES
 
 
 def test_repository_file(mount):
@@ -52,9 +50,7 @@ def test_mkdir_creates_and_rmdir_disconnects(mount):
 def test_rmdir_of_a_repository_with_an_open_image_is_ebusy(mount):
     sh(f"truncate -s 1M {mount.default}/disks/vm1")
     with open(mount.default / "disks/vm1", "rb"):
-        with pytest.raises(OSError) as info:
-            os.rmdir(mount.default)
-        assert info.value.errno == errno.EBUSY
+        assert errno_of(os.rmdir, mount.default) == errno.EBUSY
     mount.expect_log("cannot disconnect default: open images \\['vm1'\\]")
     os.rmdir(mount.default)
 
@@ -108,9 +104,7 @@ def test_connect_refusals(mount, tmp_path, line, expected):
     places["default"] = mount.data / "default"
     fd = os.open(mount.path / "connect", os.O_WRONLY)
     try:
-        with pytest.raises(OSError) as info:
-            os.write(fd, line.format(**places).encode() + b"\n")
-        assert info.value.errno == expected
+        assert errno_of(os.write, fd, line.format(**places).encode() + b"\n") == expected
     finally:
         os.close(fd)
     assert sorted(os.listdir(mount.path)) == ["README", "connect", "default"]

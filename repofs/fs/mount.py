@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -21,28 +22,32 @@ log = logging.getLogger(__name__)
 MAX_CONCURRENT_REQUESTS = 64
 
 
-async def _serve(
-    mountpoint: Path,
-    data_dir: Path,
-    connections: list[str],
-    host_id: str,
-    allow_other: bool,
-    log_fd: int | None,
-    run_dir: Path,
-) -> None:
-    daemon = StorageDaemon(run_dir, log_fd)
+@dataclass(frozen=True)
+class MountConfig:
+    mountpoint: Path
+    data_dir: Path
+    connections: list[str]  # "NAME FORMAT key=value ..." lines, connected at start
+    host_id: str
+    allow_other: bool
+    log_fd: int | None  # where qemu-storage-daemon's output goes
+
+
+async def _serve(config: MountConfig, run_dir: Path) -> None:
+    daemon = StorageDaemon(run_dir, config.log_fd)
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
-        registry = Registry(data_dir, host_id, daemon)
+        registry = Registry(config.data_dir, config.host_id, daemon)
         await connect_data_dir(registry)
-        for line in connections:
+        for line in config.connections:
             await connect_repository(registry, *parse_connection(line))
         options = set(pyfuse3.default_options) | {"fsname=repofs", "subtype=repofs"}
-        if allow_other:
+        if config.allow_other:
             options.add("allow_other")
-        pyfuse3.init(RepofsOperations(registry), str(mountpoint), options)
+        pyfuse3.init(RepofsOperations(registry), str(config.mountpoint), options)
         nursery.start_soon(_terminate_on_signal)
-        log.info("mounted %s (data %s, host %s)", mountpoint, data_dir, host_id)
+        log.info(
+            "mounted %s (data %s, host %s)", config.mountpoint, config.data_dir, config.host_id
+        )
         try:
             await pyfuse3.main(max_tasks=MAX_CONCURRENT_REQUESTS)
         finally:
@@ -50,7 +55,7 @@ async def _serve(
             for repo in registry.repositories.values():
                 repo.driver.close()
             nursery.cancel_scope.cancel()
-    log.info("unmounted %s", mountpoint)
+    log.info("unmounted %s", config.mountpoint)
 
 
 async def _terminate_on_signal() -> None:
@@ -61,18 +66,11 @@ async def _terminate_on_signal() -> None:
             return
 
 
-def serve(
-    mountpoint: Path,
-    data_dir: Path,
-    connections: list[str],
-    host_id: str,
-    allow_other: bool,
-    log_fd: int | None,
-) -> None:
+def serve(config: MountConfig) -> None:
     """Mounts and serves in the foreground until unmounted."""
     run_dir = Path(tempfile.mkdtemp(prefix="repofs-"))
     try:
-        trio.run(_serve, mountpoint, data_dir, connections, host_id, allow_other, log_fd, run_dir)
+        trio.run(_serve, config, run_dir)
     except* errors.RepofsError as group:
         raise group.exceptions[0] from None
     finally:
