@@ -47,6 +47,22 @@ def test_mkdir_creates_and_rmdir_disconnects(mount):
     assert os.listdir(mount.path / "r1/disks") == ["vm1"]
 
 
+def test_mkdir_refusals(mount):
+    assert errno_of(os.mkdir, mount.path / "connect") == errno.EEXIST
+    assert errno_of(os.mkdir, mount.path / ".hidden") == errno.EINVAL
+    assert errno_of(os.mkdir, mount.default / "disks/sub") == errno.EPERM
+    assert errno_of(os.rmdir, mount.default / "disks") == errno.EPERM
+    assert sorted(os.listdir(mount.path)) == ["README", "connect", "default"]
+
+
+def test_temp_files_and_bad_names_are_not_images(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    (mount.data / "default/images/.tmp-x-vm1.json").write_text("{}")
+    assert errno_of(os.stat, repo / "disks/.tmp-x-vm1") == errno.ENOENT
+    assert os.listdir(repo / "disks") == ["vm1"]
+    (mount.data / "default/images/.tmp-x-vm1.json").unlink()
+
+
 def test_rmdir_of_a_repository_with_an_open_image_is_ebusy(mount):
     sh(f"truncate -s 1M {mount.default}/disks/vm1")
     with open(mount.default / "disks/vm1", "rb"):
@@ -91,6 +107,7 @@ def test_connect_at_mount_time(tmp_path):
         ("r2 posix-1.0 path={empty}", errno.EOPNOTSUPP),  # planned format
         ("r2 localfs-1.0", errno.EINVAL),  # missing path
         ("default localfs-1.0 path={empty}", errno.EEXIST),  # name taken
+        ("README localfs-1.0 path={empty}", errno.EEXIST),  # the root's own file
         ("r2 localfs-1.0 path={default}", errno.EBUSY),  # connected already
         (".bad localfs-1.0 path={empty}", errno.EINVAL),
         ("r2 localfs-1.0 path={missing}", errno.ENOENT),

@@ -15,6 +15,7 @@ from repofs.fs import render
 from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
+from repofs.names import is_valid_name
 from repofs.ops import image_attributes, repository_options
 from repofs.ops.connect_repository import (
     connect_repository,
@@ -97,7 +98,7 @@ class RepofsOperations(pyfuse3.Operations):
                 return Node(kind, parent.repo, Area(name))
             if kind is NodeKind.REPOSITORY_FILE:
                 return Node(kind, parent.repo)
-        elif parent.kind is NodeKind.AREA:
+        elif parent.kind is NodeKind.AREA and is_valid_name(name):
             # Whether the image is there is checked by whoever renders the node.
             kind = NodeKind.STATUS if parent.area is Area.STATUS else NodeKind.IMAGE
             return Node(kind, parent.repo, parent.area, name)

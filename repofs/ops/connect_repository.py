@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REPOSITORY = "default"
 PLANNED_FORMATS = ("posix-1.0", "glusterfs-1.0", "clvm-1.2")
+# The mount root's own files: a repository of that name would be hidden.
+RESERVED_NAMES = ("README", "connect")
 
 
 def parse_connection(line: str) -> tuple[str, str, dict[str, str]]:
@@ -41,7 +43,7 @@ async def connect_repository(
     registry: Registry, name: str, fmt: str, params: dict[str, str], transient: bool = True
 ) -> ConnectedRepository:
     check_name(name, "repository name")
-    if name in registry.repositories:
+    if name in RESERVED_NAMES or name in registry.repositories:
         raise errors.exists(f"a repository named {name} is already connected")
     if fmt in PLANNED_FORMATS:
         raise errors.not_supported(f"format {fmt} is planned, not built yet")
