@@ -8,7 +8,6 @@ fails if the mount logged an unexpected error or traceback (s3ql's approach).
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -195,7 +194,3 @@ def errno_of(call, *args) -> int:
 def pattern(tag: bytes, length: int) -> bytes:
     """A distinct, recognisable byte pattern."""
     return (tag * (length // len(tag) + 1))[:length]
-
-
-def have(program: str) -> bool:
-    return shutil.which(program) is not None

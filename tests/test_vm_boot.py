@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import have, pattern, sh
+from conftest import pattern, sh
 
 pytestmark = [pytest.mark.mount, pytest.mark.vm]
 
@@ -21,10 +21,6 @@ IMAGE_SIZE = 1 << 20
 GUEST_PATTERN = pattern(b"GUESTWROTE", SECTOR)  # what the guest writes to sector 2
 GUEST_EXIT_STATUS = 0x21 * 2 + 1  # isa-debug-exit: QEMU exits with (value << 1) | 1
 BOOT_TIMEOUT_S = 60
-
-if not (have("nasm") and have("qemu-system-x86_64")):
-    pytest.skip("needs nasm and qemu-system-x86_64", allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
 def boot_sector(tmp_path_factory) -> bytes:
