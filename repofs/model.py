@@ -10,6 +10,9 @@ import enum
 from dataclasses import asdict, dataclass, field, replace
 
 RECORD_VERSION = 1
+# The last_error of a snapshot whose creation was interrupted (ops/create_snapshot.py);
+# a mend fix finishes it.
+UNFINISHED_SNAPSHOT = "snapshot not finished: its disk may still write to its top volume"
 
 
 class ImageKind(enum.StrEnum):
@@ -124,10 +127,12 @@ class RepositoryOptions:
     strategy: Strategy = Strategy.SPACE
     participating: tuple[str, ...] = ()
     image_hints: tuple[tuple[str, str], ...] = ()
+    max_chain: int = 8  # longer chains are degraded: optimize flattens them
 
     def to_json(self) -> dict:
         return {
             "version": RECORD_VERSION,
+            "max_chain": self.max_chain,
             "autofix": self.autofix,
             "strategy": str(self.strategy),
             "participating": list(self.participating),
@@ -141,4 +146,132 @@ class RepositoryOptions:
             strategy=Strategy(data.get("strategy", "space")),
             participating=tuple(data.get("participating", ())),
             image_hints=tuple(tuple(h) for h in data.get("image_hints", ())),
+            max_chain=int(data.get("max_chain", 8)),
+        )
+
+
+class FixKind(enum.StrEnum):
+    CLEAN = "clean"
+    OPTIMIZE = "optimize"
+    MERGE = "merge"
+    MEND = "mend"
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One finding of checkStorageRepository and the work that repairs it.
+
+    Its ID is derived from what it repairs, so that a check run twice offers the
+    same fix, and a task made from it keeps that ID (resuming a stopped task is
+    queueing the same fix again)."""
+
+    id: str
+    kind: FixKind
+    image: str | None
+    description: str
+    bytes_estimate: int
+    data: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": str(self.kind),
+            "image": self.image,
+            "description": self.description,
+            "bytes_estimate": self.bytes_estimate,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Fix":
+        return cls(
+            id=data["id"],
+            kind=FixKind(data["kind"]),
+            image=data.get("image"),
+            description=data["description"],
+            bytes_estimate=int(data.get("bytes_estimate", 0)),
+            data=dict(data.get("data", {})),
+        )
+
+
+class TaskState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    STOPPED = "stopped"  # by the user; queueing its fix again resumes it
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a task: a host, proven alive by its heartbeat counter."""
+
+    host: str
+    heartbeat: int
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    fix: Fix
+    state: TaskState = TaskState.QUEUED
+    lease: Lease | None = None
+    stage: str | None = None  # "X/Y"
+    step: str | None = None  # what stage X does, in a word
+    percent_complete: int = -1
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate: float = 0.0  # bytes per second, over the current run
+    started: float | None = None  # wall-clock time of the current run, for people
+    last_error: str | None = None
+    # What the fix has durably done: its own data, plus the volumes it made and
+    # still owns (a clean must not take them for garbage).
+    checkpoint: dict = field(default_factory=dict)
+    generation: int = 0
+
+    @property
+    def image(self) -> str | None:
+        return self.fix.image
+
+    def evolve(self, **changes) -> "Task":
+        return replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return {
+            "version": RECORD_VERSION,
+            "id": self.id,
+            "fix": self.fix.to_json(),
+            "state": str(self.state),
+            "lease": asdict(self.lease) if self.lease else None,
+            "stage": self.stage,
+            "step": self.step,
+            "percent_complete": self.percent_complete,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "rate": self.rate,
+            "started": self.started,
+            "last_error": self.last_error,
+            "checkpoint": self.checkpoint,
+            "generation": self.generation,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Task":
+        if data.get("version") != RECORD_VERSION:
+            raise ValueError(f"task {data.get('id')}: unknown version {data.get('version')}")
+        lease = data.get("lease")
+        return cls(
+            id=data["id"],
+            fix=Fix.from_json(data["fix"]),
+            state=TaskState(data["state"]),
+            lease=Lease(**lease) if lease else None,
+            stage=data.get("stage"),
+            step=data.get("step"),
+            percent_complete=int(data.get("percent_complete", -1)),
+            bytes_done=int(data.get("bytes_done", 0)),
+            bytes_total=int(data.get("bytes_total", 0)),
+            rate=float(data.get("rate", 0.0)),
+            started=data.get("started"),
+            last_error=data.get("last_error"),
+            checkpoint=dict(data.get("checkpoint", {})),
+            generation=int(data["generation"]),
         )

@@ -17,7 +17,7 @@ MiB = 1 << 20
 def test_root_and_repository_layout(mount):
     assert sorted(os.listdir(mount.path)) == ["README", "connect", "default"]
     assert sorted(os.listdir(mount.default)) == [
-        "disks", "repository", "snapshots", "status", "trash",
+        "disks", "events", "fixes", "repository", "snapshots", "status", "tasks", "trash",
     ]  # fmt: skip
     readme = (mount.path / "README").read_text()
     assert "truncate -s 20G default/disks/vm1" in readme

@@ -22,13 +22,20 @@ import fcntl
 import logging
 import os
 import threading
+import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from repofs import errors
-from repofs.drivers.atomic import atomic_write_json, durable_rename, fsync_dir, read_json
-from repofs.model import ImageRecord, RepositoryOptions, Volume, VolumeFormat
+from repofs.drivers.atomic import (
+    TEMP_PREFIX,
+    atomic_write_json,
+    durable_rename,
+    fsync_dir,
+    read_json,
+)
+from repofs.model import ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +55,17 @@ class LocalRepository:
         self._trash = root / "trash"
         self._volumes = root / "volumes"
         self._locks = root / "locks"
+        self._tasks = root / "tasks"
+        self._hosts = root / "hosts"
         self._thread_lock = threading.Lock()
         self._connection_fd: int | None = None
+        # Told of every durable change of an image record: (event, image ID, record
+        # or None). Called from whichever thread made the change.
+        self.on_change: Callable[[str, str, ImageRecord | None], None] | None = None
+
+    def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
+        if self.on_change is not None:
+            self.on_change(event, image_id, record)
 
     # Connection
 
@@ -170,21 +186,27 @@ class LocalRepository:
                 raise errors.exists(f"image {record.id} already exists")
             record = record.evolve(generation=1)
             atomic_write_json(path, record.to_json())
-            return record
+        self._notify("created", record.id, record)
+        return record
 
     def update_image(self, record: ImageRecord) -> ImageRecord:
         """Compare-and-swap: writes `record` as generation + 1 if storage still holds
         `record.generation`, else ESTALE (someone else changed the image meanwhile)."""
         with self.lock():
             current = self.read_image(record.id)
-            if current.generation != record.generation:
-                raise errors.conflict(
-                    f"image {record.id} changed meanwhile (generation "
-                    f"{current.generation}, expected {record.generation})"
-                )
+            _check_generation(f"image {record.id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
             atomic_write_json(self._record_path(record.id), record.to_json())
-            return record
+        self._notify("updated", record.id, record)
+        return record
+
+    def purge_trashed_image(self, image_id: str) -> None:
+        """Forgets a trashed image for good (its volumes stay until nothing names
+        them). Durable step: unlink the record, fsync the trash directory."""
+        with self.lock():
+            self._record_path(image_id, trashed=True).unlink(missing_ok=True)
+            fsync_dir(self._trash)
+        self._notify("purged", image_id, None)
 
     def trash_image(self, image_id: str) -> None:
         """removeImage on storage: one rename of the record into trash/."""
@@ -194,18 +216,22 @@ class LocalRepository:
                     f"trash already holds an image {image_id}: restore or clean it first"
                 )
             self._rename(self._record_path(image_id), self._record_path(image_id, trashed=True))
+        self._notify("removed", image_id, None)
 
     def restore_image(self, image_id: str) -> None:
         with self.lock():
             if self._record_path(image_id).exists():
                 raise errors.exists(f"image {image_id} already exists")
             self._rename(self._record_path(image_id, trashed=True), self._record_path(image_id))
+        self._notify("restored", image_id, self.read_image(image_id))
 
     def rename_image(self, old_id: str, new_id: str) -> None:
         with self.lock():
             if self._record_path(new_id).exists():
                 raise errors.exists(f"image {new_id} already exists")
             self._rename(self._record_path(old_id), self._record_path(new_id))
+        self._notify("removed", old_id, None)
+        self._notify("renamed", new_id, self.read_image(new_id))
 
     @staticmethod
     def _rename(src: Path, dst: Path) -> None:
@@ -213,6 +239,69 @@ class LocalRepository:
             durable_rename(src, dst)
         except FileNotFoundError:
             raise errors.not_found(f"{src.name[:-5]} does not exist") from None
+
+    # Volumes
+
+    # Tasks and host heartbeats
+
+    def _task_path(self, task_id: str) -> Path:
+        return self._tasks / f"{task_id}.json"
+
+    def read_task(self, task_id: str) -> Task:
+        path = self._task_path(task_id)
+        try:
+            return Task.from_json(read_json(path))
+        except FileNotFoundError:
+            raise errors.not_found(f"no task {task_id} in {self.root}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise errors.io_error(f"task record {path} is unreadable: {exc!r}") from None
+
+    def list_tasks(self) -> list[Task]:
+        tasks = []
+        for path in sorted(self._tasks.glob("[!.]*.json")):
+            try:
+                tasks.append(self.read_task(path.name[: -len(".json")]))
+            except errors.RepofsError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.error("skipping task %s: %s", path.name, exc.reason)
+        return tasks
+
+    def write_task(self, task: Task) -> Task:
+        """Compare-and-swap like update_image; generation 0 creates the task (EEXIST
+        if it exists)."""
+        with self.lock():
+            path = self._task_path(task.id)
+            if task.generation == 0:
+                if path.exists():
+                    raise errors.exists(f"task {task.id} already exists")
+            else:
+                current = self.read_task(task.id)
+                _check_generation(f"task {task.id}", current.generation, task.generation)
+            task = task.evolve(generation=task.generation + 1)
+            atomic_write_json(path, task.to_json())
+            return task
+
+    def delete_task(self, task: Task) -> None:
+        """Durable step: unlink the task record (if still at `task.generation`)."""
+        with self.lock():
+            current = self.read_task(task.id)
+            _check_generation(f"task {task.id}", current.generation, task.generation)
+            self._task_path(task.id).unlink()
+            fsync_dir(self._tasks)
+
+    def _host_path(self, host: str) -> Path:
+        return self._hosts / f"{urllib.parse.quote(host, safe='')}.json"
+
+    def write_heartbeat(self, host: str, counter: int) -> None:
+        atomic_write_json(self._host_path(host), {"host": host, "heartbeat": counter})
+
+    def read_heartbeats(self) -> dict[str, int]:
+        beats = {}
+        for path in self._hosts.glob("[!.]*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                data = read_json(path)
+                beats[data["host"]] = int(data["heartbeat"])
+        return beats
 
     # Volumes
 
@@ -269,8 +358,35 @@ class LocalRepository:
         finally:
             os.close(fd)
 
+    def list_volumes(self) -> list[Volume]:
+        volumes = []
+        for path in sorted(self._volumes.iterdir()):
+            with contextlib.suppress(ValueError):
+                volumes.append(Volume.from_file_name(path.name))
+        return volumes
+
+    def remove_volume(self, volume: Volume) -> None:
+        """Durable step: unlink the volume, fsync the directory. The caller has made
+        sure that no record and no task names it."""
+        self.volume_path(volume).unlink(missing_ok=True)
+        fsync_dir(self._volumes)
+
+    def temp_files(self) -> list[Path]:
+        """Leftovers of atomic writes that a crash interrupted."""
+        return [
+            p for d in (self.root, self._images, self._trash, self._tasks, self._hosts)
+            for p in d.glob(f"{TEMP_PREFIX}*")
+        ]  # fmt: skip
+
     def allocated_bytes(self, volume: Volume) -> int:
         try:
             return os.stat(self.volume_path(volume)).st_blocks * 512
         except FileNotFoundError:
             return 0
+
+
+def _check_generation(what: str, stored: int, expected: int) -> None:
+    if stored != expected:
+        raise errors.conflict(
+            f"{what} changed meanwhile (generation {stored}, expected {expected})"
+        )

@@ -12,14 +12,16 @@ import pyfuse3
 import trio
 
 from repofs import errors
+from repofs.fix_daemon import FixDaemon
 from repofs.fs.operations import RepofsOperations
 from repofs.ops.connect_repository import connect_data_dir, connect_repository, parse_connection
-from repofs.ops.registry import Registry
 from repofs.qemu.storage_daemon import StorageDaemon
+from repofs.registry import Registry
 
 log = logging.getLogger(__name__)
 
-MAX_CONCURRENT_REQUESTS = 64
+# Readers of `events` hold a request each while they wait (at most a second).
+MAX_CONCURRENT_REQUESTS = 128
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ async def _serve(config: MountConfig, run_dir: Path) -> None:
         await connect_data_dir(registry)
         for line in config.connections:
             await connect_repository(registry, *parse_connection(line))
+        registry.fix_daemon = FixDaemon(registry)
+        await nursery.start(registry.fix_daemon.run)
         options = set(pyfuse3.default_options) | {"fsname=repofs", "subtype=repofs"}
         if config.allow_other:
             options.add("allow_other")

@@ -12,6 +12,8 @@ class Area(enum.StrEnum):
     SNAPSHOTS = "snapshots"
     STATUS = "status"
     TRASH = "trash"
+    FIXES = "fixes"
+    TASKS = "tasks"
 
 
 class NodeKind(enum.Enum):
@@ -23,6 +25,9 @@ class NodeKind(enum.Enum):
     REPOSITORY_FILE = enum.auto()  # MOUNT/NAME/repository
     IMAGE = enum.auto()  # disks/ID, snapshots/ID, trash/ID
     STATUS = enum.auto()  # status/ID
+    FIX = enum.auto()  # fixes/FIX
+    TASK = enum.auto()  # tasks/TASK
+    EVENTS = enum.auto()  # MOUNT/NAME/events
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Node:
     kind: NodeKind
     repo: str | None = None
     area: Area | None = None
-    image_id: str | None = None
+    name: str | None = None  # an image ID, or a fix or task ID
 
     def __str__(self) -> str:
         """The node's path below the mount, for log lines."""
@@ -40,16 +45,18 @@ class Node:
             return self.kind.name.lower()
         if self.kind is NodeKind.REPOSITORY_FILE:
             return f"{self.repo}/repository"
-        return "/".join(p for p in (self.repo, self.area, self.image_id) if p)
+        if self.kind is NodeKind.EVENTS:
+            return f"{self.repo}/events"
+        return "/".join(p for p in (self.repo, self.area, self.name) if p)
 
     @property
     def trashed(self) -> bool:
         return self.area is Area.TRASH
 
     def parent(self) -> "Node":
-        if self.kind in (NodeKind.IMAGE, NodeKind.STATUS):
+        if self.kind in (NodeKind.IMAGE, NodeKind.STATUS, NodeKind.FIX, NodeKind.TASK):
             return Node(NodeKind.AREA, self.repo, self.area)
-        if self.kind in (NodeKind.AREA, NodeKind.REPOSITORY_FILE):
+        if self.kind in (NodeKind.AREA, NodeKind.REPOSITORY_FILE, NodeKind.EVENTS):
             return Node(NodeKind.REPOSITORY, self.repo)
         return ROOT
 

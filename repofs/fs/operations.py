@@ -11,12 +11,13 @@ import pyfuse3
 import trio
 
 from repofs import errors
+from repofs.events import Subscription
 from repofs.fs import render
 from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
 from repofs.names import is_valid_name
-from repofs.ops import image_attributes, repository_options
+from repofs.ops import fix_repository, image_attributes, repository_options
 from repofs.ops.connect_repository import (
     connect_repository,
     create_local_repository,
@@ -27,10 +28,10 @@ from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk, create_virtual_disk_from_snapshot
 from repofs.ops.image_status import get_image_status
 from repofs.ops.open_image import OpenImage, open_image, release_image
-from repofs.ops.registry import Registry
 from repofs.ops.remove_image import remove_image, restore_image
 from repofs.ops.rename_image import rename_image
 from repofs.ops.resize_virtual_disk import resize_virtual_disk
+from repofs.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ AREA_KIND = {Area.DISKS: ImageKind.VIRTUAL_DISK, Area.SNAPSHOTS: ImageKind.SNAPS
 REPOSITORY_ENTRIES = {
     **{area.value: NodeKind.AREA for area in Area},
     "repository": NodeKind.REPOSITORY_FILE,
+    "events": NodeKind.EVENTS,
+}
+AREA_NODE_KIND = {
+    Area.STATUS: NodeKind.STATUS,
+    Area.FIXES: NodeKind.FIX,
+    Area.TASKS: NodeKind.TASK,
 }
 ROOT_ENTRIES = {"README": NodeKind.README, "connect": NodeKind.CONNECT}
 ROOT_ATTRIBUTES = ("user.repofs.pid", "user.repofs.host")
@@ -58,6 +65,11 @@ class TextHandle:
 @dataclass
 class ConnectHandle:
     pass
+
+
+@dataclass
+class EventsHandle:
+    subscription: Subscription
 
 
 def _name(raw: bytes) -> str:
@@ -96,20 +108,20 @@ class RepofsOperations(pyfuse3.Operations):
             kind = REPOSITORY_ENTRIES.get(name)
             if kind is NodeKind.AREA:
                 return Node(kind, parent.repo, Area(name))
-            if kind is NodeKind.REPOSITORY_FILE:
+            if kind in (NodeKind.REPOSITORY_FILE, NodeKind.EVENTS):
                 return Node(kind, parent.repo)
         elif parent.kind is NodeKind.AREA and is_valid_name(name):
-            # Whether the image is there is checked by whoever renders the node.
-            kind = NodeKind.STATUS if parent.area is Area.STATUS else NodeKind.IMAGE
+            # Whether the entry is there is checked by whoever renders the node.
+            kind = AREA_NODE_KIND.get(parent.area, NodeKind.IMAGE)
             return Node(kind, parent.repo, parent.area, name)
         raise errors.not_found(f"no {name} in {parent}")
 
     async def _image_status(self, node: Node):
         repo = self._repo(node)
-        status = await get_image_status(repo, node.image_id, node.trashed)
+        status = await get_image_status(repo, node.name, node.trashed)
         wanted = AREA_KIND.get(node.area)
         if wanted is not None and status.kind is not wanted:
-            raise errors.not_found(f"{node.image_id} is a {status.kind}, not in {node.area}/")
+            raise errors.not_found(f"{node.name} is a {status.kind}, not in {node.area}/")
         return status
 
     async def _children(self, node: Node) -> list[str]:
@@ -124,6 +136,10 @@ class RepofsOperations(pyfuse3.Operations):
                 return await trio.to_thread.run_sync(driver.list_image_ids, True)
             if node.area is Area.STATUS:
                 return await trio.to_thread.run_sync(driver.list_image_ids)
+            if node.area is Area.FIXES:
+                return [f.id for f in await fix_repository.list_fixes(self._repo(node))]
+            if node.area is Area.TASKS:
+                return [t.id for t in await fix_repository.list_tasks(self._repo(node))]
             kind = AREA_KIND[node.area]
             records = await trio.to_thread.run_sync(driver.list_images)
             return [r.id for r in records if r.kind is kind]
@@ -141,6 +157,15 @@ class RepofsOperations(pyfuse3.Operations):
             return render.to_json((await self._image_status(node)).to_json())
         if node.kind is NodeKind.REPOSITORY_FILE:
             return render.to_json(await self._repository_facts(node))
+        if node.kind is NodeKind.FIX:
+            return render.to_json(
+                (await fix_repository.get_fix(self._repo(node), node.name)).to_json()
+            )
+        if node.kind is NodeKind.TASK:
+            task = await fix_repository.get_task(self._repo(node), node.name)
+            return render.to_json(render.task_view(task))
+        if node.kind is NodeKind.EVENTS:
+            return b""
         raise errors.invalid(f"{node} has no text")
 
     async def _repository_facts(self, node: Node) -> dict:
@@ -218,11 +243,11 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind is NodeKind.IMAGE and not node.trashed:
             repo = self._repo(node)
             if fields.update_size:
-                await resize_virtual_disk(repo, node.image_id, attr.st_size)
+                await resize_virtual_disk(repo, node.name, attr.st_size)
             if fields.update_mode or fields.update_uid or fields.update_gid:
                 await image_attributes.set_owner(
                     repo,
-                    node.image_id,
+                    node.name,
                     attr.st_uid if fields.update_uid else None,
                     attr.st_gid if fields.update_gid else None,
                     attr.st_mode if fields.update_mode else None,
@@ -300,6 +325,10 @@ class RepofsOperations(pyfuse3.Operations):
     @boundary
     async def unlink(self, parent_inode, name, ctx):
         parent = self._node(parent_inode)
+        if parent.kind is NodeKind.AREA and parent.area is Area.TASKS:
+            await fix_repository.stop_task(self.registry, self._repo(parent), _name(name))
+            self.inodes.detach(Node(NodeKind.TASK, parent.repo, parent.area, _name(name)))
+            return
         if parent.kind is not NodeKind.AREA or parent.area not in AREA_KIND:
             raise errors.read_only(f"cannot remove {_name(name)} from {parent}")
         await remove_image(self._repo(parent), _name(name), AREA_KIND[parent.area])
@@ -320,6 +349,11 @@ class RepofsOperations(pyfuse3.Operations):
             )
         repo = self._repo(old_parent)
         old_area, new_area = old_parent.area, new_parent.area
+        if old_area is Area.FIXES and new_area is Area.TASKS and old_name == new_name:
+            fix = await fix_repository.get_fix(repo, old_name)
+            await fix_repository.queue_fix(self.registry, repo, fix)
+            self.inodes.detach(Node(NodeKind.FIX, repo.name, old_area, old_name))
+            return
         if old_area is new_area and old_area in AREA_KIND:
             await rename_image(repo, old_name, new_name)
         elif old_area is Area.TRASH and new_area in AREA_KIND and old_name == new_name:
@@ -353,14 +387,14 @@ class RepofsOperations(pyfuse3.Operations):
             )
         repo = self._repo(source)
         if source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
-            await create_snapshot(repo, source.image_id, name)
+            await create_snapshot(repo, source.name, name)
         elif source.area is Area.SNAPSHOTS and target.area is Area.DISKS:
-            record = await trio.to_thread.run_sync(repo.driver.read_image, source.image_id)
+            record = await trio.to_thread.run_sync(repo.driver.read_image, source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode | 0o200)
-            await create_virtual_disk_from_snapshot(repo, name, source.image_id, owner)
+            await create_virtual_disk_from_snapshot(self.registry, repo, name, source.name, owner)
         else:
             raise errors.invalid(
-                f"ln {source.area}/{source.image_id} {target.area}/{name} maps to no operation"
+                f"ln {source.area}/{source.name} {target.area}/{name} maps to no operation"
             )
         return await self._entry(Node(NodeKind.IMAGE, repo.name, target.area, name))
 
@@ -379,7 +413,7 @@ class RepofsOperations(pyfuse3.Operations):
             raise errors.RepofsError(errno.EBADF, f"no open file {fh}") from None
 
     async def _open_image(self, node: Node, write: bool) -> pyfuse3.FileInfo:
-        image = await open_image(self.registry, self._repo(node), node.image_id, write)
+        image = await open_image(self.registry, self._repo(node), node.name, write)
         return pyfuse3.FileInfo(fh=self._add_handle(ImageHandle(image)), keep_cache=False)
 
     @boundary
@@ -389,16 +423,19 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind is NodeKind.IMAGE:
             if node.trashed:
                 raise errors.RepofsError(
-                    errno.EACCES, f"{node.image_id} is in the trash: restore it to open it"
+                    errno.EACCES, f"{node.name} is in the trash: restore it to open it"
                 )
             if flags & os.O_TRUNC and write:
                 status = await self._image_status(node)
                 if status.size:
-                    raise errors.invalid(f"cannot truncate {node.image_id}: shrinking is refused")
+                    raise errors.invalid(f"cannot truncate {node.name}: shrinking is refused")
             return await self._open_image(node, write)
         if node.kind is NodeKind.CONNECT:
             handle = ConnectHandle() if write else TextHandle(await self._text(node))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
+        if node.kind is NodeKind.EVENTS and not write:
+            handle = EventsHandle(self._repo(node).events.subscribe())
+            return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True, nonseekable=True)
         if write:
             raise errors.RepofsError(errno.EACCES, f"{node} is read-only")
         text = await self._text(node)
@@ -411,6 +448,8 @@ class RepofsOperations(pyfuse3.Operations):
             return await handle.image.read(off, size)
         if isinstance(handle, TextHandle):
             return handle.data[off : off + size]
+        if isinstance(handle, EventsHandle):
+            return await handle.subscription.read(size)
         raise errors.RepofsError(errno.EBADF, "connect was opened for writing")
 
     @boundary
@@ -442,6 +481,8 @@ class RepofsOperations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, ImageHandle):
             await release_image(handle.image)
+        elif isinstance(handle, EventsHandle):
+            handle.subscription.close()
 
     # Extended attributes
 
@@ -450,7 +491,7 @@ class RepofsOperations(pyfuse3.Operations):
         node, attr = self._node(inode), _name(name)
         if node.kind is NodeKind.IMAGE:
             return await image_attributes.get_attribute(
-                self._repo(node), node.image_id, attr, node.trashed
+                self._repo(node), node.name, attr, node.trashed
             )
         if node.kind is NodeKind.REPOSITORY and attr.startswith("user."):
             values = await repository_options.get_options(self._repo(node))
@@ -468,7 +509,7 @@ class RepofsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.kind is NodeKind.IMAGE:
             names = await image_attributes.list_attributes(
-                self._repo(node), node.image_id, node.trashed
+                self._repo(node), node.name, node.trashed
             )
         elif node.kind is NodeKind.REPOSITORY:
             names = list(repository_options.NAMES)
@@ -482,7 +523,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         node, attr = self._node(inode), _name(name)
         if node.kind is NodeKind.IMAGE and not node.trashed:
-            await image_attributes.set_user_data(self._repo(node), node.image_id, attr, value)
+            await image_attributes.set_user_data(self._repo(node), node.name, attr, value)
         elif node.kind is NodeKind.REPOSITORY:
             await repository_options.set_option(self._repo(node), attr, value)
         else:
@@ -492,7 +533,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         node, attr = self._node(inode), _name(name)
         if node.kind is NodeKind.IMAGE and not node.trashed:
-            await image_attributes.remove_user_data(self._repo(node), node.image_id, attr)
+            await image_attributes.remove_user_data(self._repo(node), node.name, attr)
         elif node.kind is NodeKind.REPOSITORY:
             await repository_options.reset_option(self._repo(node), attr)
         else:

@@ -2,6 +2,8 @@
 
 import json
 
+from repofs.model import Task
+
 README = """\
 repofs: VM disk images as files. Each directory here is a connected repository.
 
@@ -11,7 +13,9 @@ repofs: VM disk images as files. Each directory here is a connected repository.
   cat default/status/vm2                     its state and progress, as JSON
   rm default/disks/vm2                       remove it; mv default/trash/vm2 default/disks/ undoes
 
-Also: getfattr -d default/disks/vm1, setfattr -n user.owner -v alice default/disks/vm1,
+Also: ls default/fixes (what a check finds), mv default/fixes/F default/tasks/ (fix it),
+cat default/tasks/T (its progress), cat default/events (every change, as it happens),
+getfattr -d default/disks/vm1, setfattr -n user.owner -v alice default/disks/vm1,
 mkdir NAME (a new repository), echo "NAME localfs-1.0 path=/dir" > connect,
 rmdir NAME (disconnect), cat default/repository.
 Point QEMU or libvirt at an image path with format=raw.
@@ -20,3 +24,23 @@ Point QEMU or libvirt at an image path with format=raw.
 
 def to_json(data: dict) -> bytes:
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def task_view(task: Task) -> dict:
+    """`cat tasks/T`: the task's live progress."""
+    return {
+        "id": task.id,
+        "image": task.image,
+        "kind": str(task.fix.kind),
+        "description": task.fix.description,
+        "state": str(task.state),
+        "host": task.lease.host if task.lease else None,
+        "stage": task.stage,
+        "step": task.step,
+        "percent_complete": task.percent_complete,
+        "bytes_done": task.bytes_done,
+        "bytes_total": task.bytes_total,
+        "rate": task.rate,
+        "started": task.started,
+        "last_error": task.last_error,
+    }

@@ -11,7 +11,7 @@ from repofs import errors
 from repofs.drivers import localfs
 from repofs.drivers.localfs import LocalRepository
 from repofs.names import check_name
-from repofs.ops.registry import ConnectedRepository, Registry
+from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 

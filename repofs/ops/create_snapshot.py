@@ -5,15 +5,13 @@ import logging
 import trio
 
 from repofs import errors
-from repofs.model import ImageKind, ImageRecord, ImageState, VolumeFormat
+from repofs.model import UNFINISHED_SNAPSHOT, ImageKind, ImageRecord, ImageState, VolumeFormat
 from repofs.names import check_name
 from repofs.ops.create_virtual_disk import check_free, commit_new_image
-from repofs.ops.registry import ConnectedRepository
 from repofs.qemu import img
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
-
-UNFINISHED = "snapshot not finished: its disk may still write to its top volume"
 
 
 async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
@@ -22,7 +20,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
 
     Durable steps:
     1. create the disk's new top NEW over its top volume TOP;
-    2. write the snapshot record (chain from TOP down), `broken` with UNFINISHED;
+    2. write the snapshot record (chain from TOP down), `broken` with UNFINISHED_SNAPSHOT;
     3. write the disk record: chain NEW, TOP, ...; base = the snapshot;
     4. write the snapshot record `optimized`.
     After (1): NEW is named by no record (clean removes it). After (2): a broken
@@ -53,12 +51,15 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             disk.chain,
             base=disk.base,
             state=ImageState.BROKEN,
-            last_error=UNFINISHED,
+            last_error=UNFINISHED_SNAPSHOT,
             owner=disk.owner,
         )
         snapshot = await commit_new_image(repo, snapshot, new_top)
+        chain = (new_top, *disk.chain)
+        max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
+        state = ImageState.DEGRADED if len(chain) > max_chain else disk.state
         await trio.to_thread.run_sync(
-            driver.update_image, disk.evolve(chain=(new_top, *disk.chain), base=snapshot_id)
+            driver.update_image, disk.evolve(chain=chain, base=snapshot_id, state=state)
         )
         snapshot = await trio.to_thread.run_sync(
             driver.update_image,

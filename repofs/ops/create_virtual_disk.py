@@ -6,10 +6,12 @@ import logging
 import trio
 
 from repofs import errors
+from repofs.fixes.check import optimize_fix
 from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy, Volume, VolumeFormat
 from repofs.names import check_name
-from repofs.ops.registry import ConnectedRepository
+from repofs.ops.fix_repository import queue_fix
 from repofs.qemu import img
+from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,12 @@ async def create_virtual_disk(
 
 
 async def create_virtual_disk_from_snapshot(
-    repo: ConnectedRepository, image_id: str, base_id: str, owner: Owner
+    registry: Registry, repo: ConnectedRepository, image_id: str, base_id: str, owner: Owner
 ) -> ImageRecord:
     """A disk that reads as snapshot `base_id` and writes to its own qcow2 overlay.
 
     Under strategy `performance` the overlay is `degraded`: its standalone form
-    comes from an optimize fix.
+    comes from an optimize fix, queued at once unless autofix is off.
 
     Durable steps: (1) create the overlay over the snapshot's top volume, (2) write
     the record. A crash after (1) leaves a volume no record names (clean removes it).
@@ -82,6 +84,9 @@ async def create_virtual_disk_from_snapshot(
         )
         record = await commit_new_image(repo, record, record.top)
     log.info("created virtual disk %s/%s based on %s (%s)", repo.name, image_id, base_id, state)
+    if state is ImageState.DEGRADED and options.autofix:
+        fix = optimize_fix(repo.driver, record, "strategy performance")
+        await queue_fix(registry, repo, fix)
     return record
 
 

@@ -9,7 +9,7 @@ import trio
 from repofs import errors
 from repofs.model import ImageRecord, Owner
 from repofs.ops.image_status import ImageStatus, get_image_status
-from repofs.ops.registry import ConnectedRepository
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def _status_attributes(status: ImageStatus) -> dict[str, str | None]:
         "base": status.base,
         "chain": ",".join(status.chain),
         "dependents": ",".join(status.dependents) or None,
+        "tasks": ",".join(status.tasks) or None,
     }
 
 

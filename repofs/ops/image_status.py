@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import trio
 
-from repofs.model import ImageKind, ImageRecord, ImageState
-from repofs.ops.registry import ConnectedRepository
+from repofs.model import ImageKind, ImageRecord, ImageState, TaskState
+from repofs.registry import ConnectedRepository
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class ImageStatus:
     allocated: int
     generation: int
     dependents: tuple[str, ...]
+    tasks: tuple[str, ...]  # queued or running on this image
     trashed: bool
     record: ImageRecord
     # The top volume's modification time: when the image's bytes last changed.
@@ -45,6 +46,7 @@ class ImageStatus:
             "allocated": self.allocated,
             "generation": self.generation,
             "dependents": list(self.dependents),
+            "tasks": list(self.tasks),
             "trashed": self.trashed,
         }
 
@@ -77,6 +79,13 @@ def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> Im
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
         dependents=tuple(dependents),
+        tasks=()
+        if trashed
+        else tuple(
+            t.id
+            for t in driver.list_tasks()
+            if t.image == record.id and t.state in (TaskState.QUEUED, TaskState.RUNNING)
+        ),
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,

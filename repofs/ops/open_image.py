@@ -12,8 +12,8 @@ import trio
 from repofs import errors
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.model import ImageKind, ImageRecord
-from repofs.ops.registry import ConnectedRepository, Registry
 from repofs.qemu.chain_io import QcowChainFile
+from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import trio
 from repofs import errors
 from repofs.model import ImageKind
 from repofs.ops.image_status import dependents_of
-from repofs.ops.registry import ConnectedRepository
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import trio
 from repofs import errors
 from repofs.names import check_name
 from repofs.ops.image_status import dependents_of
-from repofs.ops.registry import ConnectedRepository
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 

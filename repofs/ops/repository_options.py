@@ -9,12 +9,14 @@ import trio
 from repofs import errors
 from repofs.model import RepositoryOptions, Strategy
 from repofs.names import check_name
-from repofs.ops.registry import ConnectedRepository
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 
 PREFIX = "user.repofs."
-NAMES = tuple(PREFIX + n for n in ("autofix", "strategy", "participating", "image_hints"))
+NAMES = tuple(
+    PREFIX + n for n in ("autofix", "strategy", "participating", "image_hints", "max_chain")
+)
 
 
 def render(options: RepositoryOptions) -> dict[str, str]:
@@ -23,6 +25,7 @@ def render(options: RepositoryOptions) -> dict[str, str]:
         PREFIX + "strategy": str(options.strategy),
         PREFIX + "participating": ",".join(options.participating),
         PREFIX + "image_hints": ",".join(f"{i}={r}" for i, r in options.image_hints),
+        PREFIX + "max_chain": str(options.max_chain),
     }
 
 
@@ -37,6 +40,10 @@ def _parse(options: RepositoryOptions, name: str, value: str) -> RepositoryOptio
             return replace(options, strategy=Strategy(value))
         except ValueError:
             raise errors.invalid(f"{name} is space or performance, not {value!r}") from None
+    if key == "max_chain":
+        if not value.isdigit() or not 1 <= int(value) <= 1000:
+            raise errors.invalid(f"{name} is a number of volumes from 1 to 1000, not {value!r}")
+        return replace(options, max_chain=int(value))
     items = [v.strip() for v in value.split(",") if v.strip()]
     if key == "participating":
         return replace(options, participating=tuple(check_name(i, "repoId") for i in items))

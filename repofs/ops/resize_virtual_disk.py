@@ -6,8 +6,8 @@ import trio
 
 from repofs import errors
 from repofs.model import ImageKind
-from repofs.ops.registry import ConnectedRepository
 from repofs.qemu import img
+from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 import errno
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -66,3 +67,33 @@ async def repair_leaks(path: Path) -> None:
     if result.returncode not in (0, 3):
         message = (result.stdout + result.stderr).decode(errors="replace").strip()
         raise errors.io_error(f"{path.name} fails qemu-img check: {message}")
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    length: int
+    data: bool  # False: reads as zeros (unallocated or a zero cluster)
+
+
+async def map_extents(path: Path, fmt: VolumeFormat) -> list[Extent]:
+    """The guest-visible layout of the chain topped by `path` (`qemu-img map`)."""
+    out = await _run("map", "-U", "--output=json", "-f", str(fmt), str(path))
+    return [
+        Extent(e["start"], e["length"], e["data"] and not e.get("zero", False))
+        for e in json.loads(out)
+    ]
+
+
+async def rebase_unsafe(path: Path, backing: Path, backing_format: VolumeFormat) -> None:
+    """Points a qcow2 volume at another backing file with the same contents (no
+    data is compared or copied). Idempotent."""
+    assert backing.parent == path.parent
+    await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", backing.name,
+               "-F", str(backing_format), str(path))  # fmt: skip
+
+
+async def commit(path: Path) -> None:
+    """Writes a qcow2 volume's data into its backing file. Idempotent: a commit
+    redone after a crash writes the same data again."""
+    await _run("commit", "-q", "-d", "-f", "qcow2", str(path))

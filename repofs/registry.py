@@ -1,4 +1,6 @@
-"""The connected repositories of one repofs process and what is open in them."""
+"""The connected repositories of one repofs process: what is open in them, the
+locks that order changes, and the mount's storage daemon. Shared by ops/ and the
+fix daemon."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,7 +9,8 @@ import trio
 
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
-from repofs.model import Strategy
+from repofs.events import EventBus
+from repofs.model import ImageRecord, Strategy
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -27,6 +30,32 @@ class ConnectedRepository:
     # (e.g. "nothing depends on S" then "trash S"); the driver's lock covers
     # single record writes against other processes.
     changing: trio.Lock = field(default_factory=trio.Lock)
+    # Image ID -> ID of the task this process runs on it (kept by the fix daemon).
+    running_tasks: dict[str, str] = field(default_factory=dict)
+    events: EventBus = field(init=False)
+
+    def __post_init__(self):
+        self.events = EventBus(self.name)
+        token = trio.lowlevel.current_trio_token()
+
+        def on_change(event: str, image_id: str, record: ImageRecord | None) -> None:
+            token.run_sync_soon(self._publish, event, image_id, record)
+
+        self.driver.on_change = on_change
+
+    def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
+        facts = {"event": event, "id": image_id}
+        if record is not None:
+            facts.update(
+                kind=str(record.kind),
+                state=str(record.state),
+                stage=record.stage,
+                percent_complete=record.percent_complete,
+                host=record.host,
+                last_error=record.last_error,
+            )
+        facts["task"] = self.running_tasks.get(image_id)
+        self.events.publish(facts)
 
     async def preallocates(self) -> bool:
         """New space of raw volumes is allocated at once under strategy performance."""
@@ -54,6 +83,7 @@ class Registry:
         self.host_id = host_id
         self.daemon = daemon
         self.repositories: dict[str, ConnectedRepository] = {}
+        self.fix_daemon = None  # repofs.fix_daemon.FixDaemon, set when it starts
 
     def get(self, name: str) -> ConnectedRepository:
         try:

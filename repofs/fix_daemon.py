@@ -1,0 +1,204 @@
+"""The fix daemon: runs the queued tasks of every connected repository.
+
+One per `repofs mount`, as a trio task. It owns tasks through leases (DESIGN.md,
+"Tasks, leases and hosts"): this host writes a heartbeat counter into every
+repository every HEARTBEAT_S; a task's lease names its host and that host's
+counter when it took the task. Another host may take a task whose owner's counter
+has not moved for LEASE_S on its own monotonic clock, and a host that could not
+renew its heartbeat for LEASE_S / 2 stops its tasks before anyone may take them.
+A task of this host that no run of this process holds (the process before it
+died) is taken back at once.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from repofs import errors
+from repofs.fixes import KINDS
+from repofs.fixes.context import LeaseLost, TaskContext
+from repofs.model import Lease, Task, TaskState
+from repofs.registry import ConnectedRepository, Registry
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+LEASE_S = 10.0
+POLL_S = 1.0
+MAX_RUNNING = 4
+STOPPED_BY_USER = "stopped by the user"
+
+
+@dataclass
+class Run:
+    repo: ConnectedRepository
+    task_id: str
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class FixDaemon:
+    def __init__(self, registry: Registry, max_running: int = MAX_RUNNING):
+        self.registry = registry
+        self.host = registry.host_id
+        self.max_running = max_running
+        self._counter = 0
+        self._last_renewed = time.monotonic()
+        self._runs: dict[tuple[str, str], Run] = {}
+        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._beat()
+            nursery.start_soon(self._heartbeat_loop)
+            task_status.started()
+            while True:
+                await self._schedule()
+                with trio.move_on_after(POLL_S):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+
+    def wake(self) -> None:
+        """Look for work now (a task was queued or one ended)."""
+        self._wakeup.set()
+
+    # Heartbeats and leases
+
+    async def _beat(self) -> None:
+        self._counter += 1
+        renewed = True
+        for repo in list(self.registry.repositories.values()):
+            try:
+                await trio.to_thread.run_sync(repo.driver.write_heartbeat, self.host,
+                                              self._counter)  # fmt: skip
+            except OSError as exc:
+                renewed = False
+                log.error("cannot write the heartbeat of %s in %s: %s", self.host, repo.name, exc)
+        if renewed:
+            self._last_renewed = time.monotonic()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            await self._beat()
+            if time.monotonic() - self._last_renewed > LEASE_S / 2 and self._runs:
+                log.error("heartbeat not renewed for %.0fs: stopping this host's tasks",
+                          time.monotonic() - self._last_renewed)  # fmt: skip
+                for run in list(self._runs.values()):
+                    run.scope.cancel()
+
+    def _owner_dead(self, repo: str, lease: Lease, beats: dict[str, int]) -> bool:
+        counter = beats.get(lease.host, -1)
+        now = time.monotonic()
+        seen = self._seen.get((repo, lease.host))
+        if seen is None or seen[0] != counter:
+            self._seen[(repo, lease.host)] = (counter, now)
+            return False
+        return now - seen[1] >= LEASE_S
+
+    def _runnable(self, repo: ConnectedRepository, task: Task, beats: dict[str, int]) -> bool:
+        if (repo.name, task.id) in self._runs:
+            return False
+        if task.state is TaskState.QUEUED:
+            return True
+        if task.state is not TaskState.RUNNING:
+            return False
+        if task.lease is None or task.lease.host == self.host:
+            return True  # ours, from a run of this host that died
+        return self._owner_dead(repo.name, task.lease, beats)
+
+    # Scheduling
+
+    async def _schedule(self) -> None:
+        for repo in list(self.registry.repositories.values()):
+            try:
+                tasks = await trio.to_thread.run_sync(repo.driver.list_tasks)
+                beats = await trio.to_thread.run_sync(repo.driver.read_heartbeats)
+            except OSError as exc:
+                log.error("cannot read the tasks of %s: %s", repo.name, exc)
+                continue
+            for task in tasks:
+                if len(self._runs) >= self.max_running:
+                    return
+                if self._runnable(repo, task, beats):
+                    await self._start(repo, task)
+
+    async def _start(self, repo: ConnectedRepository, task: Task) -> None:
+        taken = task.evolve(
+            state=TaskState.RUNNING, lease=Lease(self.host, self._counter),
+            started=time.time(), last_error=None,
+        )  # fmt: skip
+        try:
+            task = await trio.to_thread.run_sync(repo.driver.write_task, taken)
+        except errors.RepofsError:
+            return  # another host took it first
+        run = self._runs[(repo.name, task.id)] = Run(repo, task.id)
+        if task.image is not None:
+            repo.running_tasks[task.image] = task.id
+        self._nursery.start_soon(self._run, run, task)
+
+    async def _run(self, run: Run, task: Task) -> None:
+        repo = run.repo
+        fix = KINDS[task.fix.kind]
+        ctx = TaskContext(repo, self.registry.daemon, self.host, task, fix.STAGES)
+        log.info("task %s/%s started (%s)", repo.name, task.id, task.fix.description)
+        started = time.monotonic()
+        try:
+            with run.scope:
+                await fix.run(ctx)
+                await trio.to_thread.run_sync(repo.driver.delete_task, ctx.task)
+                log.info("task %s/%s done in %.1fs", repo.name, task.id,
+                         time.monotonic() - started)  # fmt: skip
+        except LeaseLost as exc:
+            log.warning("task %s/%s lost its lease: %s", repo.name, task.id, exc)
+        except errors.RepofsError as exc:
+            await self._fail(ctx, exc.reason)
+        except Exception as exc:
+            log.exception("task %s/%s failed unexpectedly", repo.name, task.id)
+            await self._fail(ctx, f"internal error: {exc!r}")
+        finally:
+            del self._runs[(repo.name, task.id)]
+            if repo.running_tasks.get(task.image) == task.id:
+                del repo.running_tasks[task.image]
+            run.done.set()
+            self.wake()
+
+    async def _fail(self, ctx: TaskContext, reason: str) -> None:
+        log.warning("task %s/%s failed: %s", ctx.repo.name, ctx.task.id, reason)
+        with trio.CancelScope(shield=True):
+            try:
+                await ctx.save(state=TaskState.FAILED, lease=None, last_error=reason)
+                if ctx.task.image is not None:
+                    await ctx.update_image(lambda r: r.evolve(last_error=reason, host=None))
+            except (LeaseLost, errors.RepofsError) as exc:
+                log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)
+
+    # What users ask (ops/fix_repository.py)
+
+    async def stop(self, repo: ConnectedRepository, task_id: str) -> None:
+        """Stops a task: its run ends, its checkpoint stays, the image keeps its state
+        and says it was stopped. Queueing the same fix again resumes it."""
+        run = self._runs.get((repo.name, task_id))
+        if run is not None:
+            run.scope.cancel()
+            with trio.fail_after(LEASE_S):
+                await run.done.wait()
+        task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
+        task = await trio.to_thread.run_sync(
+            repo.driver.write_task,
+            task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
+        )
+        if task.image is not None:
+
+            def mark(record):
+                return record.evolve(last_error=STOPPED_BY_USER, host=None)
+
+            await trio.to_thread.run_sync(
+                lambda: repo.driver.update_image(mark(repo.driver.read_image(task.image)))
+            )
+        log.info("task %s/%s stopped by the user", repo.name, task_id)

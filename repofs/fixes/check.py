@@ -1,0 +1,141 @@
+"""checkStorageRepository: what is wrong in a repository, as a list of fixes.
+
+Read-only: it reads records, tasks and the volume directory, and never writes.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+
+from repofs.drivers.localfs import LocalRepository
+from repofs.model import (
+    UNFINISHED_SNAPSHOT,
+    Fix,
+    FixKind,
+    ImageKind,
+    ImageRecord,
+    ImageState,
+    Task,
+    TaskState,
+    Volume,
+)
+
+ORPHANS = "volumes"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    live: list[ImageRecord]
+    trashed: list[ImageRecord]
+    tasks: list[Task]
+    volumes: list[str]  # file names in volumes/
+
+    @classmethod
+    def read(cls, driver: LocalRepository) -> "Inventory":
+        return cls(
+            driver.list_images(),
+            driver.list_images(trashed=True),
+            driver.list_tasks(),
+            [v.file_name for v in driver.list_volumes()],
+        )
+
+    def named_volumes(self) -> set[str]:
+        """Volumes that a record (live or trashed) or a task names."""
+        named = {v.file_name for r in self.live + self.trashed for v in r.chain}
+        for task in self.tasks:
+            named.update(task.checkpoint.get("volumes", ()))
+        return named
+
+    def references(self, image: ImageRecord) -> list[str]:
+        """Images (live or trashed) whose chain builds on `image`'s top volume."""
+        return [
+            r.id for r in self.live + self.trashed
+            if r.id != image.id and (r.base == image.id or image.top in r.chain[1:])
+        ]  # fmt: skip
+
+
+def fix_id(kind: FixKind, image: str | None) -> str:
+    return f"{kind}-{image or ORPHANS}"
+
+
+def optimize_fix(driver: LocalRepository, record: ImageRecord, why: str) -> Fix:
+    return Fix(
+        fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
+        f"make {record.id} one raw volume of its own: {why}",
+        sum(driver.allocated_bytes(v) for v in record.chain[1:]),
+    )  # fmt: skip
+
+
+def check_repository(driver: LocalRepository, max_chain: int) -> list[Fix]:
+    inventory = Inventory.read(driver)
+    fixes = [*_live_image_fixes(driver, inventory, max_chain), *_clean_fixes(driver, inventory)]
+    active = {t.id for t in inventory.tasks if t.state in (TaskState.QUEUED, TaskState.RUNNING)}
+    return [f for f in fixes if f.id not in active]
+
+
+def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]:
+    fixes = []
+    live_ids = {r.id for r in inventory.live}
+    trashed_ids = {r.id for r in inventory.trashed}
+    tops = Counter(r.top.file_name for r in inventory.live)
+    present = set(inventory.volumes)
+    for record in inventory.live:
+        problems = []
+        missing = [v.file_name for v in record.chain if v.file_name not in present]
+        if missing:
+            problems.append(f"volumes missing from storage: {', '.join(missing)}")
+        if len(set(record.chain)) != len(record.chain):
+            problems.append("its volume chain loops")
+        if record.base is not None and record.base not in live_ids:
+            where = "is in the trash (restore it)" if record.base in trashed_ids else "is unknown"
+            problems.append(f"its base {record.base} {where}")
+        if tops[record.top.file_name] > 1:
+            others = [r.id for r in inventory.live if r.top == record.top and r.id != record.id]
+            problems.append(f"its top volume is also claimed by {', '.join(others)}")
+        if problems:
+            fixes.append(Fix(
+                fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,
+                f"{record.id} needs a decision: " + "; ".join(problems), 0,
+                {"decision": problems},
+            ))  # fmt: skip
+        elif record.state is ImageState.BROKEN:
+            unfinished = record.last_error == UNFINISHED_SNAPSHOT
+            fixes.append(Fix(
+                fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,
+                f"finish snapshot {record.id}" if unfinished
+                else f"{record.id} is broken: {record.last_error}",
+                0, {"unfinished_snapshot": unfinished},
+            ))  # fmt: skip
+        elif record.kind is ImageKind.VIRTUAL_DISK and (
+            record.state is ImageState.DEGRADED or len(record.chain) > max_chain
+        ):
+            why = "it is an overlay over its base"
+            if len(record.chain) > max_chain:
+                why = f"its chain of {len(record.chain)} volumes is longer than {max_chain}"
+            fixes.append(optimize_fix(driver, record, why))
+    return fixes
+
+
+def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
+    fixes = []
+    named = inventory.named_volumes()
+    for record in inventory.trashed:
+        if inventory.references(record):
+            continue  # clean refuses it; it is freed once nothing builds on it
+        others = {v.file_name for r in inventory.live + inventory.trashed
+                  if r.id != record.id for v in r.chain}  # fmt: skip
+        freed = [v for v in record.chain if v.file_name not in others]
+        fixes.append(Fix(
+            fix_id(FixKind.CLEAN, record.id), FixKind.CLEAN, record.id,
+            f"purge removed {record.kind} {record.id} and free {len(freed)} volumes",
+            sum(driver.allocated_bytes(v) for v in freed),
+        ))  # fmt: skip
+    orphans = [v for v in inventory.volumes if v not in named]
+    temp_files = driver.temp_files()
+    if orphans or temp_files:
+        fixes.append(Fix(
+            fix_id(FixKind.CLEAN, None), FixKind.CLEAN, None,
+            f"free {len(orphans)} volumes no record names and {len(temp_files)} temp files",
+            sum(driver.allocated_bytes(Volume.from_file_name(v)) for v in orphans),
+            {"volumes": orphans},
+        ))  # fmt: skip
+    return fixes

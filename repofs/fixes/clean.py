@@ -1,0 +1,58 @@
+"""clean: frees the space of removed images, of volumes no record names, and of
+temp files that interrupted atomic writes left.
+
+A clean of a trashed image ("clean-ID") first forgets its record, then removes
+the volumes that nothing names any more; "clean-volumes" only does the second.
+
+Durable steps, and what a crash after each leaves:
+1. purge: unlink the trashed record (refused while an image builds on it). After
+   a crash its volumes are named by nothing: the next check offers clean-volumes.
+2. free: under the repository's `changing` lock (so no create is between making
+   a volume and writing its record), unlink each volume that no record and no
+   task names, and every temp file. Each unlink is final; a crash leaves fewer
+   to do.
+"""
+
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.fixes.check import Inventory
+from repofs.fixes.context import TaskContext
+
+log = logging.getLogger(__name__)
+
+STAGES = ("purge", "free")
+
+
+async def run(ctx: TaskContext) -> None:
+    driver = ctx.driver
+    image_id = ctx.task.image
+    if image_id is not None:
+        await ctx.enter_stage("purge")
+        inventory = await trio.to_thread.run_sync(Inventory.read, driver)
+        record = next((r for r in inventory.trashed if r.id == image_id), None)
+        if record is not None:
+            references = inventory.references(record)
+            if references:
+                raise errors.busy(f"cannot purge {image_id}: {', '.join(references)} build on it")
+            await trio.to_thread.run_sync(driver.purge_trashed_image, image_id)
+            ctx.crash_point("free")
+    await ctx.enter_stage("free")
+    async with ctx.repo.changing:
+        freed = await trio.to_thread.run_sync(_free, driver)
+    await ctx.report("free", freed, freed, force=True)
+    log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
+
+
+def _free(driver) -> int:
+    named = Inventory.read(driver).named_volumes()
+    freed = 0
+    for volume in driver.list_volumes():
+        if volume.file_name not in named:
+            freed += driver.allocated_bytes(volume)
+            driver.remove_volume(volume)
+    for path in driver.temp_files():
+        path.unlink(missing_ok=True)
+    return freed

@@ -1,0 +1,125 @@
+"""What a running fix sees: its task record, checkpoints, progress reporting and
+exclusive use of its image. The fix daemon makes one TaskContext per run."""
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from repofs import errors
+from repofs.model import ImageRecord, Task
+from repofs.registry import ConnectedRepository
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 1.0
+# Tests name a durable step boundary ("optimize:record") at which the process
+# dies as if killed: the exact moment cannot be hit from outside.
+CRASH_AT = os.environ.get("REPOFS_CRASH_AT")
+WAIT_FOR_CLOSE_S = 1.0
+CAS_RETRIES = 5
+
+
+class LeaseLost(Exception):
+    """Someone else changed our task: we no longer own it and must stop."""
+
+
+class TaskContext:
+    def __init__(self, repo: ConnectedRepository, daemon, host: str, task: Task,
+                 stages: tuple[str, ...]):  # fmt: skip
+        self.repo = repo
+        self.driver = repo.driver
+        self.daemon = daemon
+        self.host = host
+        self.task = task
+        self.stages = stages
+        self._last_report = 0.0
+        self._run_started = time.monotonic()
+        self._run_bytes_start = task.bytes_done
+
+    def crash_point(self, step: str) -> None:
+        if CRASH_AT == f"{self.task.fix.kind}:{step}":
+            log.warning("REPOFS_CRASH_AT=%s: exiting now", CRASH_AT)
+            os._exit(99)
+
+    @property
+    def checkpoint(self) -> dict:
+        return self.task.checkpoint
+
+    async def save(self, **changes) -> Task:
+        """Writes the task record (compare-and-swap on its generation)."""
+        try:
+            self.task = await trio.to_thread.run_sync(
+                self.driver.write_task, self.task.evolve(**changes)
+            )
+        except errors.RepofsError as exc:
+            raise LeaseLost(f"task {self.task.id}: {exc.reason}") from None
+        return self.task
+
+    async def save_checkpoint(self, **data) -> None:
+        """Durable: call only once the work `data` describes is itself durable."""
+        await self.save(checkpoint={**self.task.checkpoint, **data})
+
+    async def enter_stage(self, name: str) -> None:
+        await self.report(name, self.task.bytes_done, self.task.bytes_total, force=True)
+
+    async def report(self, step: str, done: int, total: int, force: bool = False) -> None:
+        """Persists progress in the task and the image record, at most about once a
+        second unless the percent moved by 1 or more (DESIGN.md)."""
+        percent = min(100, done * 100 // total) if total else -1
+        now = time.monotonic()
+        if (not force and now - self._last_report < PROGRESS_INTERVAL_S
+                and percent - self.task.percent_complete < 1):  # fmt: skip
+            return
+        self._last_report = now
+        elapsed = max(now - self._run_started, 1e-3)
+        stage = f"{self.stages.index(step) + 1}/{len(self.stages)}"
+        await self.save(
+            stage=stage, step=step, percent_complete=percent, bytes_done=done,
+            bytes_total=total, rate=round((done - self._run_bytes_start) / elapsed, 1),
+        )  # fmt: skip
+        if self.task.image is not None:
+            await self.update_image(
+                lambda r: r.evolve(host=self.host, stage=stage, percent_complete=percent)
+            )
+
+    async def read_image(self) -> ImageRecord:
+        return await trio.to_thread.run_sync(self.driver.read_image, self.task.image)
+
+    async def update_image(self, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
+        """Read, change, compare-and-swap write of the image record, retried when
+        another writer (a user's setfattr) came in between."""
+        image_id = self.task.image
+
+        def update() -> ImageRecord:
+            for _ in range(CAS_RETRIES):
+                try:
+                    return self.driver.update_image(change(self.driver.read_image(image_id)))
+                except errors.RepofsError as exc:
+                    if exc.errno != errno.ESTALE:
+                        raise
+            raise errors.conflict(f"image {image_id} keeps changing under task {self.task.id}")
+
+        return await trio.to_thread.run_sync(update)
+
+    @asynccontextmanager
+    async def exclusive(self, step: str):
+        """Holds the image closed: waits (reporting so) while it is open, then keeps
+        the repository's `changing` lock, so no one opens it until the block ends."""
+        image_id = self.task.image
+        while True:
+            await self.repo.changing.acquire()
+            if await self.repo.wait_for_release(image_id):
+                break
+            self.repo.changing.release()
+            await self.save(step=f"{step}: waiting for {image_id} to be closed")
+            await trio.sleep(WAIT_FOR_CLOSE_S)
+        try:
+            await self.enter_stage(step)
+            yield
+        finally:
+            self.repo.changing.release()

@@ -1,0 +1,75 @@
+"""A resumable copy of a chain's guest-visible data into a raw volume.
+
+Only extents that hold data are copied (`qemu-img map`): unallocated and zero
+ranges stay holes of the target. The checkpoint is the offset below which the
+target holds the source's bytes; it is saved only after the target was fsynced
+up to there, about once a second, so a crash redoes at most that much work.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import trio
+
+from repofs.drivers.volume_io import RawVolumeFile
+from repofs.fixes.context import PROGRESS_INTERVAL_S, TaskContext
+from repofs.model import Volume, VolumeFormat
+from repofs.qemu import img
+from repofs.qemu.chain_io import QcowChainFile
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+
+
+async def open_chain_read_only(ctx: TaskContext, top: Volume):
+    path = ctx.driver.volume_path(top)
+    if top.format is VolumeFormat.RAW:
+        return await trio.to_thread.run_sync(RawVolumeFile, path, False)
+    return await QcowChainFile.open(ctx.daemon, path, writable=False)
+
+
+async def close_chain(source) -> None:
+    if isinstance(source, RawVolumeFile):
+        source.close()
+    else:
+        await source.close()
+
+
+async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Path,
+                     size: int) -> None:  # fmt: skip
+    """Copies the data of the chain topped by `source_top` into `target`, from the
+    task's checkpoint `copied` (an offset) on; saves `copied` as it goes."""
+    extents = [
+        e for e in await img.map_extents(ctx.driver.volume_path(source_top), source_top.format)
+        if e.data and e.offset < size
+    ]  # fmt: skip
+    total = sum(min(e.length, size - e.offset) for e in extents)
+    copied = ctx.checkpoint.get("copied", 0)
+    done = sum(max(0, min(e.offset + e.length, copied, size) - e.offset) for e in extents)
+    source = await open_chain_read_only(ctx, source_top)
+    out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
+    try:
+        await ctx.report(step, done, total, force=True)
+        last_checkpoint = time.monotonic()
+        for extent in extents:
+            offset = max(extent.offset, copied)
+            end = min(extent.offset + extent.length, size)
+            while offset < end:
+                length = min(CHUNK, end - offset)
+                await out.write(offset, await source.read(offset, length))
+                offset += length
+                done += length
+                if time.monotonic() - last_checkpoint >= PROGRESS_INTERVAL_S:
+                    await out.fsync()
+                    await ctx.save_checkpoint(copied=offset)
+                    last_checkpoint = time.monotonic()
+                await ctx.report(step, done, total)
+        await out.fsync()
+        await ctx.save_checkpoint(copied=size)
+        await ctx.report(step, total, total, force=True)
+    finally:
+        out.close()
+        with trio.CancelScope(shield=True):  # a stopped task still closes its node
+            await close_chain(source)

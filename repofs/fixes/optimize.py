@@ -1,0 +1,86 @@
+"""optimize: turns a degraded virtual disk into one raw volume of its own.
+
+A disk is degraded when it is a qcow2 overlay committed for speed under strategy
+`performance`, or when its chain is longer than the repository's max_chain. Both
+are repaired the same way: everything below the disk's top is immutable
+(snapshot layers), so it is copied into a new raw volume while the disk stays in
+use; then, with the disk closed, the top is rebased onto that copy and committed
+into it.
+
+Durable steps, and what a crash after each leaves:
+1. copy: create TARGET (raw) and name it in the task's checkpoint, then copy the
+   base chain's data into it, checkpointing the offset after each fsync. A crash
+   resumes the copy from the checkpoint; TARGET is the task's, not garbage.
+2. rebase: point the top's backing file at TARGET (same bytes as the old base,
+   `qemu-img rebase -u`). The record still names the old chain, whose data is
+   identical: reads are right either way; the step is redone.
+3. record: the image record's chain becomes TOP, TARGET (base: none). The old
+   base volumes are no longer this image's.
+4. commit: `qemu-img commit` of TOP into TARGET (redone whole after a crash:
+   it writes the same data), then the record's chain becomes TARGET alone and
+   its state optimized. TOP is then named by nothing: a clean frees it.
+The image is never broken: until step 4's record write it is degraded and reads
+its old, equal bytes.
+"""
+
+import trio
+
+from repofs import errors
+from repofs.fixes.context import TaskContext
+from repofs.fixes.copy import copy_chain
+from repofs.model import ImageKind, ImageState, Volume, VolumeFormat
+from repofs.qemu import img
+
+STAGES = ("copy", "rebase", "record", "commit")
+
+
+async def run(ctx: TaskContext) -> None:
+    driver = ctx.driver
+    image = await ctx.read_image()
+    if image.kind is not ImageKind.VIRTUAL_DISK:
+        raise errors.invalid(f"{image.id} is a snapshot: only virtual disks are optimized")
+    target = ctx.checkpoint.get("target")
+    if len(image.chain) > 1 and image.chain[1].file_name == target:
+        return await _commit(ctx, target)  # resumed after step 3
+    if image.is_raw:
+        await ctx.update_image(lambda r: r.evolve(state=ImageState.OPTIMIZED))
+        return
+
+    if target is None:
+        preallocate = await ctx.repo.preallocates()
+        volume = await trio.to_thread.run_sync(driver.create_raw_volume, image.size, preallocate)
+        target = volume.file_name
+        await ctx.save_checkpoint(target=target, volumes=[target], copied=0)
+    target_path = driver.volume_path(Volume.from_file_name(target))
+    await copy_chain(ctx, "copy", image.chain[1], target_path, image.size)
+    ctx.crash_point("rebase")
+
+    async with ctx.exclusive("rebase"):
+        image = await ctx.read_image()
+        top = driver.volume_path(image.top)
+        await img.rebase_unsafe(top, target_path, VolumeFormat.RAW)
+        ctx.crash_point("record")
+        await ctx.enter_stage("record")
+        await ctx.update_image(
+            lambda r: r.evolve(chain=(r.top, Volume.from_file_name(target)), base=None)
+        )
+        ctx.crash_point("commit")
+        await _commit_locked(ctx, target)
+
+
+async def _commit(ctx: TaskContext, target: str) -> None:
+    async with ctx.exclusive("commit"):
+        await _commit_locked(ctx, target)
+
+
+async def _commit_locked(ctx: TaskContext, target: str) -> None:
+    await ctx.enter_stage("commit")
+    image = await ctx.read_image()
+    await img.commit(ctx.driver.volume_path(image.top))
+    ctx.crash_point("done")
+    await ctx.update_image(
+        lambda r: r.evolve(
+            chain=(Volume.from_file_name(target),),
+            state=ImageState.OPTIMIZED, stage=None, percent_complete=100, last_error=None,
+        )
+    )  # fmt: skip

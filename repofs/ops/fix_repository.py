@@ -1,0 +1,73 @@
+"""checkStorageRepository and fixStorageRepository: `ls fixes/`, `cat fixes/F`,
+`mv fixes/F tasks/` (queue, or resume a stopped task), `rm tasks/T` (stop)."""
+
+import errno
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.fixes.check import check_repository
+from repofs.model import Fix, Task, TaskState
+from repofs.registry import ConnectedRepository, Registry
+
+log = logging.getLogger(__name__)
+
+VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
+
+
+async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
+    """Read-only: never changes storage."""
+
+    def check() -> list[Fix]:
+        return check_repository(repo.driver, repo.driver.read_options().max_chain)
+
+    return await trio.to_thread.run_sync(check)
+
+
+async def get_fix(repo: ConnectedRepository, fix_id: str) -> Fix:
+    for fix in await list_fixes(repo):
+        if fix.id == fix_id:
+            return fix
+    raise errors.not_found(f"no fix {fix_id} in {repo.name}")
+
+
+async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> Task:
+    """fixStorageRepository. A stopped or failed task of the same fix is queued
+    again with its checkpoint: it resumes. Durable step: one task record write."""
+
+    def queue() -> Task:
+        try:
+            task = repo.driver.read_task(fix.id)
+        except errors.RepofsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return repo.driver.write_task(Task(fix.id, fix))
+        if task.state in (TaskState.QUEUED, TaskState.RUNNING):
+            return task
+        return repo.driver.write_task(
+            task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)
+        )
+
+    task = await trio.to_thread.run_sync(queue)
+    log.info("queued task %s/%s: %s", repo.name, task.id, fix.description)
+    if registry.fix_daemon is not None:
+        registry.fix_daemon.wake()
+    return task
+
+
+async def list_tasks(repo: ConnectedRepository) -> list[Task]:
+    tasks = await trio.to_thread.run_sync(repo.driver.list_tasks)
+    return [t for t in tasks if t.state in VISIBLE_TASK_STATES]
+
+
+async def get_task(repo: ConnectedRepository, task_id: str) -> Task:
+    task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
+    if task.state not in VISIBLE_TASK_STATES:
+        raise errors.not_found(f"task {task_id} in {repo.name} is {task.state}")
+    return task
+
+
+async def stop_task(registry: Registry, repo: ConnectedRepository, task_id: str) -> None:
+    await get_task(repo, task_id)
+    await registry.fix_daemon.stop(repo, task_id)
