@@ -145,7 +145,9 @@ class FixDaemon:
     async def _run(self, run: Run, task: Task) -> None:
         repo = run.repo
         fix = KINDS[task.fix.kind]
-        ctx = TaskContext(repo, self.registry.daemon, self.host, task, fix.STAGES)
+        ctx = TaskContext(
+            repo, self.registry.daemon, self.host, task, fix.STAGES, fix.PROGRESS_ON_IMAGE
+        )
         log.info("task %s/%s started (%s)", repo.name, task.id, task.fix.description)
         started = time.monotonic()
         try:
@@ -173,7 +175,7 @@ class FixDaemon:
         with trio.CancelScope(shield=True):
             try:
                 await ctx.save(state=TaskState.FAILED, lease=None, last_error=reason)
-                if ctx.task.image is not None:
+                if ctx.live_image:
                     await ctx.update_image(lambda r: r.evolve(last_error=reason, host=None))
             except (LeaseLost, errors.RepofsError) as exc:
                 log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)

@@ -59,8 +59,12 @@ def mount_pid(mountpoint: Path) -> int | None:
 class Mount:
     """One repofs process mounted at `path`, with its data in `data`."""
 
-    def __init__(self, base: Path, extra_args: tuple[str, ...] = (), module: str = "repofs"):
+    def __init__(self, base: Path, extra_args: tuple[str, ...] = (), module: str = "repofs",
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.module = module
+        self.env = env or {}
+        # Fixes the test leaves on purpose (besides cleaning what it removed).
+        self.expected_fixes: set[str] = set()
         self.path = base / "mnt"
         self.data = base / "data"
         self.log = base / "repofs.log"
@@ -77,7 +81,7 @@ class Mount:
         cmd = [sys.executable, "-m", self.module, "mount", str(self.path), "--foreground",
                "--data-dir", str(self.data), "--log-file", str(self.log),
                "--host-id", "test-host", *self.extra_args]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), **self.env}
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, env=env)
         wait_for(lambda: self.proc.poll() is not None or mount_pid(self.path) == self.proc.pid,
                  MOUNT_TIMEOUT_S, "the mount")  # fmt: skip
@@ -134,22 +138,49 @@ class Mount:
         self._log_checked_upto = len(text.splitlines())
 
 
-def assert_consistent(root: Path) -> None:
-    """What a test leaves in a repository: every record readable, every volume it
-    names present and passing `qemu-img check`, every volume named by a record,
-    no temp files. (The check of the fix-engine issue will do this in repofs.)"""
+def assert_consistent(root: Path, garbage_expected: bool = False) -> None:
+    """What a test leaves in a repository, seen from outside repofs: every record
+    readable, every volume it names present and passing `qemu-img check`; unless
+    the test expects a clean (`garbage_expected`), every volume named by a record
+    or a task and no temp files."""
     named = set()
-    for record_path in [*root.glob("images/*"), *root.glob("trash/*")]:
-        assert not record_path.name.startswith("."), f"leftover {record_path}"
+    for path in root.glob("*/.tmp-*"):
+        assert garbage_expected, f"leftover {path}"
+    for task_path in root.glob("tasks/[!.]*"):
+        named.update(json.loads(task_path.read_text())["checkpoint"].get("volumes", ()))
+    for record_path in [*root.glob("images/[!.]*"), *root.glob("trash/[!.]*")]:
         record = json.loads(record_path.read_text())
         for volume in record["chain"]:
             path = root / "volumes" / volume
             assert path.exists(), f"{record_path.name} names missing {volume}"
             named.add(volume)
     for path in (root / "volumes").iterdir():
-        assert path.name in named, f"volume {path.name} is named by no record"
+        assert garbage_expected or path.name in named, f"{path.name} is named by no record"
         if path.suffix == ".qcow2":
             sh(f"qemu-img check -q -f qcow2 {path}")
+
+
+TASKS_TIMEOUT_S = 120
+
+
+def active_tasks(repo: Path) -> list[str]:
+    return [
+        t for t in os.listdir(repo / "tasks")
+        if json.loads((repo / "tasks" / t).read_text())["state"] in ("queued", "running")
+    ]  # fmt: skip
+
+
+def check_through_the_mount(m: Mount) -> None:
+    """repofs's own check after a test (like s3ql's fsck after its tests): once the
+    tasks the test queued are done, `fixes/` offers only cleans of what the test
+    removed, and the fixes the test declared in `mount.expected_fixes`."""
+    for repo in sorted(p for p in m.path.iterdir() if p.is_dir()):
+        wait_for(lambda r=repo: not active_tasks(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
+        failed = os.listdir(repo / "tasks")
+        assert not failed, f"tasks left in {repo.name}: {failed}"
+        allowed = {f"clean-{i}" for i in os.listdir(repo / "trash")} | m.expected_fixes
+        unexpected = set(os.listdir(repo / "fixes")) - allowed
+        assert not unexpected, f"the check of {repo.name} found {sorted(unexpected)}"
 
 
 @pytest.fixture
@@ -157,13 +188,14 @@ def mount(tmp_path):
     m = Mount(tmp_path)
     try:
         yield m.start()
+        check_through_the_mount(m)
         unexpected = m.unexpected_log_lines()
         assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
     finally:
         m.stop()
     for root in m.data.iterdir():
         if (root / "repofs.json").exists():
-            assert_consistent(root)
+            assert_consistent(root, "clean-volumes" in m.expected_fixes)
 
 
 @pytest.fixture

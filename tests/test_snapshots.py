@@ -121,13 +121,15 @@ def test_disk_from_snapshot_reads_the_snapshot_and_never_changes_it(repo):
     assert status(repo, "s1")["dependents"] == ["vm1", "vm2"]
 
 
-def test_disk_from_snapshot_under_performance_is_degraded(repo):
+def test_disk_from_snapshot_under_performance_is_degraded(repo, mount):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/gold")
     sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
     sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
     assert status(repo, "vm2")["state"] == "degraded"
     assert os.getxattr(repo / "disks/vm2", "user.repofs.status") == b"degraded"
+    mount.expected_fixes.add("optimize-vm2")
 
 
 def test_qcow2_disk_grows_and_takes_writes_past_its_end(repo):

@@ -22,6 +22,7 @@ GUEST_PATTERN = pattern(b"GUESTWROTE", SECTOR)  # what the guest writes to secto
 GUEST_EXIT_STATUS = 0x21 * 2 + 1  # isa-debug-exit: QEMU exits with (value << 1) | 1
 BOOT_TIMEOUT_S = 60
 
+
 @pytest.fixture(scope="module")
 def boot_sector(tmp_path_factory) -> bytes:
     out = tmp_path_factory.mktemp("guest") / "boot.bin"

@@ -76,7 +76,8 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
     fixes = []
     live_ids = {r.id for r in inventory.live}
     trashed_ids = {r.id for r in inventory.trashed}
-    tops = Counter(r.top.file_name for r in inventory.live)
+    # An unfinished snapshot shares its top with its disk until mend finishes it.
+    tops = Counter(r.top.file_name for r in inventory.live if r.last_error != UNFINISHED_SNAPSHOT)
     present = set(inventory.volumes)
     for record in inventory.live:
         problems = []
@@ -88,8 +89,12 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
         if record.base is not None and record.base not in live_ids:
             where = "is in the trash (restore it)" if record.base in trashed_ids else "is unknown"
             problems.append(f"its base {record.base} {where}")
-        if tops[record.top.file_name] > 1:
-            others = [r.id for r in inventory.live if r.top == record.top and r.id != record.id]
+        if tops[record.top.file_name] > 1 and record.last_error != UNFINISHED_SNAPSHOT:
+            others = [
+                r.id for r in inventory.live
+                if r.top == record.top and r.id != record.id
+                and r.last_error != UNFINISHED_SNAPSHOT
+            ]  # fmt: skip
             problems.append(f"its top volume is also claimed by {', '.join(others)}")
         if problems:
             fixes.append(Fix(

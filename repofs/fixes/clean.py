@@ -23,6 +23,8 @@ from repofs.fixes.context import TaskContext
 
 log = logging.getLogger(__name__)
 
+# A clean works on a trashed image: its record shows no progress.
+PROGRESS_ON_IMAGE = False
 STAGES = ("purge", "free")
 
 

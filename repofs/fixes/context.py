@@ -3,7 +3,6 @@ exclusive use of its image. The fix daemon makes one TaskContext per run."""
 
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -11,15 +10,13 @@ from contextlib import asynccontextmanager
 import trio
 
 from repofs import errors
+from repofs.crash import crash_point
 from repofs.model import ImageRecord, Task
 from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
-# Tests name a durable step boundary ("optimize:record") at which the process
-# dies as if killed: the exact moment cannot be hit from outside.
-CRASH_AT = os.environ.get("REPOFS_CRASH_AT")
 WAIT_FOR_CLOSE_S = 1.0
 CAS_RETRIES = 5
 
@@ -30,21 +27,22 @@ class LeaseLost(Exception):
 
 class TaskContext:
     def __init__(self, repo: ConnectedRepository, daemon, host: str, task: Task,
-                 stages: tuple[str, ...]):  # fmt: skip
+                 stages: tuple[str, ...], live_image: bool):  # fmt: skip
         self.repo = repo
         self.driver = repo.driver
         self.daemon = daemon
         self.host = host
         self.task = task
         self.stages = stages
+        # Whether the task's image is a live one whose record shows the progress
+        # (a clean works on a trashed image).
+        self.live_image = live_image and task.image is not None
         self._last_report = 0.0
         self._run_started = time.monotonic()
         self._run_bytes_start = task.bytes_done
 
     def crash_point(self, step: str) -> None:
-        if CRASH_AT == f"{self.task.fix.kind}:{step}":
-            log.warning("REPOFS_CRASH_AT=%s: exiting now", CRASH_AT)
-            os._exit(99)
+        crash_point(f"{self.task.fix.kind}:{step}")
 
     @property
     def checkpoint(self) -> dict:
@@ -67,22 +65,30 @@ class TaskContext:
     async def enter_stage(self, name: str) -> None:
         await self.report(name, self.task.bytes_done, self.task.bytes_total, force=True)
 
-    async def report(self, step: str, done: int, total: int, force: bool = False) -> None:
-        """Persists progress in the task and the image record, at most about once a
-        second unless the percent moved by 1 or more (DESIGN.md)."""
+    def progress_due(self, done: int, total: int) -> bool:
+        """Whether progress should be persisted now: about once a second, or when
+        the percent moved by 1 or more (DESIGN.md)."""
+        moved = total and done * 100 // total - self.task.percent_complete >= 1
+        return bool(moved) or time.monotonic() - self._last_report >= PROGRESS_INTERVAL_S
+
+    async def report(self, step: str, done: int, total: int, force: bool = False,
+                     checkpoint: dict | None = None) -> None:  # fmt: skip
+        """Persists progress in the task and the image record, when due (or forced).
+        A `checkpoint` goes into the same task write, so the persisted percent never
+        runs ahead of the work a resume can skip."""
+        if not force and not self.progress_due(done, total):
+            return
         percent = min(100, done * 100 // total) if total else -1
         now = time.monotonic()
-        if (not force and now - self._last_report < PROGRESS_INTERVAL_S
-                and percent - self.task.percent_complete < 1):  # fmt: skip
-            return
         self._last_report = now
         elapsed = max(now - self._run_started, 1e-3)
         stage = f"{self.stages.index(step) + 1}/{len(self.stages)}"
         await self.save(
             stage=stage, step=step, percent_complete=percent, bytes_done=done,
             bytes_total=total, rate=round((done - self._run_bytes_start) / elapsed, 1),
+            checkpoint={**self.task.checkpoint, **(checkpoint or {})},
         )  # fmt: skip
-        if self.task.image is not None:
+        if self.live_image:
             await self.update_image(
                 lambda r: r.evolve(host=self.host, stage=stage, percent_complete=percent)
             )

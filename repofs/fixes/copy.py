@@ -2,18 +2,18 @@
 
 Only extents that hold data are copied (`qemu-img map`): unallocated and zero
 ranges stay holes of the target. The checkpoint is the offset below which the
-target holds the source's bytes; it is saved only after the target was fsynced
-up to there, about once a second, so a crash redoes at most that much work.
+target holds the source's bytes; it is saved with each progress report (about
+once a second or per 1%), only after the target was fsynced, so a crash redoes
+at most that much work and the persisted percent never goes back.
 """
 
 import logging
-import time
 from pathlib import Path
 
 import trio
 
 from repofs.drivers.volume_io import RawVolumeFile
-from repofs.fixes.context import PROGRESS_INTERVAL_S, TaskContext
+from repofs.fixes.context import TaskContext
 from repofs.model import Volume, VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.chain_io import QcowChainFile
@@ -52,7 +52,6 @@ async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Pa
     out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
     try:
         await ctx.report(step, done, total, force=True)
-        last_checkpoint = time.monotonic()
         for extent in extents:
             offset = max(extent.offset, copied)
             end = min(extent.offset + extent.length, size)
@@ -61,14 +60,11 @@ async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Pa
                 await out.write(offset, await source.read(offset, length))
                 offset += length
                 done += length
-                if time.monotonic() - last_checkpoint >= PROGRESS_INTERVAL_S:
-                    await out.fsync()
-                    await ctx.save_checkpoint(copied=offset)
-                    last_checkpoint = time.monotonic()
-                await ctx.report(step, done, total)
+                if ctx.progress_due(done, total):
+                    await out.fsync()  # the checkpoint promises this data
+                    await ctx.report(step, done, total, checkpoint={"copied": offset})
         await out.fsync()
-        await ctx.save_checkpoint(copied=size)
-        await ctx.report(step, total, total, force=True)
+        await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     finally:
         out.close()
         with trio.CancelScope(shield=True):  # a stopped task still closes its node

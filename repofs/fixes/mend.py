@@ -21,6 +21,8 @@ from repofs.fixes.context import TaskContext
 from repofs.model import ImageKind, ImageState, VolumeFormat
 from repofs.qemu import img
 
+# Whether the image record shows the task's progress.
+PROGRESS_ON_IMAGE = True
 STAGES = ("switch", "finish")
 
 

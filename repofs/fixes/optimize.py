@@ -31,6 +31,8 @@ from repofs.fixes.copy import copy_chain
 from repofs.model import ImageKind, ImageState, Volume, VolumeFormat
 from repofs.qemu import img
 
+# Whether the image record shows the task's progress.
+PROGRESS_ON_IMAGE = True
 STAGES = ("copy", "rebase", "record", "commit")
 
 

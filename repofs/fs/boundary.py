@@ -31,6 +31,11 @@ def _wrap(handler, quiet: frozenset[int]):
             level = logging.DEBUG if exc.errno in quiet else logging.WARNING
             log.log(level, "%s refused: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            # Storage failed under us (a repository directory vanished, a disk
+            # error): EIO, with what failed; no traceback, it is not a bug.
+            log.error("%s failed: storage error: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -5,6 +5,7 @@ import logging
 import trio
 
 from repofs import errors
+from repofs.crash import crash_point
 from repofs.model import UNFINISHED_SNAPSHOT, ImageKind, ImageRecord, ImageState, VolumeFormat
 from repofs.names import check_name
 from repofs.ops.create_virtual_disk import check_free, commit_new_image
@@ -55,12 +56,14 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             owner=disk.owner,
         )
         snapshot = await commit_new_image(repo, snapshot, new_top)
+        crash_point("snapshot:switch")
         chain = (new_top, *disk.chain)
         max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
         state = ImageState.DEGRADED if len(chain) > max_chain else disk.state
         await trio.to_thread.run_sync(
             driver.update_image, disk.evolve(chain=chain, base=snapshot_id, state=state)
         )
+        crash_point("snapshot:finish")
         snapshot = await trio.to_thread.run_sync(
             driver.update_image,
             snapshot.evolve(state=ImageState.OPTIMIZED, last_error=None),

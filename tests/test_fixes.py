@@ -1,0 +1,287 @@
+"""The fix engine through the mount: check (fixes/), fix (tasks/), progress,
+events, stop and resume, kill -9 and crashes at every durable step."""
+
+import json
+import os
+import random
+import subprocess
+import time
+
+import pytest
+import xattr
+from conftest import (
+    Mount,
+    active_tasks,
+    assert_consistent,
+    check_through_the_mount,
+    sh,
+    wait_for,
+)
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+GiB = 1 << 30
+TASK_TIMEOUT_S = 120
+
+
+def status(repo, image_id) -> dict:
+    return json.loads((repo / "status" / image_id).read_text())
+
+
+def stored_task(mount: Mount, task_id: str) -> dict:
+    return json.loads((mount.data / "default/tasks" / f"{task_id}.json").read_text())
+
+
+def make_gold(repo, size: str = "1G", data_mib: int = 512) -> None:
+    """snapshots/gold: `size` bytes, the first `data_mib` MiB random."""
+    sh(f"truncate -s {size} {repo}/disks/g")
+    sh(f"dd if=/dev/urandom of={repo}/disks/g bs=1M count={data_mib} conv=notrunc status=none")
+    sh(f"printf tail | dd of={repo}/disks/g bs=1 seek=$(( $(stat -c %s {repo}/disks/g) - 4 )) "
+       "conv=notrunc status=none")  # fmt: skip
+    sh(f"ln {repo}/disks/g {repo}/snapshots/gold")
+
+
+def wait_optimized(repo, image_id: str) -> None:
+    """The way DESIGN.md tells users to wait: grep the events, no polling."""
+    if status(repo, image_id)["state"] != "optimized":
+        sh(f"timeout {TASK_TIMEOUT_S} grep -m1 '\"id\":\"{image_id}\".*\"state\":\"optimized\"' "
+           f"{repo}/events", timeout=TASK_TIMEOUT_S + 10)  # fmt: skip
+    wait_for(lambda: not active_tasks(repo), 30, "the task to end")
+
+
+def assert_standalone_copy_of_gold(repo, image_id: str) -> None:
+    s = status(repo, image_id)
+    assert s["state"] == "optimized" and s["base"] is None
+    assert len(s["chain"]) == 1 and s["chain"][0].endswith(".raw")
+    sh(f"cmp {repo}/disks/{image_id} {repo}/snapshots/gold")
+    assert "vm2" not in status(repo, "gold")["dependents"]
+
+
+def test_performance_overlay_is_optimized_at_once_with_events_in_order(repo, mount):
+    make_gold(repo)
+    events = subprocess.Popen(["cat", str(repo / "events")], stdout=subprocess.PIPE)
+    try:
+        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        wait_optimized(repo, "vm2")
+    finally:
+        events.kill()
+        out = events.communicate(timeout=10)[0]
+    assert_standalone_copy_of_gold(repo, "vm2")
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    vm2 = [e for e in lines if e.get("id") == "vm2"]
+    assert vm2[0]["event"] == "created" and vm2[0]["state"] == "degraded"
+    assert vm2[-1]["state"] == "optimized"
+    percents = [e["percent_complete"] for e in vm2 if e["stage"] == "1/4"]
+    assert percents == sorted(percents) and len(percents) >= 3
+    assert {e["task"] for e in vm2[1:-1]} == {"optimize-vm2"}
+    mount.expected_fixes.add("clean-volumes")  # vm2's old overlay
+
+
+def test_autofix_off_offers_the_fix_and_moving_it_runs_it(repo, mount):
+    make_gold(repo, "64M", 16)
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    assert status(repo, "vm2")["state"] == "degraded"
+    assert os.listdir(repo / "tasks") == []
+    assert os.listdir(repo / "fixes") == ["optimize-vm2"]
+    fix = json.loads((repo / "fixes/optimize-vm2").read_text())
+    assert (fix["kind"], fix["image"]) == ("optimize", "vm2")
+    assert fix["bytes_estimate"] >= 16 * MiB and "vm2" in fix["description"]
+    sh(f"mv {repo}/fixes/optimize-vm2 {repo}/tasks/")
+    wait_optimized(repo, "vm2")
+    assert_standalone_copy_of_gold(repo, "vm2")
+    assert os.listdir(repo / "tasks") == []
+    mount.expected_fixes.add("clean-volumes")
+
+
+def storage_state(mount: Mount) -> str:
+    """Every file of the repository with its size and mtime (heartbeats aside)."""
+    return sh(f"cd {mount.data}/default && find . -path ./hosts -prune -o "
+              "-printf '%p %s %T@\\n' | sort").stdout  # fmt: skip
+
+
+def test_listing_fixes_changes_nothing(repo, mount):
+    make_gold(repo, "64M", 4)
+    sh(f"rm {repo}/disks/g")
+    before = storage_state(mount)
+    for _ in range(3):
+        assert sorted(os.listdir(repo / "fixes")) == ["clean-g"]
+        assert json.loads((repo / "fixes/clean-g").read_text())["kind"] == "clean"
+    assert storage_state(mount) == before
+
+
+def test_clean_frees_the_space_of_removed_images(repo, mount):
+    sh(f"truncate -s 256M {repo}/disks/vm1")
+    sh(f"dd if=/dev/urandom of={repo}/disks/vm1 bs=1M count=64 conv=notrunc status=none")
+    sh(f"rm {repo}/disks/vm1")
+    du = int(sh(f"du -sk {mount.data}").stdout.split()[0])
+    fix = json.loads((repo / "fixes/clean-vm1").read_text())
+    assert fix["bytes_estimate"] >= 64 * MiB
+    sh(f"mv {repo}/fixes/clean-vm1 {repo}/tasks/")
+    wait_for(lambda: not os.listdir(repo / "trash") and not active_tasks(repo), 60, "the clean")
+    assert du - int(sh(f"du -sk {mount.data}").stdout.split()[0]) >= 64 * 1024
+    assert os.listdir(repo / "fixes") == [] and os.listdir(mount.data / "default/volumes") == []
+
+
+def test_clean_waits_for_what_builds_on_a_snapshot(repo, mount):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"rm {repo}/disks/vm1")
+    sh(f"rm {repo}/snapshots/s1")  # nothing live builds on it now
+    assert os.listdir(repo / "fixes") == ["clean-vm1"]  # the trashed vm1 still does
+    sh(f"mv {repo}/fixes/clean-vm1 {repo}/tasks/")
+    wait_for(lambda: os.listdir(repo / "fixes") == ["clean-s1"], 60, "clean-s1 to be offered")
+    sh(f"mv {repo}/fixes/clean-s1 {repo}/tasks/")
+    wait_for(lambda: not os.listdir(repo / "trash"), 60, "the trash to empty")
+    wait_for(lambda: not os.listdir(mount.data / "default/volumes"), 30, "the volumes to go")
+
+
+def test_stop_then_queue_again_resumes(repo, mount):
+    make_gold(repo)
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    task = repo / "tasks/optimize-vm2"
+    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 20, 60, "20%")
+    assert xattr.getxattr(str(repo / "disks/vm2"), "user.repofs.tasks") == b"optimize-vm2"
+    view = json.loads(task.read_text())
+    assert view["host"] == "test-host" and view["stage"] == "1/4" and view["step"] == "copy"
+    assert view["bytes_total"] >= 512 * MiB and view["rate"] > 0 and view["started"]
+    os.unlink(task)
+    stopped = stored_task(mount, "optimize-vm2")
+    assert stopped["state"] == "stopped" and stopped["checkpoint"]["copied"] > 0
+    s = status(repo, "vm2")
+    assert (s["state"], s["last_error"]) == ("degraded", "stopped by the user")
+    assert os.listdir(repo / "tasks") == [] and os.listdir(repo / "fixes") == ["optimize-vm2"]
+    sh(f"mv {repo}/fixes/optimize-vm2 {repo}/tasks/")
+    first = wait_for(lambda: _progress(repo), 30, "progress after the resume")
+    assert first >= stopped["percent_complete"] - 1  # resumed, not restarted
+    wait_optimized(repo, "vm2")
+    assert_standalone_copy_of_gold(repo, "vm2")
+    mount.expected_fixes.add("clean-volumes")
+
+
+def _progress(repo) -> int | None:
+    try:
+        view = json.loads((repo / "tasks/optimize-vm2").read_text())
+    except FileNotFoundError:
+        return 100
+    return view["percent_complete"] if view["state"] == "running" and view["stage"] else None
+
+
+def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path):
+    m = Mount(tmp_path)
+    repo = m.default
+    try:
+        m.start()
+        make_gold(repo)
+        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        time.sleep(random.uniform(0.1, 1.0))
+        m.kill()
+        persisted = stored_task(m, "optimize-vm2")
+        m.start()
+        first = wait_for(lambda: _progress(repo), 30, "progress after the remount")
+        assert first >= persisted["percent_complete"]
+        wait_optimized(repo, "vm2")
+        assert_standalone_copy_of_gold(repo, "vm2")
+        m.expected_fixes.add("clean-volumes")
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(m.data / "default", garbage_expected=True)
+
+
+def crash_then_remount(m: Mount) -> None:
+    """Waits for the process to die at its REPOFS_CRASH_AT step; mounts again."""
+    assert m.proc.wait(TASK_TIMEOUT_S) == 99
+    m.proc = None
+    m.env = {}
+    m.start()
+
+
+@pytest.mark.parametrize("step", ["rebase", "record", "commit", "done"])
+def test_crash_at_each_durable_step_of_optimize(tmp_path, step):
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": f"optimize:{step}"})
+    repo = m.default
+    try:
+        m.start()
+        make_gold(repo, "64M", 16)
+        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        crash_then_remount(m)
+        wait_optimized(repo, "vm2")
+        assert_standalone_copy_of_gold(repo, "vm2")
+        m.expected_fixes.add("clean-volumes")
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/default", garbage_expected=True)
+
+
+@pytest.mark.parametrize("step", ["switch", "finish"])
+def test_mend_finishes_a_snapshot_a_crash_interrupted(tmp_path, step):
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": f"snapshot:{step}"})
+    repo = m.default
+    try:
+        m.start()
+        sh(f"truncate -s 4M {repo}/disks/vm1")
+        sh(f"printf before | dd of={repo}/disks/vm1 conv=notrunc status=none")
+        assert sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1", check=False).returncode != 0
+        crash_then_remount(m)
+        s1 = status(repo, "s1")
+        assert s1["state"] == "broken" and "not finished" in s1["last_error"]
+        # A crash before the switch also leaves the disk's new top unnamed.
+        garbage = ["clean-volumes"] if step == "switch" else []
+        assert sorted(os.listdir(repo / "fixes")) == [*garbage, "mend-s1"]
+        m.expected_fixes.update(garbage)
+        sh(f"mv {repo}/fixes/mend-s1 {repo}/tasks/")
+        wait_for(lambda: status(repo, "s1")["state"] == "optimized", 60, "s1 mended")
+        wait_for(lambda: not active_tasks(repo), 30, "the task to end")
+        vm1 = status(repo, "vm1")
+        assert vm1["base"] == "s1" and vm1["chain"][1:] == status(repo, "s1")["chain"]
+        sh(f"printf after | dd of={repo}/disks/vm1 conv=notrunc status=none")
+        assert (repo / "snapshots/s1").read_bytes()[:6] == b"before"
+        assert (repo / "disks/vm1").read_bytes()[:6] == b"aftere"
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/default", garbage_expected=step == "switch")
+
+
+def test_chains_longer_than_max_chain_are_flattened(repo, mount):
+    sh(f"setfattr -n user.repofs.max_chain -v 3 {repo}")
+    sh(f"truncate -s 8M {repo}/disks/vm1")
+    for i in range(3):
+        sh(f"printf layer{i} | dd of={repo}/disks/vm1 bs=1M seek={i} conv=notrunc status=none")
+        sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s{i}")
+    assert status(repo, "vm1")["state"] == "degraded"
+    expected = (repo / "disks/vm1").read_bytes()
+    assert os.listdir(repo / "fixes") == ["optimize-vm1"]
+    sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
+    wait_optimized(repo, "vm1")
+    assert (repo / "disks/vm1").read_bytes() == expected
+    assert len(status(repo, "vm1")["chain"]) == 1
+    assert (repo / "snapshots/s1").read_bytes()[MiB : MiB + 6] == b"layer1"
+    mount.expected_fixes.add("clean-volumes")
+
+
+def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    top = status(repo, "s1")["chain"][0]
+    os.rename(top, tmp_path / "lost")  # a volume lost from storage
+    fix = json.loads((repo / "fixes/mend-s1").read_text())
+    assert "needs a decision" in fix["description"] and "missing" in fix["description"]
+    assert "mend-vm1" in os.listdir(repo / "fixes")
+    sh(f"mv {repo}/fixes/mend-s1 {repo}/tasks/")
+    task = repo / "tasks/mend-s1"
+    wait_for(lambda: json.loads(task.read_text())["state"] == "failed", 30, "the task to fail")
+    assert "needs a decision" in json.loads(task.read_text())["last_error"]
+    assert "needs a decision" in status(repo, "s1")["last_error"]
+    os.unlink(task)
+    mount.expect_log("task default/mend-s1 failed")
+    os.rename(tmp_path / "lost", top)  # what the person decided: bring it back
+    assert os.listdir(repo / "fixes") == []
