@@ -95,6 +95,8 @@ class Mount:
     def stop(self) -> None:
         """Unmounts and waits for the process (and so its storage daemon) to end."""
         if self.proc is None:
+            # Perhaps a crash left the mount point dead.
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
             return
         proc, self.proc = self.proc, None
         daemons = children(proc.pid)

@@ -43,11 +43,38 @@ def make_gold(repo, size: str = "1G", data_mib: int = 512) -> None:
 
 
 def wait_optimized(repo, image_id: str) -> None:
-    """The way DESIGN.md tells users to wait: grep the events, no polling."""
-    if status(repo, image_id)["state"] != "optimized":
-        sh(f"timeout {TASK_TIMEOUT_S} grep -m1 '\"id\":\"{image_id}\".*\"state\":\"optimized\"' "
-           f"{repo}/events", timeout=TASK_TIMEOUT_S + 10)  # fmt: skip
+    """Waits on the events file, no polling. It is opened before the status is
+    read, so a change between the two cannot be missed."""
+    with open(repo / "events", "rb", buffering=0) as events:
+        deadline = time.monotonic() + TASK_TIMEOUT_S
+        state = status(repo, image_id)["state"]
+        while state != "optimized":
+            assert time.monotonic() < deadline, f"{image_id} is still {state}"
+            for line in events.read(65536).splitlines():
+                event = json.loads(line) if line.strip() else {}
+                if event.get("id") == image_id and "state" in event:
+                    state = event["state"]
     wait_for(lambda: not active_tasks(repo), 30, "the task to end")
+
+
+def test_waiting_with_timeout_and_grep_as_the_docs_say(repo, mount):
+    make_gold(repo, "64M", 16)
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    waiter = subprocess.Popen(
+        ["timeout", "60", "grep", "-m1", '"id":"vm2".*"state":"optimized"', repo / "events"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        time.sleep(0.5)  # grep has the file open
+        sh(f"mv {repo}/fixes/optimize-vm2 {repo}/tasks/")
+        assert waiter.wait(70) == 0
+    finally:
+        waiter.kill()
+        waiter.wait(10)
+    assert status(repo, "vm2")["state"] == "optimized"
+    mount.expected_fixes.add("clean-volumes")
 
 
 def assert_standalone_copy_of_gold(repo, image_id: str) -> None:
