@@ -10,7 +10,10 @@ the ratio. Results go to docs/bench-results.json; docs/performance.md sums them 
 
 import argparse
 import json
+import os
 import platform
+import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,53 +44,108 @@ def fio(path: Path, job: dict, size_mib: int, direct: bool = True) -> float:
     return result["bw_bytes"] / (1 << 20)
 
 
-def run(cmd: str) -> None:
-    subprocess.run(cmd, shell=True, check=True)
+def run(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
+
+
+REPOFS = f"cd {ROOT} && {sys.executable} -m repofs"
+
+
+def data_path(repo: Path, data: Path, size: int) -> list[dict]:
+    """fio through the mount against the same file directly and buffered."""
+    results = []
+    peer = data / "peer.raw"
+    run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
+    run(f"cp {peer} {repo}/disks/gold")
+    run(f"ln {repo}/disks/gold {repo}/snapshots/base")
+    run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")  # overlay over base
+    run(f"cp {peer} {repo}/disks/raw")
+    for image in ("raw", "qcow2"):
+        for name, job in JOBS.items():
+            through = fio(repo / "disks" / image, job, size)
+            direct = fio(peer, job, size)
+            # repofs serves O_DIRECT requests through the host page cache
+            # (drivers/volume_io.py), so the buffered file is a peer too.
+            cached = fio(peer, job, size, direct=False)
+            results.append({
+                "image": image, "job": name, "repofs_mib_s": round(through, 1),
+                "file_direct_mib_s": round(direct, 1),
+                "file_buffered_mib_s": round(cached, 1),
+                "ratio_to_direct": round(through / direct, 3),
+                "ratio_to_buffered": round(through / cached, 3),
+            })  # fmt: skip
+            print(f"{image:6} {name:18} repofs {through:7.1f}  file O_DIRECT "
+                  f"{direct:7.1f} ({through / direct:.2f}x)  file buffered "
+                  f"{cached:7.1f} ({through / cached:.2f}x) MiB/s")  # fmt: skip
+    return results
+
+
+def check(repo: Path, images: int) -> dict:
+    """How long `ls fixes/` (checkStorageRepository) takes with `images` images."""
+    for i in range(images):
+        (repo / "disks" / f"d{i}").touch()  # createVirtualDisk, 0 bytes
+    assert len(os.listdir(repo / "disks")) == images
+    timings = []
+    for _ in range(3):
+        started = time.monotonic()
+        os.listdir(repo / "fixes")
+        timings.append(time.monotonic() - started)
+    print(f"check of {images} images: {min(timings):.2f}s (best of 3)")
+    return {"images": images, "check_s": round(min(timings), 3)}
+
+
+def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
+    """kill -9 during an optimize of a `size` MiB image, remount, let it finish:
+    how much of the copy was done twice, as a share of the image's data. The work
+    redone is what was copied between the last checkpoint (the task record's
+    mtime) and the kill, at the task's rate."""
+    repo = mnt / "default"
+    run(f"truncate -s {size}M {repo}/disks/src")
+    run(f"dd if=/dev/urandom of={repo}/disks/src bs=1M count={size} conv=notrunc status=none")
+    run(f"ln {repo}/disks/src {repo}/snapshots/src-1")
+    run(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    results = []
+    for i in range(kills):
+        run(f"ln {repo}/snapshots/src-1 {repo}/disks/copy{i}")
+        time.sleep(random.uniform(0.3, 1.2))
+        os.kill(int(os.getxattr(mnt, "user.repofs.pid")), signal.SIGKILL)
+        killed = time.time()
+        time.sleep(0.5)
+        task_file = data / f"default/tasks/optimize-copy{i}.json"
+        task = json.loads(task_file.read_text())
+        redone = int(task["rate"] * max(0.0, killed - task_file.stat().st_mtime))
+        run(f"{REPOFS} mount {mnt} --data-dir {data}")
+        run(f"timeout 120 grep -m1 '\"id\":\"copy{i}\".*\"state\":\"optimized\"' "
+            f"{repo}/events")  # fmt: skip
+        run(f"cmp {repo}/disks/copy{i} {repo}/snapshots/src-1")
+        share = redone / (size << 20)
+        print(f"kill at {task['percent_complete']}%: redone {redone >> 20} MiB = {share:.1%}")
+        results.append({"percent_at_kill": task["percent_complete"],
+                        "redone_bytes": redone, "redone_share": round(share, 4)})  # fmt: skip
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--check-images", type=int, default=1000)
+    parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
-    size = args.size_mib
-    repofs = f"{sys.executable} -m repofs"
-    results = []
-    with tempfile.TemporaryDirectory(prefix="repofs-bench-", dir="/var/tmp") as tmp:
-        work = Path(tmp)
-        mnt, data = work / "mnt", work / "data"
-        run(f"cd {ROOT} && {repofs} mount {mnt} --data-dir {data}")
-        try:
-            repo = mnt / "default"
-            peer = data / "peer.raw"
-            run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
-            run(f"cp {peer} {repo}/disks/gold")
-            run(f"ln {repo}/disks/gold {repo}/snapshots/base")
-            run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")  # overlay over base
-            run(f"cp {peer} {repo}/disks/raw")
-            for image in ("raw", "qcow2"):
-                for name, job in JOBS.items():
-                    through = fio(repo / "disks" / image, job, size)
-                    direct = fio(peer, job, size)
-                    # repofs serves O_DIRECT requests through the host page cache
-                    # (drivers/volume_io.py), so the buffered file is a peer too.
-                    cached = fio(peer, job, size, direct=False)
-                    results.append({
-                        "image": image, "job": name, "repofs_mib_s": round(through, 1),
-                        "file_direct_mib_s": round(direct, 1),
-                        "file_buffered_mib_s": round(cached, 1),
-                        "ratio_to_direct": round(through / direct, 3),
-                        "ratio_to_buffered": round(through / cached, 3),
-                    })  # fmt: skip
-                    print(f"{image:6} {name:18} repofs {through:7.1f}  file O_DIRECT "
-                          f"{direct:7.1f} ({through / direct:.2f}x)  file buffered "
-                          f"{cached:7.1f} ({through / cached:.2f}x) MiB/s")  # fmt: skip
-        finally:
-            run(f"cd {ROOT} && {repofs} umount {mnt}")
-    RESULTS.write_text(json.dumps({
+    report = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
-        "cpus": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
-        "size_mib": size, "results": results,
-    }, indent=1) + "\n")  # fmt: skip
+        "cpus": os.cpu_count(), "size_mib": args.size_mib,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="repofs-bench-", dir="/var/tmp") as tmp:
+        mnt, data = Path(tmp) / "mnt", Path(tmp) / "data"
+        run(f"{REPOFS} mount {mnt} --data-dir {data}")
+        try:
+            report["data_path"] = data_path(mnt / "default", data, args.size_mib)
+            report["resume"] = resume(mnt, data, 1024, args.kills)
+            run(f"mkdir {mnt}/many")
+            report["check"] = check(mnt / "many", args.check_images)
+        finally:
+            run(f"{REPOFS} umount {mnt}")
+    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")
 
 
