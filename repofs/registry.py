@@ -10,7 +10,7 @@ import trio
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus
-from repofs.model import ImageRecord, Strategy
+from repofs.model import ImageRecord, Strategy, TaskState
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -33,6 +33,9 @@ class ConnectedRepository:
     # Image ID -> ID of the task this process runs on it (kept by the fix daemon).
     running_tasks: dict[str, str] = field(default_factory=dict)
     events: EventBus = field(init=False)
+    # The last check's fixes and when it ran (time.monotonic()): `ls -l fixes/`
+    # stats every entry right after listing them, and each stat must not run a check.
+    last_check: tuple[float, list] = (0.0, [])
 
     def __post_init__(self):
         self.events = EventBus(self.name)
@@ -71,6 +74,14 @@ class ConnectedRepository:
             with trio.move_on_after(RELEASE_GRACE_S):
                 await image.closed.wait()
         return image_id not in self.open_images
+
+    async def ensure_no_task(self, image_id: str, doing: str) -> None:
+        """EBUSY while a queued or running task works on the image: it relies on the
+        image's chain staying as it found it."""
+        tasks = await trio.to_thread.run_sync(self.driver.list_tasks)
+        for task in tasks:
+            if task.image == image_id and task.state in (TaskState.QUEUED, TaskState.RUNNING):
+                raise errors.busy(f"cannot {doing} {image_id}: task {task.id} works on it")
 
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):

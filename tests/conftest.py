@@ -166,10 +166,14 @@ TASKS_TIMEOUT_S = 120
 
 
 def active_tasks(repo: Path) -> list[str]:
-    return [
-        t for t in os.listdir(repo / "tasks")
-        if json.loads((repo / "tasks" / t).read_text())["state"] in ("queued", "running")
-    ]  # fmt: skip
+    active = []
+    for name in os.listdir(repo / "tasks"):
+        try:
+            if json.loads((repo / "tasks" / name).read_text())["state"] in ("queued", "running"):
+                active.append(name)
+        except FileNotFoundError:
+            pass  # it ended while we listed
+    return active
 
 
 def check_through_the_mount(m: Mount) -> None:

@@ -1,6 +1,7 @@
 """The fix engine through the mount: check (fixes/), fix (tasks/), progress,
 events, stop and resume, kill -9 and crashes at every durable step."""
 
+import errno
 import json
 import os
 import random
@@ -14,6 +15,7 @@ from conftest import (
     active_tasks,
     assert_consistent,
     check_through_the_mount,
+    errno_of,
     sh,
     wait_for,
 )
@@ -176,6 +178,9 @@ def test_stop_then_queue_again_resumes(repo, mount):
     view = json.loads(task.read_text())
     assert view["host"] == "test-host" and view["stage"] == "1/4" and view["step"] == "copy"
     assert view["bytes_total"] >= 512 * MiB and view["rate"] > 0 and view["started"]
+    # The task relies on vm2's chain: snapshots and removal wait for it.
+    assert errno_of(os.link, repo / "disks/vm2", repo / "snapshots/x") == errno.EBUSY
+    assert errno_of(os.unlink, repo / "disks/vm2") == errno.EBUSY
     os.unlink(task)
     stopped = stored_task(mount, "optimize-vm2")
     assert stopped["state"] == "stopped" and stopped["checkpoint"]["copied"] > 0
@@ -188,6 +193,7 @@ def test_stop_then_queue_again_resumes(repo, mount):
     wait_optimized(repo, "vm2")
     assert_standalone_copy_of_gold(repo, "vm2")
     mount.expected_fixes.add("clean-volumes")
+    mount.expect_log("cannot snapshot vm2: task optimize-vm2 works on it")
 
 
 def _progress(repo) -> int | None:
@@ -312,3 +318,22 @@ def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
     mount.expect_log("task default/mend-s1 failed")
     os.rename(tmp_path / "lost", top)  # what the person decided: bring it back
     assert os.listdir(repo / "fixes") == []
+
+
+def test_a_stopped_task_of_a_removed_image_is_cleaned(repo, mount):
+    make_gold(repo)
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    task = repo / "tasks/optimize-vm2"
+    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 10, 60, "10%")
+    os.unlink(task)
+    sh(f"rm {repo}/disks/vm2")
+    assert sorted(os.listdir(repo / "fixes")) == ["clean-vm2", "clean-volumes"]
+    assert "1 tasks of removed images" in (repo / "fixes/clean-volumes").read_text()
+    sh(f"mv {repo}/fixes/clean-vm2 {repo}/tasks/")
+    wait_for(lambda: os.listdir(repo / "fixes") == ["clean-volumes"], 60, "clean-vm2")
+    sh(f"mv {repo}/fixes/clean-volumes {repo}/tasks/")
+    wait_for(lambda: not os.listdir(repo / "fixes"), 60, "clean-volumes")
+    assert not (mount.data / "default/tasks/optimize-vm2.json").exists()
+    chains = {v for name in ("g", "gold") for v in status(repo, name)["chain"]}
+    assert {str(p) for p in (mount.data / "default/volumes").iterdir()} == chains

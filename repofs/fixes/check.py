@@ -38,11 +38,22 @@ class Inventory:
             [v.file_name for v in driver.list_volumes()],
         )
 
+    def stale_tasks(self) -> list[Task]:
+        """Stopped or failed tasks whose image is gone: they can never resume."""
+        live = {r.id for r in self.live}
+        return [
+            t for t in self.tasks
+            if t.state in (TaskState.STOPPED, TaskState.FAILED)
+            and t.image is not None and t.image not in live
+        ]  # fmt: skip
+
     def named_volumes(self) -> set[str]:
-        """Volumes that a record (live or trashed) or a task names."""
+        """Volumes that a record (live or trashed) or a task that may go on names."""
         named = {v.file_name for r in self.live + self.trashed for v in r.chain}
+        stale = {t.id for t in self.stale_tasks()}
         for task in self.tasks:
-            named.update(task.checkpoint.get("volumes", ()))
+            if task.id not in stale:
+                named.update(task.checkpoint.get("volumes", ()))
         return named
 
     def references(self, image: ImageRecord) -> list[str]:
@@ -136,10 +147,12 @@ def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
         ))  # fmt: skip
     orphans = [v for v in inventory.volumes if v not in named]
     temp_files = driver.temp_files()
-    if orphans or temp_files:
+    stale = inventory.stale_tasks()
+    if orphans or temp_files or stale:
         fixes.append(Fix(
             fix_id(FixKind.CLEAN, None), FixKind.CLEAN, None,
-            f"free {len(orphans)} volumes no record names and {len(temp_files)} temp files",
+            f"free {len(orphans)} volumes no record names, {len(temp_files)} temp files "
+            f"and {len(stale)} tasks of removed images",
             sum(driver.allocated_bytes(Volume.from_file_name(v)) for v in orphans),
             {"volumes": orphans},
         ))  # fmt: skip

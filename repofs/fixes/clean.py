@@ -1,5 +1,6 @@
-"""clean: frees the space of removed images, of volumes no record names, and of
-temp files that interrupted atomic writes left.
+"""clean: frees the space of removed images, of volumes no record names, of
+temp files that interrupted atomic writes left, and forgets stopped or failed
+tasks whose image is gone.
 
 A clean of a trashed image ("clean-ID") first forgets its record, then removes
 the volumes that nothing names any more; "clean-volumes" only does the second.
@@ -8,9 +9,9 @@ Durable steps, and what a crash after each leaves:
 1. purge: unlink the trashed record (refused while an image builds on it). After
    a crash its volumes are named by nothing: the next check offers clean-volumes.
 2. free: under the repository's `changing` lock (so no create is between making
-   a volume and writing its record), unlink each volume that no record and no
-   task names, and every temp file. Each unlink is final; a crash leaves fewer
-   to do.
+   a volume and writing its record), forget the stale tasks, then unlink each
+   volume that no record and no other task names, and every temp file. Each
+   unlink is final; a crash leaves fewer to do.
 """
 
 import logging
@@ -49,7 +50,10 @@ async def run(ctx: TaskContext) -> None:
 
 
 def _free(driver) -> int:
-    named = Inventory.read(driver).named_volumes()
+    inventory = Inventory.read(driver)
+    named = inventory.named_volumes()
+    for task in inventory.stale_tasks():
+        driver.delete_task(task)
     freed = 0
     for volume in driver.list_volumes():
         if volume.file_name not in named:

@@ -8,8 +8,10 @@ use; then, with the disk closed, the top is rebased onto that copy and committed
 into it.
 
 Durable steps, and what a crash after each leaves:
-1. copy: create TARGET (raw) and name it in the task's checkpoint, then copy the
-   base chain's data into it, checkpointing the offset after each fsync. A crash
+1. copy: create TARGET (raw) and name it and the base chain in the task's
+   checkpoint, then copy the base chain's data into it, checkpointing the
+   offset after each fsync. Snapshots, removal and renames of the disk are EBUSY
+   while the task exists, so the chain under the top stays what was copied. A crash
    resumes the copy from the checkpoint; TARGET is the task's, not garbage.
 2. rebase: point the top's backing file at TARGET (same bytes as the old base,
    `qemu-img rebase -u`). The record still names the old chain, whose data is
@@ -52,13 +54,19 @@ async def run(ctx: TaskContext) -> None:
         preallocate = await ctx.repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, image.size, preallocate)
         target = volume.file_name
-        await ctx.save_checkpoint(target=target, volumes=[target], copied=0)
+        base = [v.file_name for v in image.chain[1:]]
+        await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base)
     target_path = driver.volume_path(Volume.from_file_name(target))
     await copy_chain(ctx, "copy", image.chain[1], target_path, image.size)
     ctx.crash_point("rebase")
 
     async with ctx.exclusive("rebase"):
         image = await ctx.read_image()
+        if [v.file_name for v in image.chain[1:]] != ctx.checkpoint["base"]:
+            # Defended by EBUSY on snapshots while the task runs; another host
+            # could still have changed it. The copy is of the wrong base: start over.
+            await ctx.save(checkpoint={})
+            raise errors.conflict(f"{image.id}'s chain changed during the optimize; queue it again")
         top = driver.volume_path(image.top)
         await img.rebase_unsafe(top, target_path, VolumeFormat.RAW)
         ctx.crash_point("record")

@@ -350,7 +350,7 @@ class RepofsOperations(pyfuse3.Operations):
         repo = self._repo(old_parent)
         old_area, new_area = old_parent.area, new_parent.area
         if old_area is Area.FIXES and new_area is Area.TASKS and old_name == new_name:
-            fix = await fix_repository.get_fix(repo, old_name)
+            fix = await fix_repository.get_fix(repo, old_name, reuse_s=0)
             await fix_repository.queue_fix(self.registry, repo, fix)
             self.inodes.detach(Node(NodeKind.FIX, repo.name, old_area, old_name))
             return

@@ -37,6 +37,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             raise errors.invalid(f"{disk_id} is a snapshot; snapshots are taken of disks")
         # Live snapshots (blockdev-snapshot on the open node) are not built yet.
         await repo.ensure_closed(disk_id, "snapshot")
+        await repo.ensure_no_task(disk_id, "snapshot")
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         check_free(repo, snapshot_id)

@@ -3,6 +3,7 @@
 
 import errno
 import logging
+import time
 
 import trio
 
@@ -13,20 +14,27 @@ from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
+CHECK_REUSE_S = 2.0
 VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 
 async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
-    """Read-only: never changes storage."""
+    """Runs checkStorageRepository. Read-only: never changes storage."""
 
     def check() -> list[Fix]:
         return check_repository(repo.driver, repo.driver.read_options().max_chain)
 
-    return await trio.to_thread.run_sync(check)
+    fixes = await trio.to_thread.run_sync(check)
+    repo.last_check = (time.monotonic(), fixes)
+    return fixes
 
 
-async def get_fix(repo: ConnectedRepository, fix_id: str) -> Fix:
-    for fix in await list_fixes(repo):
+async def get_fix(repo: ConnectedRepository, fix_id: str, reuse_s: float = CHECK_REUSE_S) -> Fix:
+    """A fix of a check at most `reuse_s` old."""
+    checked, fixes = repo.last_check
+    if time.monotonic() - checked > reuse_s:
+        fixes = await list_fixes(repo)
+    for fix in fixes:
         if fix.id == fix_id:
             return fix
     raise errors.not_found(f"no fix {fix_id} in {repo.name}")

@@ -23,6 +23,7 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
         if record.kind is not kind:
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
         await repo.ensure_closed(image_id, "remove")
+        await repo.ensure_no_task(image_id, "remove")
         dependents = await trio.to_thread.run_sync(dependents_of, repo, image_id)
         if dependents:
             raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")

@@ -22,6 +22,7 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
     async with repo.changing:
         await trio.to_thread.run_sync(repo.driver.read_image, old_id)
         await repo.ensure_closed(old_id, "rename")
+        await repo.ensure_no_task(old_id, "rename")
         dependents = await trio.to_thread.run_sync(dependents_of, repo, old_id)
         if dependents:
             raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
