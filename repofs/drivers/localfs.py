@@ -293,7 +293,8 @@ class LocalRepository:
         return self._hosts / f"{urllib.parse.quote(host, safe='')}.json"
 
     def write_heartbeat(self, host: str, counter: int) -> None:
-        atomic_write_json(self._host_path(host), {"host": host, "heartbeat": counter})
+        with self.lock():
+            atomic_write_json(self._host_path(host), {"host": host, "heartbeat": counter})
 
     def read_heartbeats(self) -> dict[str, int]:
         beats = {}
@@ -370,6 +371,13 @@ class LocalRepository:
         sure that no record and no task names it."""
         self.volume_path(volume).unlink(missing_ok=True)
         fsync_dir(self._volumes)
+
+    def remove_temp_files(self) -> None:
+        """Under the repository lock, which every atomic write holds: no temp file
+        of a write in progress is taken for a leftover."""
+        with self.lock():
+            for path in self.temp_files():
+                path.unlink(missing_ok=True)
 
     def temp_files(self) -> list[Path]:
         """Leftovers of atomic writes that a crash interrupted."""

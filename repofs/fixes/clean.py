@@ -59,6 +59,5 @@ def _free(driver) -> int:
         if volume.file_name not in named:
             freed += driver.allocated_bytes(volume)
             driver.remove_volume(volume)
-    for path in driver.temp_files():
-        path.unlink(missing_ok=True)
+    driver.remove_temp_files()
     return freed
