@@ -195,12 +195,11 @@ class FixDaemon:
             repo.driver.write_task,
             task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
         )
-        if task.image is not None:
+        if KINDS[task.fix.kind].PROGRESS_ON_IMAGE:
 
-            def mark(record):
-                return record.evolve(last_error=STOPPED_BY_USER, host=None)
+            def mark() -> None:
+                record = repo.driver.read_image(task.image)
+                repo.driver.update_image(record.evolve(last_error=STOPPED_BY_USER, host=None))
 
-            await trio.to_thread.run_sync(
-                lambda: repo.driver.update_image(mark(repo.driver.read_image(task.image)))
-            )
+            await trio.to_thread.run_sync(mark)
         log.info("task %s/%s stopped by the user", repo.name, task_id)
