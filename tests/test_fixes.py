@@ -168,12 +168,19 @@ def test_clean_waits_for_what_builds_on_a_snapshot(repo, mount):
     wait_for(lambda: not os.listdir(mount.data / "default/volumes"), 30, "the volumes to go")
 
 
-def test_stop_then_queue_again_resumes(repo, mount):
+def optimize_under_way(repo, percent: int):
+    """disks/vm2 made from a 1 GiB gold under strategy performance, so optimized at
+    once; returns its task file when the optimize passed `percent`."""
     make_gold(repo)
     sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
     sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
     task = repo / "tasks/optimize-vm2"
-    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 20, 60, "20%")
+    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= percent, 60, "progress")
+    return task
+
+
+def test_stop_then_queue_again_resumes(repo, mount):
+    task = optimize_under_way(repo, 20)
     assert xattr.getxattr(str(repo / "disks/vm2"), "user.repofs.tasks") == b"optimize-vm2"
     view = json.loads(task.read_text())
     assert view["host"] == "test-host" and view["stage"] == "1/4" and view["step"] == "copy"
@@ -321,12 +328,7 @@ def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
 
 
 def test_a_stopped_task_of_a_removed_image_is_cleaned(repo, mount):
-    make_gold(repo)
-    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
-    task = repo / "tasks/optimize-vm2"
-    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 10, 60, "10%")
-    os.unlink(task)
+    os.unlink(optimize_under_way(repo, 10))
     sh(f"rm {repo}/disks/vm2")
     assert sorted(os.listdir(repo / "fixes")) == ["clean-vm2", "clean-volumes"]
     assert "1 tasks of removed images" in (repo / "fixes/clean-volumes").read_text()
