@@ -1,0 +1,73 @@
+"""Task leases between hosts (DESIGN.md, "Tasks, leases and hosts"), on a real
+localfs repository in one process: a second host takes a task only once its
+owner's heartbeat has stood still for LEASE_S on the second host's own clock."""
+
+import time
+
+import pytest
+import trio
+
+from repofs import fix_daemon
+from repofs.drivers.localfs import LocalRepository
+from repofs.fix_daemon import FixDaemon
+from repofs.fixes.check import check_repository
+from repofs.model import Lease, Task, TaskState
+from repofs.registry import ConnectedRepository, Registry
+
+pytestmark = pytest.mark.unit
+
+LEASE_S = 1.0
+
+
+def test_a_task_of_a_dead_host_is_taken_over_after_the_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(fix_daemon, "LEASE_S", LEASE_S)
+    monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
+    driver = LocalRepository.open(tmp_path)
+    (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")  # for a clean-volumes
+    [fix] = check_repository(driver, max_chain=8)
+    # Host "a" took the task and died: its lease and heartbeat stay as they were.
+    driver.write_heartbeat("a", 7)
+    driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 7)))
+
+    async def main() -> float:
+        registry = Registry(tmp_path, "b", daemon=None)
+        registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
+        daemon = FixDaemon(registry)
+        async with trio.open_nursery() as nursery:
+            started = time.monotonic()
+            await nursery.start(daemon.run)
+            with trio.fail_after(10 * LEASE_S):
+                while driver.list_tasks():
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+            return time.monotonic() - started
+
+    took = trio.run(main)
+    assert took >= LEASE_S  # not before the lease ran out
+    assert not (tmp_path / "volumes" / "0123.raw").exists()  # and b ran it
+    driver.close()
+
+
+def test_a_live_host_keeps_its_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(fix_daemon, "LEASE_S", LEASE_S)
+    monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
+    driver = LocalRepository.open(tmp_path)
+    (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
+    [fix] = check_repository(driver, max_chain=8)
+    driver.write_heartbeat("a", 1)
+    driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
+
+    async def main() -> None:
+        registry = Registry(tmp_path, "b", daemon=None)
+        registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(FixDaemon(registry).run)
+            for beat in range(2, 12):  # host a is alive: its counter moves
+                driver.write_heartbeat("a", beat)
+                await trio.sleep(LEASE_S / 4)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    [task] = driver.list_tasks()
+    assert task.lease.host == "a" and task.state is TaskState.RUNNING
+    driver.close()
