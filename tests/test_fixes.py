@@ -342,3 +342,72 @@ def test_a_stopped_task_of_a_removed_image_is_cleaned(repo, mount):
     assert not (mount.data / "default/tasks/optimize-vm2.json").exists()
     chains = {v for name in ("g", "gold") for v in status(repo, name)["chain"]}
     assert {str(p) for p in (mount.data / "default/volumes").iterdir()} == chains
+
+
+def build_layers(repo, data_mib: int = 4) -> bytes:
+    """s0 <- s1 <- vm1, every layer with its own pattern at its own offset, and one
+    offset that every layer overwrites; returns vm1's bytes."""
+    sh(f"truncate -s 64M {repo}/disks/vm1")
+    for i in range(3):
+        sh(f"dd if=/dev/urandom of={repo}/disks/vm1 bs=1M seek={8 * i} count={data_mib} "
+           "conv=notrunc status=none")  # fmt: skip
+        sh(f"printf layer{i} | dd of={repo}/disks/vm1 bs=1M seek=60 conv=notrunc status=none")
+        if i < 2:
+            sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s{i}")
+    return (repo / "disks/vm1").read_bytes()
+
+
+def remove_middle_snapshot(repo) -> None:
+    """Trash vm1 and s1, then bring vm1 back: s1's layer is a removed middle layer."""
+    sh(f"rm {repo}/disks/vm1")
+    sh(f"rm {repo}/snapshots/s1")
+    sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+    assert os.listdir(repo / "fixes") == ["merge-s1"]
+
+
+def test_merge_folds_a_removed_middle_layer_then_clean_frees_it(repo, mount):
+    expected = build_layers(repo)
+    s0 = (repo / "snapshots/s0").read_bytes()
+    remove_middle_snapshot(repo)
+    layer = json.loads((mount.data / "default/trash/s1.json").read_text())["chain"][0]
+    fix = json.loads((repo / "fixes/merge-s1").read_text())
+    assert fix["data"]["images"] == ["vm1"] and fix["bytes_estimate"] >= 4 * MiB
+    sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
+    wait_for(lambda: not active_tasks(repo), 60, "the merge")
+    assert layer not in " ".join(status(repo, "vm1")["chain"])
+    assert status(repo, "vm1")["base"] == "s0"
+    assert (repo / "disks/vm1").read_bytes() == expected
+    assert os.listdir(repo / "fixes") == ["clean-s1"]
+    sh(f"mv {repo}/fixes/clean-s1 {repo}/tasks/")
+    wait_for(lambda: not active_tasks(repo), 60, "the clean")
+    assert not (mount.data / "default/volumes" / layer).exists()
+    assert (repo / "disks/vm1").read_bytes() == expected
+    assert (repo / "snapshots/s0").read_bytes() == s0
+    assert os.listdir(repo / "fixes") == []
+
+
+@pytest.mark.parametrize("moment", ["record", "random"])
+def test_a_merge_killed_resumes_after_remount(tmp_path, moment):
+    env = {"REPOFS_CRASH_AT": "merge:record"} if moment == "record" else {}
+    m = Mount(tmp_path, env=env)
+    repo = m.default
+    try:
+        m.start()
+        expected = build_layers(repo, data_mib=128 if moment == "random" else 4)
+        remove_middle_snapshot(repo)
+        sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
+        if moment == "record":
+            crash_then_remount(m)
+        else:
+            time.sleep(random.uniform(0.05, 0.6))
+            m.kill()
+            m.start()
+        wait_for(lambda: not active_tasks(repo), 60, "the merge")
+        assert (repo / "disks/vm1").read_bytes() == expected
+        assert status(repo, "vm1")["base"] == "s0"
+        assert os.listdir(repo / "fixes") in (["clean-s1"], ["clean-s1", "clean-volumes"])
+        m.expected_fixes.update({"clean-s1", "clean-volumes"})
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/default", garbage_expected=True)

@@ -33,18 +33,21 @@ def test_rm_moves_to_trash_and_mv_restores(repo, mount):
     assert (repo / "disks/vm1").read_bytes()[:4] == b"keep"
 
 
-def test_rm_snapshot_and_restore_to_its_own_kind_only(repo):
+def test_rm_snapshot_and_restore_to_its_own_kind_only(repo, mount):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
     sh(f"rm {repo}/disks/vm1")
-    sh(f"rm {repo}/snapshots/s1")
+    sh(f"rm {repo}/snapshots/s1")  # what built on it is in the trash
     assert listing(repo / "trash") == ["s1", "vm1"]
     assert errno_of(os.rename, repo / "trash/s1", repo / "disks/s1") == errno.EINVAL
-    # vm1's base is still in the trash:
-    assert errno_of(os.rename, repo / "trash/vm1", repo / "disks/vm1") == errno.ENOENT
-    sh(f"mv {repo}/trash/s1 {repo}/snapshots/")
+    # vm1 comes back although its base is still in the trash: it reads through
+    # s1's layer, and a merge is offered so that s1 can be cleaned some day.
     sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+    assert "merge-s1" in os.listdir(repo / "fixes")
+    assert "clean-s1" not in os.listdir(repo / "fixes")
+    sh(f"mv {repo}/trash/s1 {repo}/snapshots/")
     assert listing(repo / "snapshots") == ["s1"] and listing(repo / "disks") == ["vm1"]
+    assert os.listdir(repo / "fixes") == []
 
 
 def test_trash_is_read_only(repo):

@@ -157,8 +157,8 @@ class LocalRepository:
         except (ValueError, KeyError, TypeError) as exc:
             raise errors.io_error(f"record {path} is unreadable: {exc!r}") from None
 
-    def has_image(self, image_id: str) -> bool:
-        return self._record_path(image_id).exists()
+    def has_image(self, image_id: str, trashed: bool = False) -> bool:
+        return self._record_path(image_id, trashed).exists()
 
     def list_image_ids(self, trashed: bool = False) -> list[str]:
         directory = self._trash if trashed else self._images
@@ -189,14 +189,14 @@ class LocalRepository:
         self._notify("created", record.id, record)
         return record
 
-    def update_image(self, record: ImageRecord) -> ImageRecord:
+    def update_image(self, record: ImageRecord, trashed: bool = False) -> ImageRecord:
         """Compare-and-swap: writes `record` as generation + 1 if storage still holds
         `record.generation`, else ESTALE (someone else changed the image meanwhile)."""
         with self.lock():
-            current = self.read_image(record.id)
+            current = self.read_image(record.id, trashed)
             _check_generation(f"image {record.id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
-            atomic_write_json(self._record_path(record.id), record.to_json())
+            atomic_write_json(self._record_path(record.id, trashed), record.to_json())
         self._notify("updated", record.id, record)
         return record
 

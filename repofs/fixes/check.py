@@ -78,7 +78,11 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, why: str) -> Fix:
 
 def check_repository(driver: LocalRepository, max_chain: int) -> list[Fix]:
     inventory = Inventory.read(driver)
-    fixes = [*_live_image_fixes(driver, inventory, max_chain), *_clean_fixes(driver, inventory)]
+    fixes = [
+        *_live_image_fixes(driver, inventory, max_chain),
+        *_merge_fixes(driver, inventory),
+        *_clean_fixes(driver, inventory),
+    ]
     active = {t.id for t in inventory.tasks if t.state in (TaskState.QUEUED, TaskState.RUNNING)}
     return [f for f in fixes if f.id not in active]
 
@@ -97,9 +101,8 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
             problems.append(f"volumes missing from storage: {', '.join(missing)}")
         if len(set(record.chain)) != len(record.chain):
             problems.append("its volume chain loops")
-        if record.base is not None and record.base not in live_ids:
-            where = "is in the trash (restore it)" if record.base in trashed_ids else "is unknown"
-            problems.append(f"its base {record.base} {where}")
+        if record.base is not None and record.base not in live_ids | trashed_ids:
+            problems.append(f"its base {record.base} is unknown")
         if tops[record.top.file_name] > 1 and record.last_error != UNFINISHED_SNAPSHOT:
             others = [
                 r.id for r in inventory.live
@@ -128,6 +131,23 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
             if len(record.chain) > max_chain:
                 why = f"its chain of {len(record.chain)} volumes is longer than {max_chain}"
             fixes.append(optimize_fix(driver, record, why))
+    return fixes
+
+
+def _merge_fixes(driver, inventory: Inventory) -> list[Fix]:
+    """A trashed snapshot whose top volume live images still read through."""
+    fixes = []
+    for snapshot in inventory.trashed:
+        if snapshot.kind is not ImageKind.SNAPSHOT:
+            continue
+        users = [r.id for r in inventory.live if snapshot.top in r.chain[1:]]
+        if users:
+            fixes.append(Fix(
+                fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
+                f"merge the layer of removed snapshot {snapshot.id} into "
+                f"{', '.join(users)}, so that it can be cleaned",
+                driver.allocated_bytes(snapshot.top), {"images": users},
+            ))  # fmt: skip
     return fixes
 
 

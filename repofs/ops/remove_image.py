@@ -37,9 +37,11 @@ async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKin
         record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, True)
         if record.kind is not kind:
             raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")
-        if record.base is not None and not repo.driver.has_image(record.base):
-            raise errors.not_found(
-                f"cannot restore {image_id}: its base {record.base} is gone (restore it first)"
-            )
+        # A base in the trash is fine: the image reads through its layer, and a
+        # merge fix folds that layer in so the base can be cleaned.
+        if record.base is not None and not (
+            repo.driver.has_image(record.base) or repo.driver.has_image(record.base, True)
+        ):
+            raise errors.not_found(f"cannot restore {image_id}: its base {record.base} is gone")
         await trio.to_thread.run_sync(repo.driver.restore_image, image_id)
     log.info("restored %s/%s from the trash", repo.name, image_id)

@@ -15,14 +15,25 @@ from repofs.qemu.tools import require
 log = logging.getLogger(__name__)
 
 
+# After a crash, a qemu-img that the dead repofs started may still be finishing
+# its work on an image, holding QEMU's lock on it: wait for it that long.
+LOCKED_RETRY_S = 60
+
+
 async def _run(*args: str) -> bytes:
     cmd = [require("qemu-img"), *args]
-    result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
-    if result.returncode != 0:
+    deadline = trio.current_time() + LOCKED_RETRY_S
+    while True:
+        result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+        if result.returncode == 0:
+            return result.stdout
         message = result.stderr.decode(errors="replace").strip()
+        if "Failed to get" in message and "lock" in message and trio.current_time() < deadline:
+            log.warning("qemu-img %s: %s; retrying", args[0], message)
+            await trio.sleep(1)
+            continue
         code = errno.ENOSPC if "No space left" in message else errno.EIO
         raise errors.RepofsError(code, f"qemu-img {args[0]} failed: {message}")
-    return result.stdout
 
 
 SECTOR = 512
@@ -90,6 +101,21 @@ async def rebase_unsafe(path: Path, backing: Path, backing_format: VolumeFormat)
     data is compared or copied). Idempotent."""
     assert backing.parent == path.parent
     await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", backing.name,
+               "-F", str(backing_format), str(path))  # fmt: skip
+
+
+async def rebase_safe(
+    path: Path, backing: Path | None, backing_format: VolumeFormat | None
+) -> None:
+    """Points a qcow2 volume at `backing` (None: no backing file), first copying
+    into it whatever reads differently through the new backing; the header is
+    rewritten last, so an interrupted rebase leaves the old backing with the same
+    bytes. Redoing it is harmless."""
+    if backing is None:
+        await _run("rebase", "-q", "-f", "qcow2", "-b", "", str(path))
+        return
+    assert backing.parent == path.parent
+    await _run("rebase", "-q", "-f", "qcow2", "-b", backing.name,
                "-F", str(backing_format), str(path))  # fmt: skip
 
 
