@@ -411,3 +411,29 @@ def test_a_merge_killed_resumes_after_remount(tmp_path, moment):
     finally:
         m.stop()
     assert_consistent(tmp_path / "data/default", garbage_expected=True)
+
+
+def test_check_reports_what_a_person_must_decide(repo, mount):
+    """Records edited behind repofs's back (or by a bug): the check says what is
+    wrong, and changes nothing."""
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"truncate -s 1M {repo}/disks/vm2")
+    images = mount.data / "default/images"
+    originals = {p: p.read_text() for p in images.iterdir()}
+    vm1 = json.loads(originals[images / "vm1.json"])
+    (images / "vm3.json").write_text(json.dumps(vm1))  # claims vm1's volume
+    vm2 = json.loads(originals[images / "vm2.json"])
+    looped = {**vm2, "chain": vm2["chain"] * 2, "base": "ghost"}
+    (images / "vm2.json").write_text(json.dumps(looped))
+    descriptions = {
+        name: json.loads((repo / "fixes" / name).read_text())["description"]
+        for name in os.listdir(repo / "fixes")
+    }
+    assert sorted(descriptions) == ["mend-vm1", "mend-vm2", "mend-vm3"]
+    assert "its top volume is also claimed by vm3" in descriptions["mend-vm1"]
+    assert "its volume chain loops" in descriptions["mend-vm2"]
+    assert "its base ghost is unknown" in descriptions["mend-vm2"]
+    (images / "vm3.json").unlink()
+    for path, text in originals.items():
+        path.write_text(text)
+    assert os.listdir(repo / "fixes") == []
