@@ -437,3 +437,23 @@ def test_check_reports_what_a_person_must_decide(repo, mount):
     for path, text in originals.items():
         path.write_text(text)
     assert os.listdir(repo / "fixes") == []
+
+
+def test_optimize_waits_while_the_disk_is_open(repo, mount):
+    make_gold(repo, "64M", 8)
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    with open(repo / "disks/vm2", "r+b") as disk:
+        sh(f"mv {repo}/fixes/optimize-vm2 {repo}/tasks/")
+        task = repo / "tasks/optimize-vm2"
+        wait_for(lambda: "waiting for vm2" in (json.loads(task.read_text())["step"] or ""),
+                 30, "the task to wait")  # fmt: skip
+        disk.write(b"written while the base was copied")
+        disk.flush()
+        assert status(repo, "vm2")["state"] == "degraded"
+    wait_optimized(repo, "vm2")
+    data = (repo / "disks/vm2").read_bytes()
+    assert data[:33] == b"written while the base was copied"
+    assert data[33:] == (repo / "snapshots/gold").read_bytes()[33:]
+    mount.expected_fixes.add("clean-volumes")

@@ -55,6 +55,8 @@ class TaskContext:
                 self.driver.write_task, self.task.evolve(**changes)
             )
         except errors.RepofsError as exc:
+            if exc.errno not in (errno.ESTALE, errno.ENOENT):
+                raise
             raise LeaseLost(f"task {self.task.id}: {exc.reason}") from None
         return self.task
 
@@ -113,16 +115,17 @@ class TaskContext:
         return await trio.to_thread.run_sync(update)
 
     @asynccontextmanager
-    async def exclusive(self, step: str):
-        """Holds the image closed: waits (reporting so) while it is open, then keeps
-        the repository's `changing` lock, so no one opens it until the block ends."""
-        image_id = self.task.image
+    async def exclusive(self, step: str, image_ids: list[str]):
+        """Holds images closed: waits (saying so in the task's step) while one is
+        open, then keeps the repository's `changing` lock, so that no one opens
+        them, snapshots them or creates anything until the block ends."""
         while True:
             await self.repo.changing.acquire()
-            if await self.repo.wait_for_release(image_id):
+            still_open = [i for i in image_ids if not await self.repo.wait_for_release(i)]
+            if not still_open:
                 break
             self.repo.changing.release()
-            await self.save(step=f"{step}: waiting for {image_id} to be closed")
+            await self.save(step=f"{step}: waiting for {', '.join(still_open)} to be closed")
             await trio.sleep(WAIT_FOR_CLOSE_S)
         try:
             await self.enter_stage(step)

@@ -39,16 +39,12 @@ async def run(ctx: TaskContext) -> None:
     layer = snapshot.top
     await ctx.enter_stage("measure")
     users = await _users(ctx, layer)
-    for user in users:
-        while user.id in ctx.repo.open_images:
-            await ctx.save(step=f"measure: waiting for {user.id} to be closed")
-            await trio.sleep(1)
-    async with ctx.repo.changing:
+    live = [u.id for u in users if ctx.driver.has_image(u.id)]
+    async with ctx.exclusive("commit", live):
         users = await _users(ctx, layer)  # no snapshot or create can come between now
         for user in users:
-            if not await ctx.repo.wait_for_release(user.id):
-                raise errors.busy(f"{user.id} was opened: queue the merge again")
-        await ctx.enter_stage("commit")
+            if user.id not in live and not await ctx.repo.wait_for_release(user.id):
+                raise errors.busy(f"{user.id} is open: queue the merge again when it is closed")
         below = snapshot.chain[1] if len(snapshot.chain) > 1 else None
         uppers = {r.chain[r.chain.index(layer) - 1] for r in users}
         for done, upper in enumerate(sorted(uppers, key=lambda v: v.file_name)):

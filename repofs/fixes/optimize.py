@@ -60,7 +60,7 @@ async def run(ctx: TaskContext) -> None:
     await copy_chain(ctx, "copy", image.chain[1], target_path, image.size)
     ctx.crash_point("rebase")
 
-    async with ctx.exclusive("rebase"):
+    async with ctx.exclusive("rebase", [image.id]):
         image = await ctx.read_image()
         if [v.file_name for v in image.chain[1:]] != ctx.checkpoint["base"]:
             # Defended by EBUSY on snapshots while the task runs; another host
@@ -79,7 +79,7 @@ async def run(ctx: TaskContext) -> None:
 
 
 async def _commit(ctx: TaskContext, target: str) -> None:
-    async with ctx.exclusive("commit"):
+    async with ctx.exclusive("commit", [ctx.task.image]):
         await _commit_locked(ctx, target)
 
 
