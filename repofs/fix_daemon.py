@@ -145,9 +145,7 @@ class FixDaemon:
     async def _run(self, run: Run, task: Task) -> None:
         repo = run.repo
         fix = KINDS[task.fix.kind]
-        ctx = TaskContext(
-            repo, self.registry.daemon, self.host, task, fix.STAGES, fix.PROGRESS_ON_IMAGE
-        )
+        ctx = TaskContext(self.registry, repo, task, fix.STAGES, fix.PROGRESS_ON_IMAGE)
         log.info("task %s/%s started (%s)", repo.name, task.id, task.fix.description)
         started = time.monotonic()
         try:

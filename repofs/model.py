@@ -13,6 +13,8 @@ RECORD_VERSION = 1
 # The last_error of a snapshot whose creation was interrupted (ops/create_snapshot.py);
 # a mend fix finishes it.
 UNFINISHED_SNAPSHOT = "snapshot not finished: its disk may still write to its top volume"
+# The last_error of an image whose data is still being copied in (ops/copy_image.py).
+COPY_UNFINISHED = "copy not finished"
 
 
 class ImageKind(enum.StrEnum):
@@ -24,6 +26,14 @@ class ImageState(enum.StrEnum):
     OPTIMIZED = "optimized"
     DEGRADED = "degraded"
     BROKEN = "broken"
+
+
+class Pending(enum.StrEnum):
+    """What a broken image waits for, kept apart from last_error (which says it
+    to people, and which a stop overwrites)."""
+
+    COPY = "copy"  # its data is still being copied in
+    SNAPSHOT = "snapshot"  # its creation as a snapshot was interrupted
 
 
 class VolumeFormat(enum.StrEnum):
@@ -70,6 +80,7 @@ class ImageRecord:
     stage: str | None = None
     percent_complete: int = -1
     last_error: str | None = None
+    pending: Pending | None = None
     user_data: dict[str, str] = field(default_factory=dict)
     owner: Owner = Owner()
     generation: int = 0
@@ -108,6 +119,7 @@ class ImageRecord:
             stage=data.get("stage"),
             percent_complete=int(data.get("percent_complete", -1)),
             last_error=data.get("last_error"),
+            pending=Pending(data["pending"]) if data.get("pending") else None,
             user_data=dict(data.get("user_data", {})),
             owner=Owner(**data.get("owner", {})),
             generation=int(data["generation"]),

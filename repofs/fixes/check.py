@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 from repofs.drivers.localfs import LocalRepository
 from repofs.model import (
-    UNFINISHED_SNAPSHOT,
     Fix,
     FixKind,
     ImageKind,
     ImageRecord,
     ImageState,
+    Pending,
     Task,
     TaskState,
     Volume,
@@ -68,6 +68,22 @@ def fix_id(kind: FixKind, image: str | None) -> str:
     return f"{kind}-{image or ORPHANS}"
 
 
+def mend_fix(record: ImageRecord) -> Fix:
+    """The mend of a broken image: a copy to go on, a snapshot to finish, or why not."""
+    if record.pending is Pending.COPY:
+        description = f"copy the data of {record.id} in"
+    elif record.pending is Pending.SNAPSHOT:
+        description = f"finish snapshot {record.id}"
+    else:
+        description = f"{record.id} is broken: {record.last_error}"
+    return Fix(
+        fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id, description,
+        record.size if record.pending is Pending.COPY else 0,
+        {"copy": record.pending is Pending.COPY,
+         "unfinished_snapshot": record.pending is Pending.SNAPSHOT},
+    )  # fmt: skip
+
+
 def optimize_fix(driver: LocalRepository, record: ImageRecord, why: str) -> Fix:
     return Fix(
         fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
@@ -92,7 +108,7 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
     live_ids = {r.id for r in inventory.live}
     trashed_ids = {r.id for r in inventory.trashed}
     # An unfinished snapshot shares its top with its disk until mend finishes it.
-    tops = Counter(r.top.file_name for r in inventory.live if r.last_error != UNFINISHED_SNAPSHOT)
+    tops = Counter(r.top.file_name for r in inventory.live if r.pending is not Pending.SNAPSHOT)
     present = set(inventory.volumes)
     for record in inventory.live:
         problems = []
@@ -103,11 +119,11 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
             problems.append("its volume chain loops")
         if record.base is not None and record.base not in live_ids | trashed_ids:
             problems.append(f"its base {record.base} is unknown")
-        if tops[record.top.file_name] > 1 and record.last_error != UNFINISHED_SNAPSHOT:
+        if tops[record.top.file_name] > 1 and record.pending is not Pending.SNAPSHOT:
             others = [
                 r.id for r in inventory.live
                 if r.top == record.top and r.id != record.id
-                and r.last_error != UNFINISHED_SNAPSHOT
+                and r.pending is not Pending.SNAPSHOT
             ]  # fmt: skip
             problems.append(f"its top volume is also claimed by {', '.join(others)}")
         if problems:
@@ -117,13 +133,7 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
                 {"decision": problems},
             ))  # fmt: skip
         elif record.state is ImageState.BROKEN:
-            unfinished = record.last_error == UNFINISHED_SNAPSHOT
-            fixes.append(Fix(
-                fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,
-                f"finish snapshot {record.id}" if unfinished
-                else f"{record.id} is broken: {record.last_error}",
-                0, {"unfinished_snapshot": unfinished},
-            ))  # fmt: skip
+            fixes.append(mend_fix(record))
         elif record.kind is ImageKind.VIRTUAL_DISK and (
             record.state is ImageState.DEGRADED or len(record.chain) > max_chain
         ):

@@ -12,7 +12,7 @@ import trio
 from repofs import errors
 from repofs.crash import crash_point
 from repofs.model import ImageRecord, Task
-from repofs.registry import ConnectedRepository
+from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,13 @@ class LeaseLost(Exception):
 
 
 class TaskContext:
-    def __init__(self, repo: ConnectedRepository, daemon, host: str, task: Task,
+    def __init__(self, registry: Registry, repo: ConnectedRepository, task: Task,
                  stages: tuple[str, ...], live_image: bool):  # fmt: skip
+        self.registry = registry  # where copies find their sources
         self.repo = repo
         self.driver = repo.driver
-        self.daemon = daemon
-        self.host = host
+        self.daemon = registry.daemon
+        self.host = registry.host_id
         self.task = task
         self.stages = stages
         # Whether the task's image is a live one whose record shows the progress

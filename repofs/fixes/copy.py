@@ -14,7 +14,7 @@ import trio
 
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import TaskContext
-from repofs.model import Volume, VolumeFormat
+from repofs.model import VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.chain_io import QcowChainFile
 
@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 CHUNK = 4 << 20
 
 
-async def open_chain_read_only(ctx: TaskContext, top: Volume):
-    path = ctx.driver.volume_path(top)
-    if top.format is VolumeFormat.RAW:
+async def open_chain_read_only(ctx: TaskContext, path: Path, fmt: VolumeFormat):
+    if fmt is VolumeFormat.RAW:
         return await trio.to_thread.run_sync(RawVolumeFile, path, False)
     return await QcowChainFile.open(ctx.daemon, path, writable=False)
 
@@ -37,18 +36,17 @@ async def close_chain(source) -> None:
         await source.close()
 
 
-async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Path,
-                     size: int) -> None:  # fmt: skip
-    """Copies the data of the chain topped by `source_top` into `target`, from the
-    task's checkpoint `copied` (an offset) on; saves `copied` as it goes."""
+async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
+                     target: Path, size: int) -> None:  # fmt: skip
+    """Copies the data of the chain topped by volume `source` into `target`, from
+    the task's checkpoint `copied` (an offset) on; saves `copied` as it goes."""
     extents = [
-        e for e in await img.map_extents(ctx.driver.volume_path(source_top), source_top.format)
-        if e.data and e.offset < size
-    ]  # fmt: skip
+        e for e in await img.map_extents(source, source_format) if e.data and e.offset < size
+    ]
     total = sum(min(e.length, size - e.offset) for e in extents)
     copied = ctx.checkpoint.get("copied", 0)
     done = sum(max(0, min(e.offset + e.length, copied, size) - e.offset) for e in extents)
-    source = await open_chain_read_only(ctx, source_top)
+    chain = await open_chain_read_only(ctx, source, source_format)
     out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
     try:
         await ctx.report(step, done, total, force=True)
@@ -57,7 +55,7 @@ async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Pa
             end = min(extent.offset + extent.length, size)
             while offset < end:
                 length = min(CHUNK, end - offset)
-                await out.write(offset, await source.read(offset, length))
+                await out.write(offset, await chain.read(offset, length))
                 offset += length
                 done += length
                 if ctx.progress_due(done, total):
@@ -68,4 +66,4 @@ async def copy_chain(ctx: TaskContext, step: str, source_top: Volume, target: Pa
     finally:
         out.close()
         with trio.CancelScope(shield=True):  # a stopped task still closes its node
-            await close_chain(source)
+            await close_chain(chain)

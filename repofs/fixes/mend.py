@@ -1,10 +1,17 @@
 """mend: repairs a broken image, or says what a person must decide.
 
-What it repairs alone: a snapshot whose creation was interrupted
-(ops/create_snapshot.py). Its disk either still writes to the snapshot's top
-volume (the switch never happened) or already has its new top over it.
+What it repairs alone:
 
-Durable steps for that case, and what a crash after each leaves:
+A copy still to be done (ops/copy_image.py): the image's data is copied in from
+another connected repository holding the same snapshot ID, into the raw volume
+its record already names, skipping holes and zeros and checkpointing the offset
+(fixes/copy.py); then the record says `optimized`. A crash resumes the copy; a
+stop leaves the image broken, saying so; removing it then drops the half copy.
+
+A snapshot whose creation was interrupted (ops/create_snapshot.py). Its disk
+either still writes to the snapshot's top volume (the switch never happened) or
+already has its new top over it. Durable steps for that case, and what a crash
+after each leaves:
 1. switch: (if the disk's top is still the snapshot's) create a new qcow2 top
    over it and write the disk's record with it and base = the snapshot. A crash
    before the record leaves an unnamed volume (clean); after, step 2 remains.
@@ -18,18 +25,21 @@ import trio
 
 from repofs import errors
 from repofs.fixes.context import TaskContext
+from repofs.fixes.copy import copy_chain
 from repofs.model import ImageKind, ImageState, VolumeFormat
 from repofs.qemu import img
 
 # Whether the image record shows the task's progress.
 PROGRESS_ON_IMAGE = True
-STAGES = ("switch", "finish")
+STAGES = ("copy", "switch", "finish")
 
 
 async def run(ctx: TaskContext) -> None:
     fix = ctx.task.fix
     if fix.data.get("decision"):
         raise errors.invalid(fix.description)
+    if fix.data.get("copy"):
+        return await _copy_in(ctx)
     if not fix.data.get("unfinished_snapshot"):
         raise errors.invalid(f"{fix.image} is broken and mend cannot tell why: {fix.description}")
     snapshot = await ctx.read_image()
@@ -51,5 +61,32 @@ async def run(ctx: TaskContext) -> None:
     ctx.crash_point("finish")
     await ctx.enter_stage("finish")
     await ctx.update_image(
-        lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None)
+        lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None, pending=None)
     )
+
+
+async def _copy_in(ctx: TaskContext) -> None:
+    image = await ctx.read_image()
+    source_repo, source = await trio.to_thread.run_sync(
+        find_source, ctx.registry, ctx.repo, image.id
+    )
+    top = source.top
+    await copy_chain(ctx, "copy", source_repo.driver.volume_path(top), top.format,
+                     ctx.driver.volume_path(image.top), image.size)  # fmt: skip
+    ctx.crash_point("finish")
+    await ctx.enter_stage("finish")
+    await ctx.update_image(
+        lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None, pending=None)
+    )
+
+
+def find_source(registry, target, image_id: str):
+    """A connected repository other than `target` holding snapshot `image_id`,
+    usable: snapshot IDs name the same immutable data everywhere."""
+    for repo in registry.repositories.values():
+        if repo is target or not repo.driver.has_image(image_id):
+            continue
+        record = repo.driver.read_image(image_id)
+        if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
+            return repo, record
+    raise errors.not_found(f"no connected repository holds a usable snapshot {image_id}")

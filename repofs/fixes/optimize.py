@@ -54,10 +54,13 @@ async def run(ctx: TaskContext) -> None:
         preallocate = await ctx.repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, image.size, preallocate)
         target = volume.file_name
-        base = [v.file_name for v in image.chain[1:]]
-        await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base)
+        base_chain = [v.file_name for v in image.chain[1:]]
+        await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
     target_path = driver.volume_path(Volume.from_file_name(target))
-    await copy_chain(ctx, "copy", image.chain[1], target_path, image.size)
+    base_top = image.chain[1]
+    await copy_chain(
+        ctx, "copy", driver.volume_path(base_top), base_top.format, target_path, image.size
+    )
     ctx.crash_point("rebase")
 
     async with ctx.exclusive("rebase", [image.id]):

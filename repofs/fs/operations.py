@@ -24,6 +24,7 @@ from repofs.ops.connect_repository import (
     disconnect_repository,
     parse_connection,
 )
+from repofs.ops.copy_image import copy_snapshot
 from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk, create_virtual_disk_from_snapshot
 from repofs.ops.image_status import get_image_status
@@ -381,10 +382,15 @@ class RepofsOperations(pyfuse3.Operations):
         ):
             raise errors.invalid(f"ln {source} {target}/{name} maps to no operation")
         if source.repo != target.repo:
-            raise errors.not_supported(
-                f"ln across repositories ({source.repo} -> {target.repo}) is copyImage, "
-                "not built yet"
-            )
+            if source.area is not Area.SNAPSHOTS or target.area is not Area.SNAPSHOTS:
+                raise errors.not_supported(
+                    f"ln {source} {target}/{name}: copying disks across repositories is "
+                    "not built yet"
+                )
+            if name != source.name:
+                raise errors.invalid(f"a copied snapshot keeps its ID {source.name}, not {name}")
+            await copy_snapshot(self.registry, self._repo(source), name, self._repo(target))
+            return await self._entry(Node(NodeKind.IMAGE, target.repo, target.area, name))
         repo = self._repo(source)
         if source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
             await create_snapshot(repo, source.name, name)

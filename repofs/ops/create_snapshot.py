@@ -6,7 +6,14 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
-from repofs.model import UNFINISHED_SNAPSHOT, ImageKind, ImageRecord, ImageState, VolumeFormat
+from repofs.model import (
+    UNFINISHED_SNAPSHOT,
+    ImageKind,
+    ImageRecord,
+    ImageState,
+    Pending,
+    VolumeFormat,
+)
 from repofs.names import check_name
 from repofs.ops.create_virtual_disk import check_free, commit_new_image
 from repofs.qemu import img
@@ -54,6 +61,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             base=disk.base,
             state=ImageState.BROKEN,
             last_error=UNFINISHED_SNAPSHOT,
+            pending=Pending.SNAPSHOT,
             owner=disk.owner,
         )
         snapshot = await commit_new_image(repo, snapshot, new_top)
@@ -67,7 +75,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         crash_point("snapshot:finish")
         snapshot = await trio.to_thread.run_sync(
             driver.update_image,
-            snapshot.evolve(state=ImageState.OPTIMIZED, last_error=None),
+            snapshot.evolve(state=ImageState.OPTIMIZED, last_error=None, pending=None),
         )
     log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
     return snapshot

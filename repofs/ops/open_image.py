@@ -5,13 +5,14 @@ with a qcow2 top goes through the storage daemon (qemu/chain_io.py). All handles
 of one image share one OpenImage, which also holds the image's current size.
 """
 
+import errno
 import logging
 
 import trio
 
 from repofs import errors
 from repofs.drivers.volume_io import RawVolumeFile
-from repofs.model import ImageKind, ImageRecord
+from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.qemu.chain_io import QcowChainFile
 from repofs.registry import ConnectedRepository, Registry
 
@@ -97,6 +98,10 @@ async def open_image(
             if image is None:
                 record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
                 _check_writable(record.kind, image_id, write)
+                if record.pending is Pending.COPY:
+                    raise errors.RepofsError(
+                        errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
+                    )
                 image = await _first_open(registry, repo, record)
     _check_writable(image.record.kind, image_id, write)
     image.handles += 1

@@ -1,0 +1,121 @@
+"""copyImage of snapshots across repositories: `ln r1/snapshots/S r2/snapshots/S`."""
+
+import errno
+import json
+import os
+import random
+import time
+
+import pytest
+from conftest import (
+    Mount,
+    active_tasks,
+    assert_consistent,
+    check_through_the_mount,
+    errno_of,
+    sh,
+    wait_for,
+)
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def status(repo, image_id) -> dict:
+    return json.loads((repo / "status" / image_id).read_text())
+
+
+def make_snapshot(repo, size: str, data_mib: int) -> None:
+    """snapshots/gold: `size` bytes of which `data_mib` MiB random at 64 MiB."""
+    sh(f"truncate -s {size} {repo}/disks/g")
+    sh(f"dd if=/dev/urandom of={repo}/disks/g bs=1M seek=64 count={data_mib} "
+       "conv=notrunc status=none")  # fmt: skip
+    sh(f"ln {repo}/disks/g {repo}/snapshots/gold")
+
+
+def du_kib(path) -> int:
+    return int(sh(f"du -sk {path}").stdout.split()[0])
+
+
+def wait_copied(repo, image_id: str) -> None:
+    wait_for(lambda: status(repo, image_id)["state"] == "optimized", 120, f"{image_id} copied")
+    wait_for(lambda: not active_tasks(repo), 30, "the copy task to end")
+
+
+def test_a_copy_is_broken_until_its_data_is_in_and_moves_only_data(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"setfattr -n user.repofs.autofix -v false {r2}")
+    make_snapshot(r1, "1G", 16)
+    before = du_kib(mount.data / "r2")
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    s = status(r2, "gold")
+    assert (s["state"], s["last_error"], s["kind"]) == ("broken", "copy not finished", "snapshot")
+    assert errno_of(open, r2 / "snapshots/gold", "rb") == errno.EAGAIN
+    assert os.listdir(r2 / "fixes") == ["mend-gold"]
+    assert json.loads((r2 / "fixes/mend-gold").read_text())["description"].startswith("copy")
+    sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
+    wait_copied(r2, "gold")
+    sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
+    assert du_kib(mount.data / "r2") - before < 24 * 1024  # 16 MiB of data, not 1 GiB
+    assert os.listdir(r2 / "fixes") == []
+
+
+def test_with_autofix_the_copy_runs_at_once_and_a_disk_can_build_on_it(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "128M", 32)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    wait_copied(r2, "gold")
+    sh(f"ln {r2}/snapshots/gold {r2}/disks/vm1")
+    sh(f"cmp {r1}/snapshots/gold {r2}/disks/vm1")
+
+
+def test_refusals(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "8M", 1)
+    assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/other") == errno.EINVAL
+    assert errno_of(os.link, r1 / "disks/g", r2 / "disks/g") == errno.EOPNOTSUPP
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/gold") == errno.EEXIST
+    wait_copied(r2, "gold")
+
+
+def test_stop_leaves_it_broken_and_rm_then_removes_the_half_copy(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "1G", 512)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    task = r2 / "tasks/mend-gold"
+    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 10, 60, "10%")
+    os.unlink(task)
+    s = status(r2, "gold")
+    assert (s["state"], s["last_error"]) == ("broken", "stopped by the user")
+    assert os.listdir(r2 / "fixes") == ["mend-gold"]  # still a copy to finish
+    sh(f"rm {r2}/snapshots/gold")
+    assert sorted(os.listdir(r2 / "fixes")) == ["clean-gold", "clean-volumes"]
+    sh(f"mv {r2}/fixes/clean-gold {r2}/tasks/")
+    wait_for(lambda: not active_tasks(r2) and not os.listdir(r2 / "fixes"), 60, "the clean")
+    assert os.listdir(mount.data / "r2/volumes") == []
+
+
+def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        m.start()
+        r1, r2 = m.default, m.path / "r2"
+        sh(f"mkdir {r2}")
+        make_snapshot(r1, "1G", 512)
+        sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+        time.sleep(random.uniform(0.2, 1.0))
+        m.kill()
+        m.start()
+        wait_copied(r2, "gold")
+        sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
+        m.expected_fixes.add("clean-volumes")  # temp files a kill may leave
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/r2", garbage_expected=True)
