@@ -222,6 +222,11 @@ def tmpfs(tmp_path):
         sh(f"umount -l {path}", check=False)
 
 
+def status(repo: Path, image_id: str) -> dict:
+    """getImageStatus, as `cat status/ID` shows it."""
+    return json.loads((repo / "status" / image_id).read_text())
+
+
 def errno_of(call, *args) -> int:
     """The errno that `call(*args)` fails with (the test fails if it succeeds)."""
     with pytest.raises(OSError) as info:

@@ -14,16 +14,13 @@ from conftest import (
     check_through_the_mount,
     errno_of,
     sh,
+    status,
     wait_for,
 )
 
 pytestmark = pytest.mark.mount
 
 MiB = 1 << 20
-
-
-def status(repo, image_id) -> dict:
-    return json.loads((repo / "status" / image_id).read_text())
 
 
 def make_snapshot(repo, size: str, data_mib: int) -> None:

@@ -17,6 +17,7 @@ from conftest import (
     check_through_the_mount,
     errno_of,
     sh,
+    status,
     wait_for,
 )
 
@@ -25,10 +26,6 @@ pytestmark = pytest.mark.mount
 MiB = 1 << 20
 GiB = 1 << 30
 TASK_TIMEOUT_S = 120
-
-
-def status(repo, image_id) -> dict:
-    return json.loads((repo / "status" / image_id).read_text())
 
 
 def stored_task(mount: Mount, task_id: str) -> dict:
@@ -42,6 +39,15 @@ def make_gold(repo, size: str = "1G", data_mib: int = 512) -> None:
     sh(f"printf tail | dd of={repo}/disks/g bs=1 seek=$(( $(stat -c %s {repo}/disks/g) - 4 )) "
        "conv=notrunc status=none")  # fmt: skip
     sh(f"ln {repo}/disks/g {repo}/snapshots/gold")
+
+
+def overlay_under_performance(repo, autofix: bool = True) -> None:
+    """disks/vm2 over snapshots/gold in a repository whose strategy is performance:
+    degraded, and optimized at once unless autofix is off."""
+    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    if not autofix:
+        sh(f"setfattr -n user.repofs.autofix -v false {repo}")
+    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
 
 
 def wait_optimized(repo, image_id: str) -> None:
@@ -61,9 +67,7 @@ def wait_optimized(repo, image_id: str) -> None:
 
 def test_waiting_with_timeout_and_grep_as_the_docs_say(repo, mount):
     make_gold(repo, "64M", 16)
-    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
-    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    overlay_under_performance(repo, autofix=False)
     waiter = subprocess.Popen(
         ["timeout", "60", "grep", "-m1", '"id":"vm2".*"state":"optimized"', repo / "events"],
         stdout=subprocess.PIPE,
@@ -91,8 +95,7 @@ def test_performance_overlay_is_optimized_at_once_with_events_in_order(repo, mou
     make_gold(repo)
     events = subprocess.Popen(["cat", str(repo / "events")], stdout=subprocess.PIPE)
     try:
-        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        overlay_under_performance(repo)
         wait_optimized(repo, "vm2")
     finally:
         events.kill()
@@ -110,9 +113,7 @@ def test_performance_overlay_is_optimized_at_once_with_events_in_order(repo, mou
 
 def test_autofix_off_offers_the_fix_and_moving_it_runs_it(repo, mount):
     make_gold(repo, "64M", 16)
-    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
-    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    overlay_under_performance(repo, autofix=False)
     assert status(repo, "vm2")["state"] == "degraded"
     assert os.listdir(repo / "tasks") == []
     assert os.listdir(repo / "fixes") == ["optimize-vm2"]
@@ -172,8 +173,7 @@ def optimize_under_way(repo, percent: int):
     """disks/vm2 made from a 1 GiB gold under strategy performance, so optimized at
     once; returns its task file when the optimize passed `percent`."""
     make_gold(repo)
-    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    overlay_under_performance(repo)
     task = repo / "tasks/optimize-vm2"
     wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= percent, 60, "progress")
     return task
@@ -217,21 +217,26 @@ def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path):
     try:
         m.start()
         make_gold(repo)
-        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        overlay_under_performance(repo)
         time.sleep(random.uniform(0.1, 1.0))
         m.kill()
         persisted = stored_task(m, "optimize-vm2")
         m.start()
         first = wait_for(lambda: _progress(repo), 30, "progress after the remount")
         assert first >= persisted["percent_complete"]
-        wait_optimized(repo, "vm2")
-        assert_standalone_copy_of_gold(repo, "vm2")
-        m.expected_fixes.add("clean-volumes")
-        check_through_the_mount(m)
+        optimize_ends_well(m)
     finally:
         m.stop()
     assert_consistent(m.data / "default", garbage_expected=True)
+
+
+def optimize_ends_well(m: Mount) -> None:
+    """After a crash and a remount: vm2 ends optimized, a copy of gold, and the
+    check finds only vm2's old overlay (and temp files) to clean."""
+    wait_optimized(m.default, "vm2")
+    assert_standalone_copy_of_gold(m.default, "vm2")
+    m.expected_fixes.add("clean-volumes")
+    check_through_the_mount(m)
 
 
 def crash_then_remount(m: Mount) -> None:
@@ -249,13 +254,9 @@ def test_crash_at_each_durable_step_of_optimize(tmp_path, step):
     try:
         m.start()
         make_gold(repo, "64M", 16)
-        sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-        sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+        overlay_under_performance(repo)
         crash_then_remount(m)
-        wait_optimized(repo, "vm2")
-        assert_standalone_copy_of_gold(repo, "vm2")
-        m.expected_fixes.add("clean-volumes")
-        check_through_the_mount(m)
+        optimize_ends_well(m)
     finally:
         m.stop()
     assert_consistent(tmp_path / "data/default", garbage_expected=True)
@@ -441,9 +442,7 @@ def test_check_reports_what_a_person_must_decide(repo, mount):
 
 def test_optimize_waits_while_the_disk_is_open(repo, mount):
     make_gold(repo, "64M", 8)
-    sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    sh(f"setfattr -n user.repofs.autofix -v false {repo}")
-    sh(f"ln {repo}/snapshots/gold {repo}/disks/vm2")
+    overlay_under_performance(repo, autofix=False)
     with open(repo / "disks/vm2", "r+b") as disk:
         sh(f"mv {repo}/fixes/optimize-vm2 {repo}/tasks/")
         task = repo / "tasks/optimize-vm2"

@@ -19,20 +19,30 @@ pytestmark = pytest.mark.unit
 LEASE_S = 1.0
 
 
-def test_a_task_of_a_dead_host_is_taken_over_after_the_lease(tmp_path, monkeypatch):
+@pytest.fixture
+def driver(tmp_path, monkeypatch):
+    """A repository with one task (a clean of a garbage volume) that host "a" runs."""
     monkeypatch.setattr(fix_daemon, "LEASE_S", LEASE_S)
     monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
     driver = LocalRepository.open(tmp_path)
-    (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")  # for a clean-volumes
+    (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
     [fix] = check_repository(driver, max_chain=8)
-    # Host "a" took the task and died: its lease and heartbeat stay as they were.
-    driver.write_heartbeat("a", 7)
-    driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 7)))
+    driver.write_heartbeat("a", 1)
+    driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
+    yield driver
+    driver.close()
 
+
+def host_b(tmp_path, driver) -> Registry:
+    registry = Registry(tmp_path, "b", daemon=None)
+    registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
+    return registry
+
+
+def test_a_task_of_a_dead_host_is_taken_over_after_the_lease(tmp_path, driver):
+    # Host "a" died: its heartbeat stays as it was.
     async def main() -> float:
-        registry = Registry(tmp_path, "b", daemon=None)
-        registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
-        daemon = FixDaemon(registry)
+        daemon = FixDaemon(host_b(tmp_path, driver))
         async with trio.open_nursery() as nursery:
             started = time.monotonic()
             await nursery.start(daemon.run)
@@ -45,23 +55,12 @@ def test_a_task_of_a_dead_host_is_taken_over_after_the_lease(tmp_path, monkeypat
     took = trio.run(main)
     assert took >= LEASE_S  # not before the lease ran out
     assert not (tmp_path / "volumes" / "0123.raw").exists()  # and b ran it
-    driver.close()
 
 
-def test_a_live_host_keeps_its_task(tmp_path, monkeypatch):
-    monkeypatch.setattr(fix_daemon, "LEASE_S", LEASE_S)
-    monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
-    driver = LocalRepository.open(tmp_path)
-    (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
-    [fix] = check_repository(driver, max_chain=8)
-    driver.write_heartbeat("a", 1)
-    driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
-
+def test_a_live_host_keeps_its_task(tmp_path, driver):
     async def main() -> None:
-        registry = Registry(tmp_path, "b", daemon=None)
-        registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
         async with trio.open_nursery() as nursery:
-            await nursery.start(FixDaemon(registry).run)
+            await nursery.start(FixDaemon(host_b(tmp_path, driver)).run)
             for beat in range(2, 12):  # host a is alive: its counter moves
                 driver.write_heartbeat("a", beat)
                 await trio.sleep(LEASE_S / 4)
@@ -70,4 +69,3 @@ def test_a_live_host_keeps_its_task(tmp_path, monkeypatch):
     trio.run(main)
     [task] = driver.list_tasks()
     assert task.lease.host == "a" and task.state is TaskState.RUNNING
-    driver.close()

@@ -6,16 +6,12 @@ import os
 import time
 
 import pytest
-from conftest import errno_of, pattern, sh
+from conftest import errno_of, pattern, sh, status
 
 pytestmark = pytest.mark.mount
 
 MiB = 1 << 20
 SIZE = 8 * MiB
-
-
-def status(repo, image_id) -> dict:
-    return json.loads((repo / "status" / image_id).read_text())
 
 
 def write_at(path, offset: int, data: bytes) -> None:

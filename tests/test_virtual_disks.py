@@ -1,21 +1,16 @@
 """createVirtualDisk and the raw data path, through the mount."""
 
 import errno
-import json
 import mmap
 import os
 
 import pytest
-from conftest import errno_of, pattern, sh
+from conftest import errno_of, pattern, sh, status
 
 pytestmark = pytest.mark.mount
 
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-def status(repo, image_id) -> dict:
-    return json.loads((repo / "status" / image_id).read_text())
 
 
 def test_truncate_creates_a_thin_raw_disk(repo):
