@@ -116,3 +116,22 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     finally:
         m.stop()
     assert_consistent(tmp_path / "data/r2", garbage_expected=True)
+
+
+def test_a_second_snapshot_copies_only_what_changed_since_the_first(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "1G", 128)  # gold: 128 MiB of data at 64 MiB
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    wait_copied(r2, "gold")
+    sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M seek=512 count=8 conv=notrunc status=none")
+    sh(f"dd if=/dev/zero of={r1}/disks/g bs=1M seek=64 count=1 conv=notrunc status=none")
+    sh(f"ln {r1}/disks/g {r1}/snapshots/gold-2")
+    before = du_kib(mount.data / "r2")
+    sh(f"ln {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")
+    wait_copied(r2, "gold-2")
+    sh(f"cmp {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")
+    sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
+    copy = status(r2, "gold-2")
+    assert copy["base"] == "gold" and copy["chain"][1:] == status(r2, "gold")["chain"]
+    assert du_kib(mount.data / "r2") - before < 16 * 1024  # 9 MiB changed, not 128

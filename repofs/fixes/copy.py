@@ -37,17 +37,31 @@ async def close_chain(source) -> None:
 
 
 async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
-                     target: Path, size: int) -> None:  # fmt: skip
+                     target: Path, target_format: VolumeFormat, size: int,
+                     above_depth: int | None = None) -> None:  # fmt: skip
     """Copies the data of the chain topped by volume `source` into `target`, from
-    the task's checkpoint `copied` (an offset) on; saves `copied` as it goes."""
-    extents = [
-        e for e in await img.map_extents(source, source_format) if e.data and e.offset < size
-    ]
+    the task's checkpoint `copied` (an offset) on; saves `copied` as it goes.
+
+    With `above_depth`, only what the source's top `above_depth` layers hold is
+    copied, zeros included (they hide older data): the target is an overlay over
+    a copy of the layers below.
+    """
+    if above_depth is None:
+        wanted = [e for e in await img.map_extents(source, source_format) if e.data]
+    else:
+        wanted = [
+            e for e in await img.map_extents(source, source_format)
+            if e.depth < above_depth and (e.data or e.zero)
+        ]  # fmt: skip
+    extents = [e for e in wanted if e.offset < size]
     total = sum(min(e.length, size - e.offset) for e in extents)
     copied = ctx.checkpoint.get("copied", 0)
     done = sum(max(0, min(e.offset + e.length, copied, size) - e.offset) for e in extents)
     chain = await open_chain_read_only(ctx, source, source_format)
-    out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
+    if target_format is VolumeFormat.RAW:
+        out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
+    else:
+        out = await QcowChainFile.open(ctx.daemon, target, writable=True)
     try:
         await ctx.report(step, done, total, force=True)
         for extent in extents:
@@ -55,7 +69,8 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
             end = min(extent.offset + extent.length, size)
             while offset < end:
                 length = min(CHUNK, end - offset)
-                await out.write(offset, await chain.read(offset, length))
+                data = bytes(length) if extent.zero else await chain.read(offset, length)
+                await out.write(offset, data)
                 offset += length
                 done += length
                 if ctx.progress_due(done, total):
@@ -64,6 +79,6 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     finally:
-        out.close()
-        with trio.CancelScope(shield=True):  # a stopped task still closes its node
+        with trio.CancelScope(shield=True):  # a stopped task still closes its nodes
+            await close_chain(out)
             await close_chain(chain)

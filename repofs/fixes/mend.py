@@ -66,13 +66,20 @@ async def run(ctx: TaskContext) -> None:
 
 
 async def _copy_in(ctx: TaskContext) -> None:
+    """The whole snapshot into a raw volume; or, when the image is an overlay over
+    an ancestor snapshot (its base) already here, only what differs from it."""
     image = await ctx.read_image()
     source_repo, source = await trio.to_thread.run_sync(
         find_source, ctx.registry, ctx.repo, image.id
     )
-    top = source.top
-    await copy_chain(ctx, "copy", source_repo.driver.volume_path(top), top.format,
-                     ctx.driver.volume_path(image.top), image.size)  # fmt: skip
+    above_depth = None
+    if image.base is not None:
+        ancestor = await trio.to_thread.run_sync(source_repo.driver.read_image, image.base)
+        above_depth = source.chain.index(ancestor.top)
+    await copy_chain(
+        ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
+        ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,
+    )  # fmt: skip
     ctx.crash_point("finish")
     await ctx.enter_stage("finish")
     await ctx.update_image(

@@ -58,9 +58,8 @@ async def run(ctx: TaskContext) -> None:
         await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
     target_path = driver.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
-    await copy_chain(
-        ctx, "copy", driver.volume_path(base_top), base_top.format, target_path, image.size
-    )
+    await copy_chain(ctx, "copy", driver.volume_path(base_top), base_top.format,
+                     target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
 
     async with ctx.exclusive("rebase", [image.id]):

@@ -11,9 +11,17 @@ import trio
 
 from repofs import errors
 from repofs.fixes.check import mend_fix
-from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending
+from repofs.model import (
+    COPY_UNFINISHED,
+    ImageKind,
+    ImageRecord,
+    ImageState,
+    Pending,
+    VolumeFormat,
+)
 from repofs.ops.create_virtual_disk import check_free, commit_new_image
 from repofs.ops.fix_repository import queue_fix
+from repofs.qemu import img
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
@@ -21,10 +29,11 @@ log = logging.getLogger(__name__)
 
 async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, snapshot_id: str,
                         target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
-    """Durable steps: (1) create an empty raw volume in the target (allocated under
-    strategy performance), (2) write the image's record, broken with
-    COPY_UNFINISHED, (3) queue its mend. A crash after (1) leaves a volume no
-    record names (clean); after (2) a broken image whose mend the check offers."""
+    """Durable steps: (1) create the target's volume: an empty raw one (allocated
+    under strategy performance), or a qcow2 overlay over the nearest ancestor of S
+    the target holds, (2) write the image's record, broken, pending its copy,
+    (3) queue its mend. A crash after (1) leaves a volume no record names (clean);
+    after (2) a broken image whose mend the check offers."""
     source = await trio.to_thread.run_sync(source_repo.driver.read_image, snapshot_id)
     if source.kind is not ImageKind.SNAPSHOT:
         raise errors.invalid(f"{snapshot_id} is a {source.kind}; this copies snapshots")
@@ -33,15 +42,46 @@ async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, sn
     driver = target_repo.driver
     async with target_repo.changing:
         check_free(target_repo, snapshot_id)
-        preallocate = await target_repo.preallocates()
-        volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
+        ancestor = await trio.to_thread.run_sync(
+            nearest_ancestor, source_repo.driver, source, driver
+        )
+        if ancestor is None:
+            preallocate = await target_repo.preallocates()
+            volume = await trio.to_thread.run_sync(
+                driver.create_raw_volume, source.size, preallocate
+            )
+            chain = (volume,)
+        else:
+            volume = driver.new_volume(VolumeFormat.QCOW2)
+            await img.create_overlay(
+                driver.volume_path(volume), source.size,
+                driver.volume_path(ancestor.top), ancestor.top.format,
+            )  # fmt: skip
+            chain = (volume, *ancestor.chain)
         record = ImageRecord(
-            snapshot_id, ImageKind.SNAPSHOT, source.size, (volume,),
-            state=ImageState.BROKEN, last_error=COPY_UNFINISHED, pending=Pending.COPY,
-            owner=source.owner,
+            snapshot_id, ImageKind.SNAPSHOT, source.size, chain,
+            base=ancestor.id if ancestor else None, state=ImageState.BROKEN,
+            last_error=COPY_UNFINISHED, pending=Pending.COPY, owner=source.owner,
         )  # fmt: skip
         record = await commit_new_image(target_repo, record, volume)
-    log.info("copying %s from %s to %s", snapshot_id, source_repo.name, target_repo.name)
+    log.info("copying %s from %s to %s%s", snapshot_id, source_repo.name, target_repo.name,
+             f" over its ancestor {ancestor.id}" if ancestor else "")  # fmt: skip
     if (await trio.to_thread.run_sync(driver.read_options)).autofix:
         await queue_fix(registry, target_repo, mend_fix(record))
     return record
+
+
+def nearest_ancestor(source_driver, snapshot: ImageRecord, target_driver) -> ImageRecord | None:
+    """The nearest snapshot on `snapshot`'s base chain that the target holds in
+    full: the copy then builds on it and moves only what differs. Blocking."""
+    base = snapshot.base
+    while base is not None:
+        if target_driver.has_image(base):
+            held = target_driver.read_image(base)
+            if held.kind is ImageKind.SNAPSHOT and held.state is not ImageState.BROKEN:
+                return held
+        trashed = not source_driver.has_image(base)
+        if trashed and not source_driver.has_image(base, trashed=True):
+            return None
+        base = source_driver.read_image(base, trashed).base
+    return None

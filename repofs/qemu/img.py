@@ -84,14 +84,16 @@ async def repair_leaks(path: Path) -> None:
 class Extent:
     offset: int
     length: int
-    data: bool  # False: reads as zeros (unallocated or a zero cluster)
+    data: bool  # holds bytes that are not known to be zeros
+    depth: int  # the layer it comes from, 0 for the top; the chain's length if none
+    zero: bool  # reads as zeros
 
 
 async def map_extents(path: Path, fmt: VolumeFormat) -> list[Extent]:
     """The guest-visible layout of the chain topped by `path` (`qemu-img map`)."""
     out = await _run("map", "-U", "--output=json", "-f", str(fmt), str(path))
     return [
-        Extent(e["start"], e["length"], e["data"] and not e.get("zero", False))
+        Extent(e["start"], e["length"], e["data"] and not e["zero"], e["depth"], e["zero"])
         for e in json.loads(out)
     ]
 
