@@ -75,6 +75,7 @@ def test_refusals(mount):
     make_snapshot(r1, "8M", 1)
     assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/other") == errno.EINVAL
     assert errno_of(os.link, r1 / "disks/g", r2 / "disks/g") == errno.EOPNOTSUPP
+    assert errno_of(os.link, r1 / "snapshots/gold", r2 / "disks/v") == errno.EOPNOTSUPP
     sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
     assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/gold") == errno.EEXIST
     wait_copied(r2, "gold")
@@ -135,3 +136,23 @@ def test_a_second_snapshot_copies_only_what_changed_since_the_first(mount):
     copy = status(r2, "gold-2")
     assert copy["base"] == "gold" and copy["chain"][1:] == status(r2, "gold")["chain"]
     assert du_kib(mount.data / "r2") - before < 16 * 1024  # 9 MiB changed, not 128
+
+
+def test_backups_of_a_disk_are_point_in_time_and_incremental(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"truncate -s 1G {r1}/disks/vm1")
+    sh(f"dd if=/dev/urandom of={r1}/disks/vm1 bs=1M count=128 conv=notrunc status=none")
+    expected = (r1 / "disks/vm1").read_bytes()[: 130 * MiB]
+    sh(f"ln {r1}/disks/vm1 {r2}/snapshots/monday")
+    sh(f"printf after | dd of={r1}/disks/vm1 conv=notrunc status=none")  # after the ln
+    wait_copied(r2, "monday")
+    assert (r2 / "snapshots/monday").read_bytes()[: 130 * MiB] == expected
+    assert status(r1, "monday")["kind"] == "snapshot"  # kept in r1 for the next one
+    sh(f"dd if=/dev/urandom of={r1}/disks/vm1 bs=1M seek=600 count=4 conv=notrunc status=none")
+    before = du_kib(mount.data / "r2")
+    sh(f"ln {r1}/disks/vm1 {r2}/snapshots/tuesday")
+    wait_copied(r2, "tuesday")
+    sh(f"cmp {r1}/snapshots/tuesday {r2}/snapshots/tuesday")
+    assert status(r2, "tuesday")["base"] == "monday"
+    assert du_kib(mount.data / "r2") - before < 8 * 1024  # 4 MiB and a sector changed

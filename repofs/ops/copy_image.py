@@ -1,5 +1,6 @@
 """copyImage: `ln r1/snapshots/S r2/snapshots/S`, a copy of snapshot S into r2
-under the same ID (snapshot IDs name the same immutable data everywhere).
+under the same ID (snapshot IDs name the same immutable data everywhere), and
+`ln r1/disks/D r2/snapshots/B`, a backup of disk D as snapshot B.
 
 The operation only commits the new image, `broken` until its data is in; the
 copy itself is the mend fix of that image, queued at once unless autofix is off.
@@ -19,6 +20,7 @@ from repofs.model import (
     Pending,
     VolumeFormat,
 )
+from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import check_free, commit_new_image
 from repofs.ops.fix_repository import queue_fix
 from repofs.qemu import img
@@ -69,6 +71,24 @@ async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, sn
     if (await trio.to_thread.run_sync(driver.read_options)).autofix:
         await queue_fix(registry, target_repo, mend_fix(record))
     return record
+
+
+async def back_up_disk(
+    registry: Registry,
+    source_repo: ConnectedRepository,
+    disk_id: str,
+    backup_id: str,
+    target_repo: ConnectedRepository,
+) -> ImageRecord:
+    """`ln r1/disks/D r2/snapshots/B`: snapshot D as B in r1 (point in time, O(1)),
+    then copy B into r2. B stays in r1 as the base of D's next backup, which then
+    copies only what changed since (B is its ancestor in r2).
+
+    Durable steps: those of createSnapshot, then those of copy_snapshot. A crash
+    between leaves snapshot B in r1 only: repeat the ln as a copy of B."""
+    check_free(target_repo, backup_id)
+    await create_snapshot(source_repo, disk_id, backup_id)
+    return await copy_snapshot(registry, source_repo, backup_id, target_repo)
 
 
 def nearest_ancestor(source_driver, snapshot: ImageRecord, target_driver) -> ImageRecord | None:
