@@ -156,3 +156,23 @@ def test_backups_of_a_disk_are_point_in_time_and_incremental(mount):
     sh(f"cmp {r1}/snapshots/tuesday {r2}/snapshots/tuesday")
     assert status(r2, "tuesday")["base"] == "monday"
     assert du_kib(mount.data / "r2") - before < 8 * 1024  # 4 MiB and a sector changed
+
+
+def test_hints_and_participating_choose_where_a_copy_comes_from(mount):
+    r1, r2, r3 = mount.default, mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2} {r3}")
+    sh(f"setfattr -n user.repofs.autofix -v false {r3}")
+    make_snapshot(r1, "64M", 4)
+    sh(f"ln {r1}/snapshots/gold {r3}/snapshots/gold")
+    sh(f"setfattr -n user.repofs.image_hints -v gold=r2 {r3}")  # r2 lacks it
+    sh(f"mv {r3}/fixes/mend-gold {r3}/tasks/")
+    task = r3 / "tasks/mend-gold"
+    wait_for(lambda: json.loads(task.read_text())["state"] == "failed", 30, "the copy to fail")
+    assert "no usable snapshot gold in r2 (user.repofs.image_hints)" in task.read_text()
+    os.unlink(task)
+    sh(f"setfattr -x user.repofs.image_hints {r3}")
+    sh(f"setfattr -n user.repofs.participating -v default {r3}")
+    sh(f"mv {r3}/fixes/mend-gold {r3}/tasks/")
+    wait_copied(r3, "gold")
+    sh(f"cmp {r1}/snapshots/gold {r3}/snapshots/gold")
+    mount.expect_log("task r3/mend-gold failed")

@@ -88,12 +88,24 @@ async def _copy_in(ctx: TaskContext) -> None:
 
 
 def find_source(registry, target, image_id: str):
-    """A connected repository other than `target` holding snapshot `image_id`,
-    usable: snapshot IDs name the same immutable data everywhere."""
-    for repo in registry.repositories.values():
-        if repo is target or not repo.driver.has_image(image_id):
+    """A connected repository other than `target` holding a usable snapshot
+    `image_id` (snapshot IDs name the same immutable data everywhere), looked for
+    where the target's options allow: a hint `ID=repo` names the only place, and
+    `participating` narrows the search to the repositories it lists. Blocking."""
+    options = target.driver.read_options()
+    hinted = dict(options.image_hints).get(image_id)
+    if hinted is not None:
+        names = [hinted]
+    elif options.participating:
+        names = list(options.participating)
+    else:
+        names = list(registry.repositories)
+    for name in names:
+        repo = registry.repositories.get(name)
+        if repo is None or repo is target or not repo.driver.has_image(image_id):
             continue
         record = repo.driver.read_image(image_id)
         if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
             return repo, record
-    raise errors.not_found(f"no connected repository holds a usable snapshot {image_id}")
+    where = f"{hinted} (user.repofs.image_hints)" if hinted else ", ".join(names) or "nowhere"
+    raise errors.not_found(f"no usable snapshot {image_id} in {where}")
