@@ -2,6 +2,7 @@
 locks that order changes, and the mount's storage daemon. Shared by ops/ and the
 fix daemon."""
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from repofs.model import ImageRecord, Strategy, TaskState
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
+RECORDS_REUSE_S = 1.0
 
 
 @dataclass
@@ -37,14 +39,34 @@ class ConnectedRepository:
     # stats every entry right after listing them, and each stat must not run a check.
     last_check: tuple[float, list] = (0.0, [])
 
+    # The live records, read once and kept until one of them changes here, or for
+    # RECORDS_REUSE_S (changes made elsewhere): `ls -l snapshots/` asks for the
+    # dependents of every snapshot, which must not reread every record each time.
+    _records: list[ImageRecord] | None = field(default=None, init=False)
+    _records_read: float = field(default=0.0, init=False)
+    _records_generation: int = field(default=0, init=False)
+
     def __post_init__(self):
         self.events = EventBus(self.name)
         token = trio.lowlevel.current_trio_token()
 
         def on_change(event: str, image_id: str, record: ImageRecord | None) -> None:
+            self._records_generation += 1
+            self._records = None
             token.run_sync_soon(self._publish, event, image_id, record)
 
         self.driver.on_change = on_change
+
+    def live_records(self) -> list[ImageRecord]:
+        """The repository's live image records. Blocking: call from a worker thread.
+        A list read while a change happened is not kept (it may predate it)."""
+        records = self._records
+        if records is None or time.monotonic() - self._records_read > RECORDS_REUSE_S:
+            generation, read = self._records_generation, time.monotonic()
+            records = self.driver.list_images()
+            if generation == self._records_generation:
+                self._records, self._records_read = records, read
+        return records
 
     def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         facts = {"event": event, "id": image_id}

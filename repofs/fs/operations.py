@@ -142,7 +142,7 @@ class RepofsOperations(pyfuse3.Operations):
             if node.area is Area.TASKS:
                 return [t.id for t in await fix_repository.list_tasks(self._repo(node))]
             kind = AREA_KIND[node.area]
-            records = await trio.to_thread.run_sync(driver.list_images)
+            records = await trio.to_thread.run_sync(self._repo(node).live_records)
             return [r.id for r in records if r.kind is kind]
         raise errors.RepofsError(errno.ENOTDIR, f"{node} is not a directory")
 

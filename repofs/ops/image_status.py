@@ -53,7 +53,7 @@ class ImageStatus:
 
 def dependents_of(repo: ConnectedRepository, image_id: str) -> list[str]:
     """Images (not in the trash) based on `image_id`. Blocking."""
-    return [r.id for r in repo.driver.list_images() if r.base == image_id]
+    return [r.id for r in repo.live_records() if r.base == image_id]
 
 
 def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> ImageStatus:

@@ -50,9 +50,10 @@ async def create_overlay(
 ) -> None:
     """Creates a qcow2 volume at `path` over `backing`, which must be in the same
     directory: the backing name stored in the header is bare and relative, so the
-    repository can move as a whole."""
+    repository can move as a whole. The backing chain is not opened (-u): the
+    size is given, and opening a long chain would make a snapshot cost O(chain)."""
     assert backing.parent == path.parent
-    options = ["-f", "qcow2", "-o", "cluster_size=65536", "-b", backing.name]
+    options = ["-u", "-f", "qcow2", "-o", "cluster_size=65536", "-b", backing.name]
     options += ["-F", str(backing_format)]
     await _run("create", "-q", *options, str(path), str(qcow2_size(size)))
 
