@@ -58,11 +58,7 @@ async def run(ctx: TaskContext) -> None:
                 driver.update_image,
                 disk.evolve(chain=(new_top, *disk.chain), base=snapshot.id),
             )
-    ctx.crash_point("finish")
-    await ctx.enter_stage("finish")
-    await ctx.update_image(
-        lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None, pending=None)
-    )
+    await _finish(ctx)
 
 
 async def _copy_in(ctx: TaskContext) -> None:
@@ -74,17 +70,31 @@ async def _copy_in(ctx: TaskContext) -> None:
     )
     above_depth = None
     if image.base is not None:
-        ancestor = await trio.to_thread.run_sync(source_repo.driver.read_image, image.base)
-        above_depth = source.chain.index(ancestor.top)
+        above_depth = await trio.to_thread.run_sync(
+            _layers_above, source_repo.driver, source, image.base
+        )
     await copy_chain(
         ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
         ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,
     )  # fmt: skip
+    await _finish(ctx)
+
+
+async def _finish(ctx: TaskContext) -> None:
     ctx.crash_point("finish")
     await ctx.enter_stage("finish")
     await ctx.update_image(
         lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None, pending=None)
     )
+
+
+def _layers_above(source_driver, source, ancestor_id: str) -> int:
+    """How many layers of `source`'s chain lie above its ancestor's top. Blocking."""
+    trashed = not source_driver.has_image(ancestor_id)
+    ancestor = source_driver.read_image(ancestor_id, trashed)
+    if ancestor.top not in source.chain:
+        raise errors.invalid(f"{ancestor_id} is no longer under {source.id} in its repository")
+    return source.chain.index(ancestor.top)
 
 
 def find_source(registry, target, image_id: str):
