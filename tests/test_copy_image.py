@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import random
-import time
 
 import pytest
 from conftest import (
@@ -107,7 +106,9 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
         sh(f"mkdir {r2}")
         make_snapshot(r1, "1G", 512)
         sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
-        time.sleep(random.uniform(0.2, 1.0))
+        moment = random.randint(1, 70)  # a random moment of the copy, by its progress
+        task = r2 / "tasks/mend-gold"
+        wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= moment, 60, "it")
         m.kill()
         m.start()
         wait_copied(r2, "gold")
