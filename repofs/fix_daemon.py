@@ -178,6 +178,17 @@ class FixDaemon:
             except (LeaseLost, errors.RepofsError) as exc:
                 log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)
 
+    async def let_go(self, repo: ConnectedRepository) -> None:
+        """Ends this process's runs in a repository being disconnected. Their tasks
+        stay running under this host's lease: whoever connects it next (this host,
+        or another once the lease ran out) resumes them from their checkpoints."""
+        runs = [run for (name, _), run in self._runs.items() if name == repo.name]
+        for run in runs:
+            run.scope.cancel()
+        with trio.fail_after(LEASE_S):
+            for run in runs:
+                await run.done.wait()
+
     # What users ask (ops/fix_repository.py)
 
     async def stop(self, repo: ConnectedRepository, task_id: str) -> None:

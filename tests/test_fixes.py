@@ -459,3 +459,19 @@ def test_optimize_waits_while_the_disk_is_open(repo, mount):
     assert data[:33] == b"written while the base was copied"
     assert data[33:] == (repo / "snapshots/gold").read_bytes()[33:]
     mount.expected_fixes.add("clean-volumes")
+
+
+def test_disconnecting_stops_tasks_and_connecting_again_resumes_them(repo, mount):
+    task = optimize_under_way(repo, 10)
+    os.rmdir(repo)
+    persisted = stored_task(mount, "optimize-vm2")
+    assert persisted["state"] == "running" and persisted["lease"]["host"] == "test-host"
+    time.sleep(1)
+    assert stored_task(mount, "optimize-vm2")["bytes_done"] == persisted["bytes_done"]
+    os.mkdir(repo)
+    first = wait_for(lambda: _progress(repo), 30, "progress after reconnecting")
+    assert first >= persisted["percent_complete"]
+    assert task.exists() or status(repo, "vm2")["state"] == "optimized"
+    wait_optimized(repo, "vm2")
+    assert_standalone_copy_of_gold(repo, "vm2")
+    mount.expected_fixes.add("clean-volumes")

@@ -90,5 +90,9 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
     if repo.open_images:
         raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
     del registry.repositories[name]
+    if registry.fix_daemon is not None:
+        # Its running tasks stop where they are; a later connection resumes them.
+        await registry.fix_daemon.let_go(repo)
+    repo.driver.on_change = None
     repo.driver.close()
     log.info("disconnected %s", name)
