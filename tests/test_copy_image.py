@@ -177,3 +177,23 @@ def test_hints_and_participating_choose_where_a_copy_comes_from(mount):
     wait_copied(r3, "gold")
     sh(f"cmp {r1}/snapshots/gold {r3}/snapshots/gold")
     mount.expect_log("task r3/mend-gold failed")
+
+
+def test_crash_after_the_data_is_in_but_before_the_record_says_so(tmp_path):
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": "mend:finish"})
+    try:
+        m.start()
+        r1, r2 = m.default, m.path / "r2"
+        sh(f"mkdir {r2}")
+        make_snapshot(r1, "64M", 8)
+        sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+        assert m.proc.wait(60) == 99
+        m.proc, m.env = None, {}
+        m.start()
+        wait_copied(r2, "gold")  # the mend, resumed, ends it
+        sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
+        m.expected_fixes.add("clean-volumes")
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/r2", garbage_expected=True)

@@ -475,3 +475,22 @@ def test_disconnecting_stops_tasks_and_connecting_again_resumes_them(repo, mount
     wait_optimized(repo, "vm2")
     assert_standalone_copy_of_gold(repo, "vm2")
     mount.expected_fixes.add("clean-volumes")
+
+
+def test_crash_between_the_steps_of_a_clean(tmp_path):
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": "clean:free"})
+    repo = m.default
+    try:
+        m.start()
+        sh(f"truncate -s 64M {repo}/disks/vm1")
+        sh(f"dd if=/dev/urandom of={repo}/disks/vm1 bs=1M count=8 conv=notrunc status=none")
+        sh(f"rm {repo}/disks/vm1")
+        sh(f"mv {repo}/fixes/clean-vm1 {repo}/tasks/")
+        crash_then_remount(m)  # the record was purged, its volume not yet freed
+        wait_for(lambda: not active_tasks(repo), 60, "the clean, resumed")
+        assert os.listdir(repo / "trash") == [] and os.listdir(repo / "fixes") == []
+        assert os.listdir(m.data / "default/volumes") == []
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(tmp_path / "data/default")
