@@ -48,5 +48,5 @@ class RawVolumeFile:
     async def truncate(self, size: int) -> None:
         await self._submit(os.ftruncate, self._fd, size)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         os.close(self._fd)

@@ -12,28 +12,14 @@ from pathlib import Path
 
 import trio
 
-from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import TaskContext
 from repofs.model import VolumeFormat
 from repofs.qemu import img
-from repofs.qemu.chain_io import QcowChainFile
+from repofs.qemu.chain_io import open_chain
 
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
-
-
-async def open_chain_read_only(ctx: TaskContext, path: Path, fmt: VolumeFormat):
-    if fmt is VolumeFormat.RAW:
-        return await trio.to_thread.run_sync(RawVolumeFile, path, False)
-    return await QcowChainFile.open(ctx.daemon, path, writable=False)
-
-
-async def close_chain(source) -> None:
-    if isinstance(source, RawVolumeFile):
-        source.close()
-    else:
-        await source.close()
 
 
 async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
@@ -57,11 +43,8 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     total = sum(min(e.length, size - e.offset) for e in extents)
     copied = ctx.checkpoint.get("copied", 0)
     done = sum(max(0, min(e.offset + e.length, copied, size) - e.offset) for e in extents)
-    chain = await open_chain_read_only(ctx, source, source_format)
-    if target_format is VolumeFormat.RAW:
-        out = await trio.to_thread.run_sync(RawVolumeFile, target, True)
-    else:
-        out = await QcowChainFile.open(ctx.daemon, target, writable=True)
+    chain = await open_chain(ctx.daemon, source, source_format, writable=False)
+    out = await open_chain(ctx.daemon, target, target_format, writable=True)
     try:
         await ctx.report(step, done, total, force=True)
         for extent in extents:
@@ -80,5 +63,5 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     finally:
         with trio.CancelScope(shield=True):  # a stopped task still closes its nodes
-            await close_chain(out)
-            await close_chain(chain)
+            await out.close()
+            await chain.close()

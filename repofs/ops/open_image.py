@@ -11,9 +11,8 @@ import logging
 import trio
 
 from repofs import errors
-from repofs.drivers.volume_io import RawVolumeFile
 from repofs.model import ImageKind, ImageRecord, Pending
-from repofs.qemu.chain_io import QcowChainFile
+from repofs.qemu.chain_io import open_chain
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
@@ -118,14 +117,11 @@ async def _first_open(
 ) -> OpenImage:
     writable = record.kind is ImageKind.VIRTUAL_DISK
     path = repo.driver.volume_path(record.top)
-    if record.is_raw:
-        io = await trio.to_thread.run_sync(RawVolumeFile, path, writable)
-        if writable:
-            # Growth written but never persisted before a crash is dropped, so that
-            # a later grow reads zeros there, not stale bytes.
-            await io.truncate(record.size)
-    else:
-        io = await QcowChainFile.open(registry.daemon, path, writable)
+    io = await open_chain(registry.daemon, path, record.top.format, writable)
+    if writable and record.is_raw:
+        # Growth written but never persisted before a crash is dropped, so that a
+        # later grow reads zeros there, not stale bytes.
+        await io.truncate(record.size)
     image = repo.open_images[record.id] = OpenImage(repo, record, io, writable)
     return image
 
@@ -139,12 +135,5 @@ async def release_image(image: OpenImage) -> None:
             await image.persist_size()
     finally:
         del image.repo.open_images[image.record.id]
-        await _close_io(image.io)
+        await image.io.close()
         image.closed.set()
-
-
-async def _close_io(io) -> None:
-    if isinstance(io, RawVolumeFile):
-        io.close()
-    else:
-        await io.close()

@@ -1,4 +1,4 @@
-"""Reads and writes of a qcow2 chain through the storage daemon's NBD export.
+"""Reads and writes of a chain: a qcow2 one through the storage daemon's NBD export.
 
 If the daemon restarts (or the export is re-made around a resize), the NBD
 connection breaks; the request is retried once on a new connection.
@@ -6,7 +6,11 @@ connection breaks; the request is retried once on a new connection.
 
 from pathlib import Path
 
+import trio
+
 from repofs import errors
+from repofs.drivers.volume_io import RawVolumeFile
+from repofs.model import VolumeFormat
 from repofs.qemu.nbd import NbdConnection, NbdError
 from repofs.qemu.storage_daemon import StorageDaemon
 
@@ -54,3 +58,12 @@ class QcowChainFile:
     async def close(self) -> None:
         await self._conn.close()
         await self._daemon.close_node(self._top)
+
+
+async def open_chain(daemon: StorageDaemon, top: Path, fmt: VolumeFormat, writable: bool):
+    """The raw view of the chain topped by volume `top`: a lone raw volume is read
+    and written directly, a qcow2 top through the storage daemon. Both kinds have
+    read, write, fsync and close."""
+    if fmt is VolumeFormat.RAW:
+        return await trio.to_thread.run_sync(RawVolumeFile, top, writable)
+    return await QcowChainFile.open(daemon, top, writable)
