@@ -205,10 +205,8 @@ class FixDaemon:
             task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
         )
         if KINDS[task.fix.kind].PROGRESS_ON_IMAGE:
-
-            def mark() -> None:
-                record = repo.driver.read_image(task.image)
-                repo.driver.update_image(record.evolve(last_error=STOPPED_BY_USER, host=None))
-
-            await trio.to_thread.run_sync(mark)
+            await trio.to_thread.run_sync(
+                repo.driver.change_image, task.image,
+                lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None),
+            )  # fmt: skip
         log.info("task %s/%s stopped by the user", repo.name, task_id)

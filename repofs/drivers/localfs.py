@@ -192,12 +192,21 @@ class LocalRepository:
     def update_image(self, record: ImageRecord, trashed: bool = False) -> ImageRecord:
         """Compare-and-swap: writes `record` as generation + 1 if storage still holds
         `record.generation`, else ESTALE (someone else changed the image meanwhile)."""
+        return self.change_image(record.id, lambda current: record, trashed)
+
+    def change_image(self, image_id: str, change: Callable[[ImageRecord], ImageRecord],
+                     trashed: bool = False) -> ImageRecord:  # fmt: skip
+        """Reads the record, applies `change` and writes the result as generation + 1,
+        all under the repository lock: a read-modify-write no other writer can come
+        between. `change` may refuse by raising. ESTALE if the record it returns is
+        of another generation than the one it was given (a stale record)."""
         with self.lock():
-            current = self.read_image(record.id, trashed)
-            _check_generation(f"image {record.id}", current.generation, record.generation)
+            current = self.read_image(image_id, trashed)
+            record = change(current)
+            _check_generation(f"image {image_id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
-            atomic_write_json(self._record_path(record.id, trashed), record.to_json())
-        self._notify("updated", record.id, record)
+            atomic_write_json(self._record_path(image_id, trashed), record.to_json())
+        self._notify("updated", image_id, record)
         return record
 
     def purge_trashed_image(self, image_id: str) -> None:

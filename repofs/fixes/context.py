@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
 WAIT_FOR_CLOSE_S = 1.0
-CAS_RETRIES = 5
 
 
 class LeaseLost(Exception):
@@ -100,20 +99,8 @@ class TaskContext:
         return await trio.to_thread.run_sync(self.driver.read_image, self.task.image)
 
     async def update_image(self, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
-        """Read, change, compare-and-swap write of the image record, retried when
-        another writer (a user's setfattr) came in between."""
-        image_id = self.task.image
-
-        def update() -> ImageRecord:
-            for _ in range(CAS_RETRIES):
-                try:
-                    return self.driver.update_image(change(self.driver.read_image(image_id)))
-                except errors.RepofsError as exc:
-                    if exc.errno != errno.ESTALE:
-                        raise
-            raise errors.conflict(f"image {image_id} keeps changing under task {self.task.id}")
-
-        return await trio.to_thread.run_sync(update)
+        """Read, change and write the image record in one step (driver.change_image)."""
+        return await trio.to_thread.run_sync(self.driver.change_image, self.task.image, change)
 
     @asynccontextmanager
     async def exclusive(self, step: str, image_ids: list[str]):

@@ -74,10 +74,9 @@ async def _rebase_past(ctx: TaskContext, upper: Volume, layer: Volume,
 
 
 def _drop_layer(driver, user, snapshot) -> None:
-    trashed = not driver.has_image(user.id)
-    record = driver.read_image(user.id, trashed)
-    if snapshot.top not in record.chain:
-        return
-    chain = tuple(v for v in record.chain if v != snapshot.top)
-    base = snapshot.base if record.base == snapshot.id else record.base
-    driver.update_image(record.evolve(chain=chain, base=base), trashed)
+    def drop(record):
+        chain = tuple(v for v in record.chain if v != snapshot.top)
+        base = snapshot.base if record.base == snapshot.id else record.base
+        return record.evolve(chain=chain, base=base)
+
+    driver.change_image(user.id, drop, trashed=not driver.has_image(user.id))

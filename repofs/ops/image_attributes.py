@@ -124,13 +124,8 @@ async def set_owner(
 
 
 async def _update(repo: ConnectedRepository, image_id: str, change) -> None:
-    """Read, change, compare-and-swap write: durable in one atomic record write."""
-    async with repo.changing:
-
-        def update() -> None:
-            repo.driver.update_image(change(repo.driver.read_image(image_id)))
-
-        await trio.to_thread.run_sync(update)
+    """Durable in one atomic record write (driver.change_image)."""
+    await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
     image = repo.open_images.get(image_id)
     if image is not None:
         image.record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)

@@ -66,12 +66,9 @@ class OpenImage:
             return
         await self.io.fsync()
         size = self.size
-        record = await trio.to_thread.run_sync(
-            lambda: self.repo.driver.update_image(
-                self.repo.driver.read_image(self.record.id).evolve(size=size)
-            )
+        self.record = await trio.to_thread.run_sync(
+            self.repo.driver.change_image, self.record.id, lambda r: r.evolve(size=size)
         )
-        self.record = record
 
     async def flush(self) -> None:
         if self.writable:
