@@ -244,6 +244,11 @@ class Task:
     def image(self) -> str | None:
         return self.fix.image
 
+    @property
+    def active(self) -> bool:
+        """Queued or running: someone means to work on it."""
+        return self.state in (TaskState.QUEUED, TaskState.RUNNING)
+
     def evolve(self, **changes) -> "Task":
         return replace(self, **changes)
 

@@ -11,7 +11,7 @@ import trio
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus
-from repofs.model import ImageRecord, Strategy, TaskState
+from repofs.model import ImageRecord, Strategy, Task
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -100,10 +100,13 @@ class ConnectedRepository:
     async def ensure_no_task(self, image_id: str, doing: str) -> None:
         """EBUSY while a queued or running task works on the image: it relies on the
         image's chain staying as it found it."""
-        tasks = await trio.to_thread.run_sync(self.driver.list_tasks)
-        for task in tasks:
-            if task.image == image_id and task.state in (TaskState.QUEUED, TaskState.RUNNING):
-                raise errors.busy(f"cannot {doing} {image_id}: task {task.id} works on it")
+        tasks = await trio.to_thread.run_sync(self.tasks_on, image_id)
+        if tasks:
+            raise errors.busy(f"cannot {doing} {image_id}: task {tasks[0].id} works on it")
+
+    def tasks_on(self, image_id: str) -> list[Task]:
+        """The active tasks working on an image. Blocking."""
+        return [t for t in self.driver.list_tasks() if t.image == image_id and t.active]
 
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):

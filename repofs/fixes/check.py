@@ -99,7 +99,7 @@ def check_repository(driver: LocalRepository, max_chain: int) -> list[Fix]:
         *_merge_fixes(driver, inventory),
         *_clean_fixes(driver, inventory),
     ]
-    active = {t.id for t in inventory.tasks if t.state in (TaskState.QUEUED, TaskState.RUNNING)}
+    active = {t.id for t in inventory.tasks if t.active}
     return [f for f in fixes if f.id not in active]
 
 

@@ -51,7 +51,7 @@ async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> 
             if exc.errno != errno.ENOENT:
                 raise
             return repo.driver.write_task(Task(fix.id, fix))
-        if task.state in (TaskState.QUEUED, TaskState.RUNNING):
+        if task.active:
             return task
         return repo.driver.write_task(
             task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import trio
 
-from repofs.model import ImageKind, ImageRecord, ImageState, TaskState
+from repofs.model import ImageKind, ImageRecord, ImageState
 from repofs.registry import ConnectedRepository
 
 
@@ -79,13 +79,7 @@ def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> Im
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
         dependents=tuple(dependents),
-        tasks=()
-        if trashed
-        else tuple(
-            t.id
-            for t in driver.list_tasks()
-            if t.image == record.id and t.state in (TaskState.QUEUED, TaskState.RUNNING)
-        ),
+        tasks=() if trashed else tuple(t.id for t in repo.tasks_on(record.id)),
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,
