@@ -165,6 +165,14 @@ def assert_consistent(root: Path, garbage_expected: bool = False) -> None:
 TASKS_TIMEOUT_S = 120
 
 
+def crash_then_remount(m: Mount) -> None:
+    """Waits for the process to die at its REPOFS_CRASH_AT step; mounts again."""
+    assert m.proc.wait(TASKS_TIMEOUT_S) == 99
+    m.proc = None
+    m.env = {}
+    m.start()
+
+
 def active_tasks(repo: Path) -> list[str]:
     active = []
     for name in os.listdir(repo / "tasks"):

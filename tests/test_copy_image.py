@@ -11,6 +11,7 @@ from conftest import (
     active_tasks,
     assert_consistent,
     check_through_the_mount,
+    crash_then_remount,
     errno_of,
     sh,
     status,
@@ -28,6 +29,19 @@ def make_snapshot(repo, size: str, data_mib: int) -> None:
     sh(f"dd if=/dev/urandom of={repo}/disks/g bs=1M seek=64 count={data_mib} "
        "conv=notrunc status=none")  # fmt: skip
     sh(f"ln {repo}/disks/g {repo}/snapshots/gold")
+
+
+def copy_of_gold(m: Mount, size: str, data_mib: int, progress: int | None = None):
+    """r2, and gold (`size`, `data_mib` MiB of data) of `default` copied into it;
+    with `progress`, returns once the copy passed that percent."""
+    r1, r2 = m.default, m.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, size, data_mib)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    if progress is not None:
+        task = r2 / "tasks/mend-gold"
+        wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= progress, 60, "it")
+    return r1, r2
 
 
 def du_kib(path) -> int:
@@ -59,10 +73,7 @@ def test_a_copy_is_broken_until_its_data_is_in_and_moves_only_data(mount):
 
 
 def test_with_autofix_the_copy_runs_at_once_and_a_disk_can_build_on_it(mount):
-    r1, r2 = mount.default, mount.path / "r2"
-    sh(f"mkdir {r2}")
-    make_snapshot(r1, "128M", 32)
-    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    r1, r2 = copy_of_gold(mount, "128M", 32)
     wait_copied(r2, "gold")
     sh(f"ln {r2}/snapshots/gold {r2}/disks/vm1")
     sh(f"cmp {r1}/snapshots/gold {r2}/disks/vm1")
@@ -81,13 +92,8 @@ def test_refusals(mount):
 
 
 def test_stop_leaves_it_broken_and_rm_then_removes_the_half_copy(mount):
-    r1, r2 = mount.default, mount.path / "r2"
-    sh(f"mkdir {r2}")
-    make_snapshot(r1, "1G", 512)
-    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
-    task = r2 / "tasks/mend-gold"
-    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= 10, 60, "10%")
-    os.unlink(task)
+    r1, r2 = copy_of_gold(mount, "1G", 512, progress=10)
+    os.unlink(r2 / "tasks/mend-gold")
     s = status(r2, "gold")
     assert (s["state"], s["last_error"]) == ("broken", "stopped by the user")
     assert os.listdir(r2 / "fixes") == ["mend-gold"]  # still a copy to finish
@@ -102,13 +108,8 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     m = Mount(tmp_path)
     try:
         m.start()
-        r1, r2 = m.default, m.path / "r2"
-        sh(f"mkdir {r2}")
-        make_snapshot(r1, "1G", 512)
-        sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
-        moment = random.randint(1, 70)  # a random moment of the copy, by its progress
-        task = r2 / "tasks/mend-gold"
-        wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= moment, 60, "it")
+        # A random moment of the copy, by its progress.
+        r1, r2 = copy_of_gold(m, "1G", 512, progress=random.randint(1, 70))
         m.kill()
         m.start()
         wait_copied(r2, "gold")
@@ -121,10 +122,7 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
 
 
 def test_a_second_snapshot_copies_only_what_changed_since_the_first(mount):
-    r1, r2 = mount.default, mount.path / "r2"
-    sh(f"mkdir {r2}")
-    make_snapshot(r1, "1G", 128)  # gold: 128 MiB of data at 64 MiB
-    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    r1, r2 = copy_of_gold(mount, "1G", 128)
     wait_copied(r2, "gold")
     sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M seek=512 count=8 conv=notrunc status=none")
     sh(f"dd if=/dev/zero of={r1}/disks/g bs=1M seek=64 count=1 conv=notrunc status=none")
@@ -183,13 +181,8 @@ def test_crash_after_the_data_is_in_but_before_the_record_says_so(tmp_path):
     m = Mount(tmp_path, env={"REPOFS_CRASH_AT": "mend:finish"})
     try:
         m.start()
-        r1, r2 = m.default, m.path / "r2"
-        sh(f"mkdir {r2}")
-        make_snapshot(r1, "64M", 8)
-        sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
-        assert m.proc.wait(60) == 99
-        m.proc, m.env = None, {}
-        m.start()
+        r1, r2 = copy_of_gold(m, "64M", 8)
+        crash_then_remount(m)
         wait_copied(r2, "gold")  # the mend, resumed, ends it
         sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
         m.expected_fixes.add("clean-volumes")

@@ -15,6 +15,7 @@ from conftest import (
     active_tasks,
     assert_consistent,
     check_through_the_mount,
+    crash_then_remount,
     errno_of,
     sh,
     status,
@@ -240,14 +241,6 @@ def optimize_ends_well(m: Mount) -> None:
     assert_standalone_copy_of_gold(m.default, "vm2")
     m.expected_fixes.add("clean-volumes")
     check_through_the_mount(m)
-
-
-def crash_then_remount(m: Mount) -> None:
-    """Waits for the process to die at its REPOFS_CRASH_AT step; mounts again."""
-    assert m.proc.wait(TASK_TIMEOUT_S) == 99
-    m.proc = None
-    m.env = {}
-    m.start()
 
 
 @pytest.mark.parametrize("step", ["rebase", "record", "commit", "done"])
