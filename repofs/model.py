@@ -43,19 +43,37 @@ class VolumeFormat(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Volume:
-    """One file of an image's chain, named `NAME.FORMAT` on storage."""
+    """One file of an image's chain, named `NAME.FORMAT` on storage, in the
+    image's own repository or, for a base in another repository, in `repo`."""
 
     name: str
     format: VolumeFormat
+    repo: str | None = None
 
     @property
     def file_name(self) -> str:
         return f"{self.name}.{self.format}"
 
+    @property
+    def ref(self) -> str:
+        """How a record names it: `NAME.FORMAT`, or `REPO/NAME.FORMAT` when foreign."""
+        return self.file_name if self.repo is None else f"{self.repo}/{self.file_name}"
+
     @classmethod
     def from_file_name(cls, file_name: str) -> "Volume":
         name, _, fmt = file_name.rpartition(".")
         return cls(name, VolumeFormat(fmt))
+
+    @classmethod
+    def from_ref(cls, ref: str) -> "Volume":
+        repo, _, file_name = ref.rpartition("/")
+        return replace(cls.from_file_name(file_name), repo=repo or None)
+
+    def seen_from(self, owner: str, viewer: str) -> "Volume":
+        """This volume of a record of repository `owner`, as a record of
+        repository `viewer` names it."""
+        repo = self.repo or owner
+        return replace(self, repo=None if repo == viewer else repo)
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,11 @@ class ImageRecord:
         return self.chain[0]
 
     @property
+    def base_repository(self) -> str | None:
+        """The other repository holding this image's base, if its base is not here."""
+        return self.chain[1].repo if len(self.chain) > 1 else None
+
+    @property
     def is_raw(self) -> bool:
         """A single raw volume: the data path reads and writes it directly."""
         return len(self.chain) == 1 and self.top.format is VolumeFormat.RAW
@@ -101,7 +124,7 @@ class ImageRecord:
         data = asdict(self)
         del data["id"]
         data["version"] = RECORD_VERSION
-        data["chain"] = [v.file_name for v in self.chain]
+        data["chain"] = [v.ref for v in self.chain]
         return data
 
     @classmethod
@@ -112,7 +135,7 @@ class ImageRecord:
             id=image_id,
             kind=ImageKind(data["kind"]),
             size=int(data["size"]),
-            chain=tuple(Volume.from_file_name(f) for f in data["chain"]),
+            chain=tuple(Volume.from_ref(f) for f in data["chain"]),
             base=data.get("base"),
             state=ImageState(data["state"]),
             host=data.get("host"),

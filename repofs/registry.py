@@ -11,7 +11,7 @@ import trio
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus
-from repofs.model import ImageRecord, Strategy, Task
+from repofs.model import ImageRecord, Strategy, Task, Volume
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -26,6 +26,9 @@ class ConnectedRepository:
     params: dict[str, str]
     # Connected through `connect` or --connect: forgotten at unmount (DESIGN.md).
     transient: bool
+    # All connected repositories by name (the registry's), this one included: a
+    # disk's base may be a snapshot of another repository.
+    peers: dict[str, "ConnectedRepository"] = field(default_factory=dict)
     # Image ID -> OpenImage (ops/open_image.py), while any handle has it open.
     open_images: dict = field(default_factory=dict)
     # Serialises this process's check-then-change sequences on the repository
@@ -81,6 +84,50 @@ class ConnectedRepository:
             )
         facts["task"] = self.running_tasks.get(image_id)
         self.events.publish(facts)
+
+    def volume_path(self, volume: Volume) -> Path:
+        """Where a volume of one of this repository's records is: here, or, for a
+        base in another repository, there (which must be connected)."""
+        holder = self if volume.repo is None else self.peers.get(volume.repo)
+        if holder is None:
+            raise errors.not_found(f"{volume.file_name} of {self.name} is in {volume.repo}, "
+                                   "which is not connected")  # fmt: skip
+        return holder.driver.volume_path(volume.seen_from(self.name, holder.name))
+
+    def dependents(self, image_id: str) -> list[str]:
+        """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in
+        other connected repositories. Blocking."""
+        here = [r.id for r in self.live_records() if r.base == image_id]
+        return here + [
+            f"{other.name}/{r.id}"
+            for other in self.peers.values() if other is not self
+            for r in other.live_records()
+            if r.base == image_id and r.base_repository == self.name
+        ]  # fmt: skip
+
+    def dependents_elsewhere(self) -> list[str]:
+        """`REPO/ID` of the live images of other connected repositories that read
+        through volumes of this one. Blocking."""
+        return [
+            f"{other.name}/{r.id}"
+            for other in self.peers.values() if other is not self
+            for r in other.live_records()
+            if any(v.repo == self.name for v in r.chain)
+        ]  # fmt: skip
+
+    async def commit_new_image(self, record: ImageRecord, new_volume: Volume) -> ImageRecord:
+        """Writes a new image's record; if that fails, removes `new_volume`, made for
+        it and named by no record yet."""
+        try:
+            return await trio.to_thread.run_sync(self.driver.create_image, record)
+        except BaseException:
+            await trio.to_thread.run_sync(self.driver.volume_path(new_volume).unlink)
+            raise
+
+    def check_free(self, image_id: str) -> None:
+        """EEXIST early, before volumes are made for an ID that is taken."""
+        if self.driver.has_image(image_id):
+            raise errors.exists(f"{image_id} already exists in {self.name}")
 
     async def preallocates(self) -> bool:
         """New space of raw volumes is allocated at once under strategy performance."""

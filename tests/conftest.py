@@ -153,7 +153,8 @@ def assert_consistent(root: Path, garbage_expected: bool = False) -> None:
     for record_path in [*root.glob("images/[!.]*"), *root.glob("trash/[!.]*")]:
         record = json.loads(record_path.read_text())
         for volume in record["chain"]:
-            path = root / "volumes" / volume
+            owner, _, name = volume.rpartition("/")  # `REPO/NAME`: a base elsewhere
+            path = (root.parent / owner if owner else root) / "volumes" / name
             assert path.exists(), f"{record_path.name} names missing {volume}"
             named.add(volume)
     for path in (root / "volumes").iterdir():

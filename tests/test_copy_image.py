@@ -1,4 +1,7 @@
-"""copyImage of snapshots across repositories: `ln r1/snapshots/S r2/snapshots/S`."""
+"""copyImage across repositories: snapshot copies (`ln r1/snapshots/S
+r2/snapshots/S`), backups (`ln r1/disks/D r2/snapshots/B`), clones (`ln r1/disks/D
+r2/disks/D2`), disks on another repository's snapshot (`ln r1/snapshots/S
+r2/disks/V`) and `mv` across repositories."""
 
 import errno
 import json
@@ -84,10 +87,12 @@ def test_refusals(mount):
     sh(f"mkdir {r2}")
     make_snapshot(r1, "8M", 1)
     assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/other") == errno.EINVAL
-    assert errno_of(os.link, r1 / "disks/g", r2 / "disks/g") == errno.EOPNOTSUPP
-    assert errno_of(os.link, r1 / "snapshots/gold", r2 / "disks/v") == errno.EOPNOTSUPP
+    assert errno_of(os.link, r1 / "disks/g", r1 / "disks/g2") == errno.EINVAL
     sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
     assert errno_of(os.link, r1 / "snapshots/gold", r2 / "snapshots/gold") == errno.EEXIST
+    assert errno_of(os.link, r1 / "disks/g", r2 / "disks/gold") == errno.EEXIST
+    assert errno_of(os.link, r1 / "snapshots/gold", r2 / "disks/gold") == errno.EEXIST
+    assert os.listdir(r1 / "snapshots") == ["gold"]  # a refused clone took no snapshot
     wait_copied(r2, "gold")
 
 
@@ -190,3 +195,83 @@ def test_crash_after_the_data_is_in_but_before_the_record_says_so(tmp_path):
     finally:
         m.stop()
     assert_consistent(tmp_path / "data/r2", garbage_expected=True)
+
+
+def test_a_clone_is_usable_at_once_point_in_time_and_ends_independent(mount):
+    r2, r3 = mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2} {r3}")
+    sh(f"truncate -s 256M {r3}/disks/vm1")
+    sh(f"dd if=/dev/urandom of={r3}/disks/vm1 bs=1M count=96 conv=notrunc status=none")
+    expected = (r3 / "disks/vm1").read_bytes()
+    sh(f"ln {r3}/disks/vm1 {r2}/disks/vm1")
+    sh(f"printf after | dd of={r3}/disks/vm1 conv=notrunc status=none")  # after the ln
+    assert (r2 / "disks/vm1").read_bytes() == expected  # usable at once
+    assert os.listdir(r3 / "snapshots") == ["vm1.to-r2.vm1"]  # the moment of the clone
+    wait_for(lambda: status(r2, "vm1")["state"] == "optimized", 60, "the clone to be flattened")
+    wait_for(lambda: not active_tasks(r2), 30, "the flatten task to end")
+    clone = status(r2, "vm1")
+    assert clone["base"] is None and clone["chain"][0].startswith(str(mount.data / "r2"))
+    assert len(clone["chain"]) == 1 and clone["chain"][0].endswith(".raw")
+    assert (r2 / "disks/vm1").read_bytes() == expected
+    sh(f"printf clone | dd of={r2}/disks/vm1 conv=notrunc status=none")
+    assert (r3 / "disks/vm1").read_bytes()[:5] == b"after"
+    sh(f"rmdir {r3}")  # nothing in r2 needs it any more
+    mount.expected_fixes.add("clean-volumes")  # the clone's overlay, committed
+
+
+def test_a_disk_on_another_repositorys_snapshot_is_degraded_until_its_base_is_copied(mount):
+    r2, r3 = mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2} {r3}")
+    make_snapshot(r3, "256M", 32)
+    sh(f"ln {r3}/snapshots/gold {r2}/disks/vm")
+    s = status(r2, "vm")
+    assert (s["state"], s["base"]) == ("degraded", "gold")
+    assert s["chain"][1].startswith(str(mount.data / "r3"))
+    sh(f"cmp {r3}/snapshots/gold {r2}/disks/vm")
+    sh(f"printf mine | dd of={r2}/disks/vm conv=notrunc status=none")
+    assert errno_of(os.rmdir, r3) == errno.EBUSY
+    mount.expect_log("cannot disconnect r3: r2/vm read through its snapshots")
+    assert errno_of(os.unlink, r3 / "snapshots/gold") == errno.EBUSY
+    assert sh(f"getfattr --only-values -n user.repofs.dependents {r3}/snapshots/gold").stdout == (
+        "g,r2/vm"
+    )
+    # Strategy space: the copy of gold into r2 is offered, not queued.
+    assert sorted(os.listdir(r2 / "fixes")) == ["optimize-vm"]
+    assert "as snapshot gold" in (r2 / "fixes/optimize-vm").read_text()
+    sh(f"mv {r2}/fixes/optimize-vm {r2}/tasks/")
+    wait_for(lambda: status(r2, "vm")["state"] == "optimized", 60, "vm to be optimized")
+    wait_for(lambda: not active_tasks(r2), 30, "the optimize task to end")
+    assert status(r2, "gold")["state"] == "optimized"
+    assert all(c.startswith(str(mount.data / "r2")) for c in status(r2, "vm")["chain"])
+    assert (r2 / "disks/vm").read_bytes()[:4] == b"mine"
+    sh(f"cmp -i 4 {r3}/snapshots/gold {r2}/disks/vm")
+    sh(f"rmdir {r3}")
+
+
+def test_under_performance_a_disk_on_another_repositorys_snapshot_is_flattened(mount):
+    r2, r3 = mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2} {r3}")
+    sh(f"setfattr -n user.repofs.strategy -v performance {r2}")
+    make_snapshot(r3, "128M", 16)
+    sh(f"ln {r3}/snapshots/gold {r2}/disks/vm")
+    wait_for(lambda: status(r2, "vm")["state"] == "optimized", 60, "vm to be flattened")
+    wait_for(lambda: not active_tasks(r2), 30, "the optimize task to end")
+    assert len(status(r2, "vm")["chain"]) == 1 and not (r2 / "snapshots/gold").exists()
+    sh(f"cmp {r3}/snapshots/gold {r2}/disks/vm")
+    sh(f"rmdir {r3}")
+    mount.expected_fixes.add("clean-volumes")
+
+
+def test_mv_across_repositories_falls_back_to_copy_and_remove(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"truncate -s 64M {r1}/disks/vm1")
+    sh(f"dd if=/dev/urandom of={r1}/disks/vm1 bs=1M seek=8 count=8 conv=notrunc status=none")
+    sh(f"setfattr -n user.owner -v alice {r1}/disks/vm1")
+    expected = (r1 / "disks/vm1").read_bytes()
+    assert errno_of(os.rename, r1 / "disks/vm1", r2 / "disks/vm1") == errno.EXDEV
+    result = sh(f"mv {r1}/disks/vm1 {r2}/disks/")
+    assert result.stderr == ""  # read-only user.repofs.* are skipped silently
+    assert (r2 / "disks/vm1").read_bytes() == expected
+    assert sh(f"getfattr --only-values -n user.owner {r2}/disks/vm1").stdout == "alice"
+    assert os.listdir(r1 / "disks") == [] and os.listdir(r1 / "trash") == ["vm1"]

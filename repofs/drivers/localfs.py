@@ -316,6 +316,10 @@ class LocalRepository:
     # Volumes
 
     def volume_path(self, volume: Volume) -> Path:
+        """Of a volume of this repository (ConnectedRepository.volume_path finds
+        the volumes of bases in other repositories)."""
+        if volume.repo is not None:
+            raise ValueError(f"{volume.ref} is not a volume of {self.root}")
         return self._volumes / volume.file_name
 
     def new_volume(self, fmt: VolumeFormat) -> Volume:
@@ -396,6 +400,9 @@ class LocalRepository:
         ]  # fmt: skip
 
     def allocated_bytes(self, volume: Volume) -> int:
+        """Space the volume takes here: none for a volume of another repository."""
+        if volume.repo is not None:
+            return 0
         try:
             return os.stat(self.volume_path(volume)).st_blocks * 512
         except FileNotFoundError:

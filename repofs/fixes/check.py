@@ -14,6 +14,8 @@ from repofs.model import (
     ImageRecord,
     ImageState,
     Pending,
+    RepositoryOptions,
+    Strategy,
     Task,
     TaskState,
     Volume,
@@ -49,7 +51,7 @@ class Inventory:
 
     def named_volumes(self) -> set[str]:
         """Volumes that a record (live or trashed) or a task that may go on names."""
-        named = {v.file_name for r in self.live + self.trashed for v in r.chain}
+        named = {v.file_name for r in self.live + self.trashed for v in r.chain if v.repo is None}
         stale = {t.id for t in self.stale_tasks()}
         for task in self.tasks:
             if task.id not in stale:
@@ -84,18 +86,42 @@ def mend_fix(record: ImageRecord) -> Fix:
     )  # fmt: skip
 
 
-def optimize_fix(driver: LocalRepository, record: ImageRecord, why: str) -> Fix:
+def optimize_fix(driver: LocalRepository, record: ImageRecord, options: RepositoryOptions,
+                 flatten: bool = False) -> Fix:  # fmt: skip
+    """The optimize of a degraded image. Its plan (fixes/optimize.py): `localize`
+    a base that is in another repository, under strategy space (or for a snapshot)
+    by copying that snapshot here under its own ID; else (or when asked to:
+    `flatten`, a clone's independence) `flatten` a disk into one raw volume."""
+    elsewhere = record.base_repository
+    if (
+        elsewhere
+        and not flatten
+        and (options.strategy is Strategy.SPACE or record.kind is ImageKind.SNAPSHOT)
+    ):
+        return Fix(
+            fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
+            f"copy {record.id}'s base {record.base} from {elsewhere} into this repository "
+            f"as snapshot {record.base}, and base {record.id} on it",
+            record.size, {"plan": "localize"},
+        )  # fmt: skip
+    if elsewhere:
+        why = f"its base {record.base} is in {elsewhere}"
+    elif len(record.chain) > options.max_chain:
+        why = f"its chain of {len(record.chain)} volumes is longer than {options.max_chain}"
+    else:
+        why = "strategy performance, and it is an overlay over its base"
     return Fix(
         fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
         f"make {record.id} one raw volume of its own: {why}",
-        sum(driver.allocated_bytes(v) for v in record.chain[1:]),
+        record.size if elsewhere else sum(driver.allocated_bytes(v) for v in record.chain[1:]),
+        {"plan": "flatten"},
     )  # fmt: skip
 
 
-def check_repository(driver: LocalRepository, max_chain: int) -> list[Fix]:
+def check_repository(driver: LocalRepository) -> list[Fix]:
     inventory = Inventory.read(driver)
     fixes = [
-        *_live_image_fixes(driver, inventory, max_chain),
+        *_live_image_fixes(driver, inventory, driver.read_options()),
         *_merge_fixes(driver, inventory),
         *_clean_fixes(driver, inventory),
     ]
@@ -103,7 +129,7 @@ def check_repository(driver: LocalRepository, max_chain: int) -> list[Fix]:
     return [f for f in fixes if f.id not in active]
 
 
-def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]:
+def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) -> list[Fix]:
     fixes = []
     live_ids = {r.id for r in inventory.live}
     trashed_ids = {r.id for r in inventory.trashed}
@@ -112,12 +138,14 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
     present = set(inventory.volumes)
     for record in inventory.live:
         problems = []
-        missing = [v.file_name for v in record.chain if v.file_name not in present]
+        # Volumes of another repository are that one's to check.
+        local = [v.file_name for v in record.chain if v.repo is None]
+        missing = [f for f in local if f not in present]
         if missing:
             problems.append(f"volumes missing from storage: {', '.join(missing)}")
         if len(set(record.chain)) != len(record.chain):
             problems.append("its volume chain loops")
-        if record.base is not None and record.base not in live_ids | trashed_ids:
+        if record.base not in live_ids | trashed_ids | {None} and not record.base_repository:
             problems.append(f"its base {record.base} is unknown")
         if tops[record.top.file_name] > 1 and record.pending is not Pending.SNAPSHOT:
             others = [
@@ -134,13 +162,10 @@ def _live_image_fixes(driver, inventory: Inventory, max_chain: int) -> list[Fix]
             ))  # fmt: skip
         elif record.state is ImageState.BROKEN:
             fixes.append(mend_fix(record))
-        elif record.kind is ImageKind.VIRTUAL_DISK and (
-            record.state is ImageState.DEGRADED or len(record.chain) > max_chain
-        ):
-            why = "it is an overlay over its base"
-            if len(record.chain) > max_chain:
-                why = f"its chain of {len(record.chain)} volumes is longer than {max_chain}"
-            fixes.append(optimize_fix(driver, record, why))
+        elif record.base_repository or (record.kind is ImageKind.VIRTUAL_DISK and (
+            record.state is ImageState.DEGRADED or len(record.chain) > options.max_chain
+        )):  # fmt: skip
+            fixes.append(optimize_fix(driver, record, options))
     return fixes
 
 
@@ -167,9 +192,9 @@ def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
     for record in inventory.trashed:
         if inventory.references(record):
             continue  # clean refuses it; it is freed once nothing builds on it
-        others = {v.file_name for r in inventory.live + inventory.trashed
-                  if r.id != record.id for v in r.chain}  # fmt: skip
-        freed = [v for v in record.chain if v.file_name not in others]
+        others = {v for r in inventory.live + inventory.trashed if r.id != record.id
+                  for v in r.chain}  # fmt: skip
+        freed = [v for v in record.chain if v.repo is None and v not in others]
         fixes.append(Fix(
             fix_id(FixKind.CLEAN, record.id), FixKind.CLEAN, record.id,
             f"purge removed {record.kind} {record.id} and free {len(freed)} volumes",

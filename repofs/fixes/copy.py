@@ -1,4 +1,5 @@
-"""A resumable copy of a chain's guest-visible data into a raw volume.
+"""Copies of snapshots between repositories, and the resumable copy of a chain's
+guest-visible data they (and optimize) are made of.
 
 Only extents that hold data are copied (`qemu-img map`): unallocated and zero
 ranges stay holes of the target. The checkpoint is the offset below which the
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import trio
 
+from repofs import errors
 from repofs.fixes.context import TaskContext
-from repofs.model import VolumeFormat
+from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.chain_io import open_chain
+from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +68,136 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         with trio.CancelScope(shield=True):  # a stopped task still closes its nodes
             await out.close()
             await chain.close()
+
+
+async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRecord,
+                              target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
+    """Commits the image of snapshot `source`'s copy in the target, `broken` and
+    pending its copy (copy_snapshot_in does it). Call under the target's `changing`.
+
+    Durable steps: (1) create the target's volume: an empty raw one (allocated
+    under strategy performance), or a qcow2 overlay over the nearest ancestor of
+    the snapshot that the target or a repository it names `participating` holds,
+    (2) write the image's record. A crash after (1) leaves a volume no record
+    names (clean)."""
+    if source.kind is not ImageKind.SNAPSHOT:
+        raise errors.invalid(f"{source.id} is a {source.kind}; this copies snapshots")
+    if source.state is ImageState.BROKEN:
+        raise errors.invalid(f"snapshot {source.id} is broken: {source.last_error}")
+    target_repo.check_free(source.id)
+    driver = target_repo.driver
+    holder, ancestor = await trio.to_thread.run_sync(
+        nearest_ancestor, source_repo, source, target_repo
+    )
+    if ancestor is None:
+        preallocate = await target_repo.preallocates()
+        volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
+        chain = (volume,)
+    else:
+        volume = driver.new_volume(VolumeFormat.QCOW2)
+        await img.create_overlay(
+            driver.volume_path(volume), source.size,
+            holder.driver.volume_path(ancestor.top), ancestor.top.format,
+        )  # fmt: skip
+        chain = (volume, *(v.seen_from(holder.name, target_repo.name) for v in ancestor.chain))
+    record = ImageRecord(
+        source.id, ImageKind.SNAPSHOT, source.size, chain,
+        base=ancestor.id if ancestor else None, state=ImageState.BROKEN,
+        last_error=COPY_UNFINISHED, pending=Pending.COPY, owner=source.owner,
+    )  # fmt: skip
+    record = await target_repo.commit_new_image(record, volume)
+    log.info("copying %s from %s to %s%s", source.id, source_repo.name, target_repo.name,
+             f" over its ancestor {ancestor.id} in {holder.name}" if ancestor else "")  # fmt: skip
+    return record
+
+
+async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
+    """The data of `image_id`, a copy started by start_snapshot_copy, from a
+    repository holding that snapshot: all of it into a raw volume, or, over an
+    ancestor, only what differs from it. Then the image is usable: `optimized`,
+    or `degraded` when that ancestor is in another repository."""
+    image = await trio.to_thread.run_sync(ctx.driver.read_image, image_id)
+    source_repo, source = await trio.to_thread.run_sync(
+        find_source, ctx.registry, ctx.repo, image.id
+    )
+    above_depth = None
+    if image.base is not None:
+        above_depth = await trio.to_thread.run_sync(
+            _layers_above, source_repo.driver, source, image.base
+        )
+    await copy_chain(
+        ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
+        ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,
+    )  # fmt: skip
+    return await settle(ctx, image_id)
+
+
+async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
+    """The last step of a copy or of a snapshot: the image becomes usable,
+    `optimized`, or `degraded` while its base is in another repository."""
+    ctx.crash_point("finish")
+
+    def usable(record: ImageRecord) -> ImageRecord:
+        state = ImageState.DEGRADED if record.base_repository else ImageState.OPTIMIZED
+        return record.evolve(state=state, last_error=None, stage=None, pending=None)
+
+    return await trio.to_thread.run_sync(ctx.driver.change_image, image_id, usable)
+
+
+def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
+                     target_repo: ConnectedRepository):  # fmt: skip
+    """(holder, record) of the nearest snapshot on `snapshot`'s base chain that
+    the target, or else a repository the target names `participating`, holds in
+    full: the copy then builds on it and moves only what differs; (None, None)
+    if there is none. Blocking."""
+    holders = [target_repo] + [
+        target_repo.peers[name]
+        for name in target_repo.driver.read_options().participating
+        if name in target_repo.peers and name != target_repo.name
+    ]
+    source_driver = source_repo.driver
+    base = snapshot.base
+    while base is not None:
+        for holder in holders:
+            if holder.driver.has_image(base):
+                held = holder.driver.read_image(base)
+                if held.kind is ImageKind.SNAPSHOT and held.state is not ImageState.BROKEN:
+                    return holder, held
+        trashed = not source_driver.has_image(base)
+        if trashed and not source_driver.has_image(base, trashed=True):
+            break
+        base = source_driver.read_image(base, trashed).base
+    return None, None
+
+
+def _layers_above(source_driver, source: ImageRecord, ancestor_id: str) -> int:
+    """How many layers of `source`'s chain lie above its ancestor's top. Blocking."""
+    trashed = not source_driver.has_image(ancestor_id)
+    ancestor = source_driver.read_image(ancestor_id, trashed)
+    if ancestor.top not in source.chain:
+        raise errors.invalid(f"{ancestor_id} is no longer under {source.id} in its repository")
+    return source.chain.index(ancestor.top)
+
+
+def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
+    """A connected repository other than `target` holding a usable snapshot
+    `image_id` (snapshot IDs name the same immutable data everywhere), looked for
+    where the target's options allow: a hint `ID=repo` names the only place, and
+    `participating` narrows the search to the repositories it lists. Blocking."""
+    options = target.driver.read_options()
+    hinted = dict(options.image_hints).get(image_id)
+    if hinted is not None:
+        names = [hinted]
+    elif options.participating:
+        names = list(options.participating)
+    else:
+        names = list(registry.repositories)
+    for name in names:
+        repo = registry.repositories.get(name)
+        if repo is None or repo is target or not repo.driver.has_image(image_id):
+            continue
+        record = repo.driver.read_image(image_id)
+        if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
+            return repo, record
+    where = f"{hinted} (user.repofs.image_hints)" if hinted else ", ".join(names) or "nowhere"
+    raise errors.not_found(f"no usable snapshot {image_id} in {where}")

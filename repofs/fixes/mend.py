@@ -3,9 +3,10 @@
 What it repairs alone:
 
 A copy still to be done (ops/copy_image.py): the image's data is copied in from
-another connected repository holding the same snapshot ID, into the raw volume
-its record already names, skipping holes and zeros and checkpointing the offset
-(fixes/copy.py); then the record says `optimized`. A crash resumes the copy; a
+another connected repository holding the same snapshot ID, into the volume its
+record already names, skipping holes and zeros and checkpointing the offset
+(fixes/copy.py); then the record says `optimized` (`degraded` if it builds on
+an ancestor in another repository). A crash resumes the copy; a
 stop leaves the image broken, saying so; removing it then drops the half copy.
 
 A snapshot whose creation was interrupted (ops/create_snapshot.py). Its disk
@@ -25,8 +26,8 @@ import trio
 
 from repofs import errors
 from repofs.fixes.context import TaskContext
-from repofs.fixes.copy import copy_chain
-from repofs.model import ImageKind, ImageState, VolumeFormat
+from repofs.fixes.copy import copy_snapshot_in, settle
+from repofs.model import ImageKind, VolumeFormat
 from repofs.qemu import img
 
 # Whether the image record shows the task's progress.
@@ -39,7 +40,8 @@ async def run(ctx: TaskContext) -> None:
     if fix.data.get("decision"):
         raise errors.invalid(fix.description)
     if fix.data.get("copy"):
-        return await _copy_in(ctx)
+        await copy_snapshot_in(ctx, fix.image)
+        return
     if not fix.data.get("unfinished_snapshot"):
         raise errors.invalid(f"{fix.image} is broken and mend cannot tell why: {fix.description}")
     snapshot = await ctx.read_image()
@@ -58,64 +60,5 @@ async def run(ctx: TaskContext) -> None:
                 driver.update_image,
                 disk.evolve(chain=(new_top, *disk.chain), base=snapshot.id),
             )
-    await _finish(ctx)
-
-
-async def _copy_in(ctx: TaskContext) -> None:
-    """The whole snapshot into a raw volume; or, when the image is an overlay over
-    an ancestor snapshot (its base) already here, only what differs from it."""
-    image = await ctx.read_image()
-    source_repo, source = await trio.to_thread.run_sync(
-        find_source, ctx.registry, ctx.repo, image.id
-    )
-    above_depth = None
-    if image.base is not None:
-        above_depth = await trio.to_thread.run_sync(
-            _layers_above, source_repo.driver, source, image.base
-        )
-    await copy_chain(
-        ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
-        ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,
-    )  # fmt: skip
-    await _finish(ctx)
-
-
-async def _finish(ctx: TaskContext) -> None:
-    ctx.crash_point("finish")
     await ctx.enter_stage("finish")
-    await ctx.update_image(
-        lambda r: r.evolve(state=ImageState.OPTIMIZED, last_error=None, stage=None, pending=None)
-    )
-
-
-def _layers_above(source_driver, source, ancestor_id: str) -> int:
-    """How many layers of `source`'s chain lie above its ancestor's top. Blocking."""
-    trashed = not source_driver.has_image(ancestor_id)
-    ancestor = source_driver.read_image(ancestor_id, trashed)
-    if ancestor.top not in source.chain:
-        raise errors.invalid(f"{ancestor_id} is no longer under {source.id} in its repository")
-    return source.chain.index(ancestor.top)
-
-
-def find_source(registry, target, image_id: str):
-    """A connected repository other than `target` holding a usable snapshot
-    `image_id` (snapshot IDs name the same immutable data everywhere), looked for
-    where the target's options allow: a hint `ID=repo` names the only place, and
-    `participating` narrows the search to the repositories it lists. Blocking."""
-    options = target.driver.read_options()
-    hinted = dict(options.image_hints).get(image_id)
-    if hinted is not None:
-        names = [hinted]
-    elif options.participating:
-        names = list(options.participating)
-    else:
-        names = list(registry.repositories)
-    for name in names:
-        repo = registry.repositories.get(name)
-        if repo is None or repo is target or not repo.driver.has_image(image_id):
-            continue
-        record = repo.driver.read_image(image_id)
-        if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
-            return repo, record
-    where = f"{hinted} (user.repofs.image_hints)" if hinted else ", ".join(names) or "nowhere"
-    raise errors.not_found(f"no usable snapshot {image_id} in {where}")
+    await settle(ctx, snapshot.id)

@@ -69,7 +69,7 @@ async def _rebase_past(ctx: TaskContext, upper: Volume, layer: Volume,
     info = await img.info(path, upper.format)
     if info.get("backing-filename") != layer.file_name:
         return  # done before a crash
-    await img.rebase_safe(path, ctx.driver.volume_path(below) if below else None,
+    await img.rebase_safe(path, ctx.repo.volume_path(below) if below else None,
                           below.format if below else None)  # fmt: skip
 
 

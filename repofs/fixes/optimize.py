@@ -1,13 +1,25 @@
-"""optimize: turns a degraded virtual disk into one raw volume of its own.
+"""optimize: turns a degraded image optimized, by one of two plans (the fix's
+`plan`, chosen by fixes/check.py's optimize_fix).
 
-A disk is degraded when it is a qcow2 overlay committed for speed under strategy
-`performance`, or when its chain is longer than the repository's max_chain. Both
-are repaired the same way: everything below the disk's top is immutable
-(snapshot layers), so it is copied into a new raw volume while the disk stays in
-use; then, with the disk closed, the top is rebased onto that copy and committed
-into it.
+`localize`: the image's base is a snapshot S of another repository (a disk made
+by `ln r1/snapshots/S r2/disks/V` under strategy space, or a copy built on an
+ancestor in a participating repository). S is copied into this repository under
+its own ID (fixes/copy.py, moving only what differs from an ancestor already
+here), then the image is based on that copy. Durable steps: (1) S's record here,
+broken, pending its copy, (2) its data, checkpointed, then S usable, (3) with
+the image closed, its top's backing file points at the local S (same bytes,
+`qemu-img rebase -u`), (4) the image record's chain becomes the top over local
+S's chain. A crash resumes at the first step not done; each is idempotent.
 
-Durable steps, and what a crash after each leaves:
+`flatten`: a disk is degraded when it is a qcow2 overlay committed for speed
+under strategy `performance`, when its chain is longer than the repository's
+max_chain, or when its base is in another repository (and the strategy is
+performance, or it is a clone that must become independent). Everything below
+the disk's top is immutable (snapshot layers), so it is copied into a new raw
+volume while the disk stays in use; then, with the disk closed, the top is
+rebased onto that copy and committed into it.
+
+Durable steps of flatten, and what a crash after each leaves:
 1. copy: create TARGET (raw) and name it and the base chain in the task's
    checkpoint, then copy the base chain's data into it, checkpointing the
    offset after each fsync. Snapshots, removal and renames of the disk are EBUSY
@@ -29,8 +41,8 @@ import trio
 
 from repofs import errors
 from repofs.fixes.context import TaskContext
-from repofs.fixes.copy import copy_chain
-from repofs.model import ImageKind, ImageState, Volume, VolumeFormat
+from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
+from repofs.model import ImageKind, ImageRecord, ImageState, Pending, Volume, VolumeFormat
 from repofs.qemu import img
 
 # Whether the image record shows the task's progress.
@@ -41,6 +53,8 @@ STAGES = ("copy", "rebase", "record", "commit")
 async def run(ctx: TaskContext) -> None:
     driver = ctx.driver
     image = await ctx.read_image()
+    if ctx.task.fix.data.get("plan") == "localize":
+        return await _localize(ctx, image)
     if image.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.invalid(f"{image.id} is a snapshot: only virtual disks are optimized")
     target = ctx.checkpoint.get("target")
@@ -54,17 +68,17 @@ async def run(ctx: TaskContext) -> None:
         preallocate = await ctx.repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, image.size, preallocate)
         target = volume.file_name
-        base_chain = [v.file_name for v in image.chain[1:]]
+        base_chain = [v.ref for v in image.chain[1:]]
         await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
     target_path = driver.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
-    await copy_chain(ctx, "copy", driver.volume_path(base_top), base_top.format,
+    await copy_chain(ctx, "copy", ctx.repo.volume_path(base_top), base_top.format,
                      target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
 
     async with ctx.exclusive("rebase", [image.id]):
         image = await ctx.read_image()
-        if [v.file_name for v in image.chain[1:]] != ctx.checkpoint["base"]:
+        if [v.ref for v in image.chain[1:]] != ctx.checkpoint["base"]:
             # Defended by EBUSY on snapshots while the task runs; another host
             # could still have changed it. The copy is of the wrong base: start over.
             await ctx.save(checkpoint={})
@@ -96,3 +110,33 @@ async def _commit_locked(ctx: TaskContext, target: str) -> None:
             state=ImageState.OPTIMIZED, stage=None, percent_complete=100, last_error=None,
         )
     )  # fmt: skip
+
+
+async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
+    base_id, elsewhere = image.base, image.base_repository
+    if elsewhere is None:
+        return  # done before a crash, or by someone else
+    driver = ctx.driver
+    if not await trio.to_thread.run_sync(driver.has_image, base_id):
+        source_repo = ctx.registry.get(elsewhere)
+        source = await trio.to_thread.run_sync(source_repo.driver.read_image, base_id)
+        async with ctx.repo.changing:
+            await start_snapshot_copy(source_repo, source, ctx.repo)
+    local = await trio.to_thread.run_sync(driver.read_image, base_id)
+    if local.pending is Pending.COPY:
+        local = await copy_snapshot_in(ctx, base_id)
+    if local.kind is not ImageKind.SNAPSHOT or local.state is ImageState.BROKEN:
+        raise errors.conflict(f"{base_id} here is no usable snapshot to base {image.id} on: "
+                              f"{local.state} {local.kind}, {local.last_error}")  # fmt: skip
+    ctx.crash_point("rebase")
+    async with ctx.exclusive("rebase", [image.id]):
+        image = await ctx.read_image()
+        if image.base != base_id or image.base_repository != elsewhere:
+            raise errors.conflict(f"{image.id}'s base changed during the optimize")
+        await img.rebase_unsafe(driver.volume_path(image.top), driver.volume_path(local.top),
+                                local.top.format)  # fmt: skip
+        ctx.crash_point("record")
+        state = ImageState.DEGRADED if local.base_repository else ImageState.OPTIMIZED
+        await ctx.update_image(lambda r: r.evolve(
+            chain=(r.top, *local.chain), state=state, stage=None, percent_complete=100,
+        ))  # fmt: skip

@@ -24,7 +24,7 @@ from repofs.ops.connect_repository import (
     disconnect_repository,
     parse_connection,
 )
-from repofs.ops.copy_image import back_up_disk, copy_snapshot
+from repofs.ops.copy_image import back_up_disk, clone_disk, copy_snapshot
 from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk, create_virtual_disk_from_snapshot
 from repofs.ops.image_status import get_image_status
@@ -381,35 +381,30 @@ class RepofsOperations(pyfuse3.Operations):
             or target.area not in AREA_KIND
         ):
             raise errors.invalid(f"ln {source} {target}/{name} maps to no operation")
-        if source.repo != target.repo:
-            await self._copy_across(source, target, name)
-            return await self._entry(Node(NodeKind.IMAGE, target.repo, target.area, name))
-        repo = self._repo(source)
-        if source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
-            await create_snapshot(repo, source.name, name)
-        elif source.area is Area.SNAPSHOTS and target.area is Area.DISKS:
-            record = await trio.to_thread.run_sync(repo.driver.read_image, source.name)
+        source_repo, repo = self._repo(source), self._repo(target)
+        if source.area is Area.SNAPSHOTS and target.area is Area.DISKS:
+            record = await trio.to_thread.run_sync(source_repo.driver.read_image, source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode | 0o200)
-            await create_virtual_disk_from_snapshot(self.registry, repo, name, source.name, owner)
-        else:
+            await create_virtual_disk_from_snapshot(
+                self.registry, repo, name, source.name, owner, base_repo=source_repo
+            )
+        elif source_repo is repo and source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
+            await create_snapshot(repo, source.name, name)
+        elif source_repo is repo:
             raise errors.invalid(
                 f"ln {source.area}/{source.name} {target.area}/{name} maps to no operation"
             )
-        return await self._entry(Node(NodeKind.IMAGE, repo.name, target.area, name))
-
-    async def _copy_across(self, source: Node, target: Node, name: str) -> None:
-        """copyImage: `ln r1/snapshots/S r2/snapshots/S`, `ln r1/disks/D r2/snapshots/B`."""
-        if target.area is not Area.SNAPSHOTS:
-            raise errors.not_supported(
-                f"ln {source} {target}/{name}: only copies into snapshots/ are built yet"
-            )
-        source_repo, target_repo = self._repo(source), self._repo(target)
-        if source.area is Area.DISKS:
-            await back_up_disk(self.registry, source_repo, source.name, name, target_repo)
-            return
-        if name != source.name:
+        elif target.area is Area.DISKS:
+            record = await trio.to_thread.run_sync(source_repo.driver.read_image, source.name)
+            owner = Owner(ctx.uid, ctx.gid, record.owner.mode)
+            await clone_disk(self.registry, source_repo, source.name, name, repo, owner)
+        elif source.area is Area.DISKS:
+            await back_up_disk(self.registry, source_repo, source.name, name, repo)
+        elif name != source.name:
             raise errors.invalid(f"a copied snapshot keeps its ID {source.name}, not {name}")
-        await copy_snapshot(self.registry, source_repo, name, target_repo)
+        else:
+            await copy_snapshot(self.registry, source_repo, name, repo)
+        return await self._entry(Node(NodeKind.IMAGE, repo.name, target.area, name))
 
     # Files
 

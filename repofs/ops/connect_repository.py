@@ -56,7 +56,9 @@ async def connect_repository(
         if other.driver.root == root:
             raise errors.busy(f"{root} is already connected as {other.name}")
     driver = await trio.to_thread.run_sync(LocalRepository.open, root)
-    repo = ConnectedRepository(name, driver, fmt, {"path": str(root)}, transient)
+    repo = ConnectedRepository(
+        name, driver, fmt, {"path": str(root)}, transient, registry.repositories
+    )
     registry.repositories[name] = repo
     log.info("connected %s: %s %s", name, fmt, root)
     return repo
@@ -89,6 +91,10 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         await repo.wait_for_release(image_id)
     if repo.open_images:
         raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
+    dependents = await trio.to_thread.run_sync(repo.dependents_elsewhere)
+    if dependents:
+        raise errors.busy(f"cannot disconnect {name}: {', '.join(dependents)} read through "
+                          "its snapshots until optimized")  # fmt: skip
     del registry.repositories[name]
     if registry.fix_daemon is not None:
         # Its running tasks stop where they are; a later connection resumes them.

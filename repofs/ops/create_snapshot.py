@@ -15,7 +15,6 @@ from repofs.model import (
     VolumeFormat,
 )
 from repofs.names import check_name
-from repofs.ops.create_virtual_disk import check_free, commit_new_image
 from repofs.qemu import img
 from repofs.registry import ConnectedRepository
 
@@ -30,7 +29,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
     1. create the disk's new top NEW over its top volume TOP;
     2. write the snapshot record (chain from TOP down), `broken` with UNFINISHED_SNAPSHOT;
     3. write the disk record: chain NEW, TOP, ...; base = the snapshot;
-    4. write the snapshot record `optimized`.
+    4. write the snapshot record `optimized` (`degraded` if its base is elsewhere).
     After (1): NEW is named by no record (clean removes it). After (2): a broken
     snapshot whose top is still its disk's top; a mend finishes it by redoing (3)
     and (4) (or a removal drops it); the disk is untouched. After (3): the snapshot
@@ -47,7 +46,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         await repo.ensure_no_task(disk_id, "snapshot")
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
-        check_free(repo, snapshot_id)
+        repo.check_free(snapshot_id)
 
         new_top = driver.new_volume(VolumeFormat.QCOW2)
         await img.create_overlay(
@@ -64,7 +63,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             pending=Pending.SNAPSHOT,
             owner=disk.owner,
         )
-        snapshot = await commit_new_image(repo, snapshot, new_top)
+        snapshot = await repo.commit_new_image(snapshot, new_top)
         crash_point("snapshot:switch")
         chain = (new_top, *disk.chain)
         max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
@@ -73,9 +72,11 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             driver.update_image, disk.evolve(chain=chain, base=snapshot_id, state=state)
         )
         crash_point("snapshot:finish")
+        # Degraded while its base is a snapshot of another repository (an optimize
+        # copies that one here).
+        usable = ImageState.DEGRADED if snapshot.base_repository else ImageState.OPTIMIZED
         snapshot = await trio.to_thread.run_sync(
-            driver.update_image,
-            snapshot.evolve(state=ImageState.OPTIMIZED, last_error=None, pending=None),
+            driver.update_image, snapshot.evolve(state=usable, last_error=None, pending=None)
         )
     log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
     return snapshot

@@ -20,11 +20,7 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
-
-    def check() -> list[Fix]:
-        return check_repository(repo.driver, repo.driver.read_options().max_chain)
-
-    fixes = await trio.to_thread.run_sync(check)
+    fixes = await trio.to_thread.run_sync(check_repository, repo.driver)
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 

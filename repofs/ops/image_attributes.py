@@ -1,7 +1,6 @@
 """Image attributes: the read-only user.repofs.* status attributes, userData (every
 other user.* attribute, persisted in the record) and ownership (chown/chmod)."""
 
-import errno
 import logging
 
 import trio
@@ -69,10 +68,16 @@ async def get_attribute(
     return _encode(value)
 
 
+def _check_writable(name: str) -> None:
+    """ENOTSUP rather than EPERM: `cp -a` and `mv` across repositories copy an
+    image's attributes, and skip unsupported ones silently (they report others)."""
+    if name.startswith(PREFIX):
+        raise errors.not_supported(f"{name} is maintained by repofs (read-only)")
+
+
 async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, value: bytes) -> None:
     _check_namespace(name)
-    if name.startswith(PREFIX):
-        raise errors.RepofsError(errno.EPERM, f"{name} is maintained by repofs (read-only)")
+    _check_writable(name)
     if len(value) > MAX_VALUE:
         raise errors.too_long(f"value of {name} is {len(value)} bytes; the limit is {MAX_VALUE}")
 
@@ -90,8 +95,7 @@ async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, val
 
 async def remove_user_data(repo: ConnectedRepository, image_id: str, name: str) -> None:
     _check_namespace(name)
-    if name.startswith(PREFIX):
-        raise errors.RepofsError(errno.EPERM, f"{name} is maintained by repofs (read-only)")
+    _check_writable(name)
 
     def change(record: ImageRecord) -> ImageRecord:
         if name not in record.user_data:

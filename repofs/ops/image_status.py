@@ -51,11 +51,6 @@ class ImageStatus:
         }
 
 
-def dependents_of(repo: ConnectedRepository, image_id: str) -> list[str]:
-    """Images (not in the trash) based on `image_id`. Blocking."""
-    return [r.id for r in repo.live_records() if r.base == image_id]
-
-
 def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> ImageStatus:
     driver = repo.driver
     try:
@@ -63,7 +58,7 @@ def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> Im
     except FileNotFoundError:
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
-    dependents = () if record.kind is ImageKind.VIRTUAL_DISK else dependents_of(repo, record.id)
+    dependents = () if record.kind is ImageKind.VIRTUAL_DISK else repo.dependents(record.id)
     return ImageStatus(
         id=record.id,
         kind=record.kind,
@@ -73,7 +68,7 @@ def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> Im
         percent_complete=record.percent_complete,
         last_error=record.last_error,
         base=record.base,
-        chain=tuple(str(driver.volume_path(v)) for v in record.chain),
+        chain=tuple(str(repo.volume_path(v)) for v in record.chain),
         # An open disk may have grown past its record (persisted at flush/close).
         size=image.size if image is not None else record.size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),

@@ -10,7 +10,6 @@ import trio
 
 from repofs import errors
 from repofs.model import ImageKind
-from repofs.ops.image_status import dependents_of
 from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
         await repo.ensure_closed(image_id, "remove")
         await repo.ensure_no_task(image_id, "remove")
-        dependents = await trio.to_thread.run_sync(dependents_of, repo, image_id)
+        dependents = await trio.to_thread.run_sync(repo.dependents, image_id)
         if dependents:
             raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
         await trio.to_thread.run_sync(repo.driver.trash_image, image_id)

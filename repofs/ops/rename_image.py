@@ -6,7 +6,6 @@ import trio
 
 from repofs import errors
 from repofs.names import check_name
-from repofs.ops.image_status import dependents_of
 from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
         await trio.to_thread.run_sync(repo.driver.read_image, old_id)
         await repo.ensure_closed(old_id, "rename")
         await repo.ensure_no_task(old_id, "rename")
-        dependents = await trio.to_thread.run_sync(dependents_of, repo, old_id)
+        dependents = await trio.to_thread.run_sync(repo.dependents, old_id)
         if dependents:
             raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
         await trio.to_thread.run_sync(repo.driver.rename_image, old_id, new_id)

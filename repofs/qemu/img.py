@@ -3,6 +3,7 @@
 import errno
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +49,12 @@ def qcow2_size(size: int) -> int:
 async def create_overlay(
     path: Path, size: int, backing: Path, backing_format: VolumeFormat
 ) -> None:
-    """Creates a qcow2 volume at `path` over `backing`, which must be in the same
-    directory: the backing name stored in the header is bare and relative, so the
-    repository can move as a whole. The backing chain is not opened (-u): the
-    size is given, and opening a long chain would make a snapshot cost O(chain)."""
-    assert backing.parent == path.parent
-    options = ["-u", "-f", "qcow2", "-o", "cluster_size=65536", "-b", backing.name]
+    """Creates a qcow2 volume at `path` over `backing`. The backing name stored in
+    the header is relative to `path`'s directory (bare within a repository), so
+    that a repository, or a data dir of repositories, can move as a whole. The
+    backing chain is not opened (-u): the size is given, and opening a long chain
+    would make a snapshot cost O(chain)."""
+    options = ["-u", "-f", "qcow2", "-o", "cluster_size=65536", "-b", _backing_name(path, backing)]
     options += ["-F", str(backing_format)]
     await _run("create", "-q", *options, str(path), str(qcow2_size(size)))
 
@@ -99,11 +100,15 @@ async def map_extents(path: Path, fmt: VolumeFormat) -> list[Extent]:
     ]
 
 
+def _backing_name(path: Path, backing: Path) -> str:
+    """`backing` relative to `path`'s directory, as QEMU resolves backing names."""
+    return os.path.relpath(backing, path.parent)
+
+
 async def rebase_unsafe(path: Path, backing: Path, backing_format: VolumeFormat) -> None:
     """Points a qcow2 volume at another backing file with the same contents (no
     data is compared or copied). Idempotent."""
-    assert backing.parent == path.parent
-    await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", backing.name,
+    await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", _backing_name(path, backing),
                "-F", str(backing_format), str(path))  # fmt: skip
 
 
@@ -117,8 +122,7 @@ async def rebase_safe(
     if backing is None:
         await _run("rebase", "-q", "-f", "qcow2", "-b", "", str(path))
         return
-    assert backing.parent == path.parent
-    await _run("rebase", "-q", "-f", "qcow2", "-b", backing.name,
+    await _run("rebase", "-q", "-f", "qcow2", "-b", _backing_name(path, backing),
                "-F", str(backing_format), str(path))  # fmt: skip
 
 
