@@ -114,7 +114,7 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     try:
         m.start()
         # A random moment of the copy, by its progress.
-        r1, r2 = copy_of_gold(m, "1G", 512, progress=random.randint(1, 70))
+        r1, r2 = copy_of_gold(m, "1G", 960, progress=random.randint(1, 70))
         m.kill()
         m.start()
         wait_copied(r2, "gold")
@@ -126,20 +126,59 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     assert_consistent(tmp_path / "data/r2", garbage_expected=True)
 
 
-def test_a_second_snapshot_copies_only_what_changed_since_the_first(mount):
+def new_generation(r1, name: str, seek_mib: int) -> int:
+    """Changes disk g (8 MiB of new data at `seek_mib`, zeros over 1 MiB of old
+    data) and snapshots it as `name`; returns the bytes changed."""
+    sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M seek={seek_mib} count=8 conv=notrunc "
+       "status=none")  # fmt: skip
+    sh(f"dd if=/dev/zero of={r1}/disks/g bs=1M seek={64 + seek_mib % 100} count=1 "
+       "conv=notrunc status=none")  # fmt: skip
+    sh(f"ln {r1}/disks/g {r1}/snapshots/{name}")
+    return 9 * MiB
+
+
+def test_three_generations_each_copy_only_what_changed(mount):
     r1, r2 = copy_of_gold(mount, "1G", 128)
     wait_copied(r2, "gold")
-    sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M seek=512 count=8 conv=notrunc status=none")
-    sh(f"dd if=/dev/zero of={r1}/disks/g bs=1M seek=64 count=1 conv=notrunc status=none")
-    sh(f"ln {r1}/disks/g {r1}/snapshots/gold-2")
+    previous = "gold"
+    for name, seek_mib in (("gold-2", 512), ("gold-3", 700)):
+        changed = new_generation(r1, name, seek_mib)
+        before = du_kib(mount.data / "r2")
+        sh(f"ln {r1}/snapshots/{name} {r2}/snapshots/{name}")
+        wait_copied(r2, name)
+        grown = (du_kib(mount.data / "r2") - before) * 1024
+        assert grown < 2 * changed, f"{name}: {grown} bytes written for {changed} changed"
+        copy = status(r2, name)
+        assert copy["base"] == previous and copy["chain"][1:] == status(r2, previous)["chain"]
+        previous = name
+    for name in ("gold", "gold-2", "gold-3"):
+        sh(f"cmp {r1}/snapshots/{name} {r2}/snapshots/{name}")
+
+
+def test_a_copy_builds_on_an_ancestor_in_a_participating_repository(mount):
+    r1, r2, r3 = mount.default, mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2} {r3}")
+    make_snapshot(r1, "512M", 64)
+    sh(f"ln {r1}/snapshots/gold {r3}/snapshots/gold")
+    wait_copied(r3, "gold")
+    changed = new_generation(r1, "gold-2", 300)
+    sh(f"setfattr -n user.repofs.participating -v r3 {r2}")
     before = du_kib(mount.data / "r2")
-    sh(f"ln {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")
+    sh(f"ln {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")  # the source is r1, not r3
+    wait_for(lambda: status(r2, "gold-2")["state"] == "degraded", 60, "gold-2 copied")
+    assert (du_kib(mount.data / "r2") - before) * 1024 < 2 * changed
+    copy = status(r2, "gold-2")
+    assert copy["base"] == "gold" and copy["chain"][1:] == status(r3, "gold")["chain"]
+    sh(f"cmp {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")
+    assert errno_of(os.rmdir, r3) == errno.EBUSY
+    wait_for(lambda: os.listdir(r2 / "fixes") == ["optimize-gold-2"], 10, "the localize offered")
+    sh(f"mv {r2}/fixes/optimize-gold-2 {r2}/tasks/")
     wait_copied(r2, "gold-2")
+    assert status(r2, "gold")["state"] == "optimized"
+    sh(f"rmdir {r3}")
     sh(f"cmp {r1}/snapshots/gold-2 {r2}/snapshots/gold-2")
     sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
-    copy = status(r2, "gold-2")
-    assert copy["base"] == "gold" and copy["chain"][1:] == status(r2, "gold")["chain"]
-    assert du_kib(mount.data / "r2") - before < 16 * 1024  # 9 MiB changed, not 128
+    mount.expect_log("cannot disconnect r3: r2/gold-2")
 
 
 def test_backups_of_a_disk_are_point_in_time_and_incremental(mount):

@@ -182,16 +182,16 @@ def _layers_above(source_driver, source: ImageRecord, ancestor_id: str) -> int:
 def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
     """A connected repository other than `target` holding a usable snapshot
     `image_id` (snapshot IDs name the same immutable data everywhere), looked for
-    where the target's options allow: a hint `ID=repo` names the only place, and
-    `participating` narrows the search to the repositories it lists. Blocking."""
+    where the target's options say: a hint `ID=repo` names the only place; else
+    the repositories the target names `participating` come first, then the
+    others (the one an `ln` named as the source is among them). Blocking."""
     options = target.driver.read_options()
     hinted = dict(options.image_hints).get(image_id)
     if hinted is not None:
         names = [hinted]
-    elif options.participating:
-        names = list(options.participating)
     else:
-        names = list(registry.repositories)
+        names = [*options.participating,
+                 *(n for n in registry.repositories if n not in options.participating)]  # fmt: skip
     for name in names:
         repo = registry.repositories.get(name)
         if repo is None or repo is target or not repo.driver.has_image(image_id):
@@ -199,5 +199,5 @@ def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
         record = repo.driver.read_image(image_id)
         if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
             return repo, record
-    where = f"{hinted} (user.repofs.image_hints)" if hinted else ", ".join(names) or "nowhere"
+    where = f"{hinted} (user.repofs.image_hints)" if hinted else "any connected repository"
     raise errors.not_found(f"no usable snapshot {image_id} in {where}")
