@@ -11,7 +11,8 @@ import trio
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus
-from repofs.model import ImageRecord, Strategy, Task, Volume
+from repofs.model import ImageRecord, Strategy, Task, Volume, VolumeFormat
+from repofs.qemu import img
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -114,6 +115,19 @@ class ConnectedRepository:
             for r in other.live_records()
             if any(v.repo == self.name for v in r.chain)
         ]  # fmt: skip
+
+    async def new_overlay(
+        self, base: ImageRecord, holder: "ConnectedRepository | None" = None
+    ) -> tuple[Volume, ...]:
+        """Creates a qcow2 volume here over the top of `base`, an image of `holder`
+        (by default this repository); returns the chain it tops, as this
+        repository's records name it. Durable step: the volume (named by no record
+        yet)."""
+        holder = holder or self
+        overlay = self.driver.new_volume(VolumeFormat.QCOW2)
+        await img.create_overlay(self.driver.volume_path(overlay), base.size,
+                                 holder.driver.volume_path(base.top), base.top.format)  # fmt: skip
+        return (overlay, *(v.seen_from(holder.name, self.name) for v in base.chain))
 
     async def commit_new_image(self, record: ImageRecord, new_volume: Volume) -> ImageRecord:
         """Writes a new image's record; if that fails, removes `new_volume`, made for

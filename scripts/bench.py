@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Measures repofs's data path against peers in the same run, with fio.
+"""Measures repofs against peers in the same run.
 
-Each case runs the same fio job on an image through a fresh repofs mount and on
-a peer (a plain file on the file system that holds the repository), and reports
-the ratio. Results go to docs/bench-results.json; docs/performance.md sums them up.
+Data path: the same fio job on an image through a fresh repofs mount and on a
+peer (a plain file on the file system that holds the repository). Copies: a
+copy of a snapshot between repositories against `qemu-img convert -O raw` of
+the same volume, and an incremental copy against the full one. Also: work
+redone after kill -9, and the check of many images. Results go to
+docs/bench-results.json; docs/performance.md sums them up.
 
     .venv/bin/python scripts/bench.py [--size-mib N]
 """
@@ -80,8 +83,10 @@ def data_path(repo: Path, data: Path, size: int) -> list[dict]:
     return results
 
 
-def check(repo: Path, images: int) -> dict:
+def check(mnt: Path, images: int) -> dict:
     """How long `ls fixes/` (checkStorageRepository) takes with `images` images."""
+    repo = mnt / "many"
+    repo.mkdir()
     for i in range(images):
         (repo / "disks" / f"d{i}").touch()  # createVirtualDisk, 0 bytes
     assert len(os.listdir(repo / "disks")) == images
@@ -125,11 +130,73 @@ def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
     return results
 
 
+def cold() -> None:
+    """Both sides of a comparison start from storage, not from the page cache."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def copy_into(mnt: Path, snapshot: str, target: str) -> float:
+    """Seconds from `ln` to the copy's event saying it is optimized."""
+    cold()
+    started = time.monotonic()
+    run(f"ln {mnt}/default/snapshots/{snapshot} {mnt}/{target}/snapshots/{snapshot}")
+    run(f"timeout 600 grep -m1 '\"id\":\"{snapshot}\".*\"state\":\"optimized\"' "
+        f"{mnt}/{target}/events")  # fmt: skip
+    return time.monotonic() - started
+
+
+def copies(mnt: Path, data: Path, size: int, changed: int, rounds: int = 3) -> dict:
+    """A full copy of a `size` MiB snapshot of random data into another
+    repository, against qemu-img convert of its volume in the same run (best of
+    `rounds` each, alternating: this machine's disk is noisy); then an
+    incremental copy after `changed` MiB were rewritten."""
+    r1 = mnt / "default"
+    run(f"dd if=/dev/urandom of={r1}/disks/cs bs=1M count={size} status=none")
+    run(f"ln {r1}/disks/cs {r1}/snapshots/full")
+    volume = json.loads((r1 / "status/full").read_text())["chain"][0]
+    # qemu-img convert writes its target with cache=unsafe unless told: no flush,
+    # the data may still be in the page cache when it returns. repofs's copy is
+    # durable (it fsyncs before saying optimized), like convert -t writeback.
+    peers = {"convert_unsafe": [], "convert_writeback": []}
+    full = []
+    for i in range(rounds):
+        for peer, cache in (("convert_unsafe", "unsafe"), ("convert_writeback", "writeback")):
+            cold()
+            started = time.monotonic()
+            run(f"qemu-img convert -t {cache} -f raw -O raw {volume} {data}/convert.raw")
+            peers[peer].append(time.monotonic() - started)
+            os.unlink(data / "convert.raw")
+        run(f"mkdir {mnt}/copies{i}")
+        full.append(copy_into(mnt, "full", f"copies{i}"))
+    run(f"cmp {r1}/snapshots/full {mnt}/copies0/snapshots/full")
+    run(f"dd if=/dev/urandom of={r1}/disks/cs bs=1M seek={size // 3} count={changed} "
+        "conv=notrunc status=none")  # fmt: skip
+    run(f"ln {r1}/disks/cs {r1}/snapshots/incr")
+    incremental_s = copy_into(mnt, "incr", "copies0")
+    run(f"cmp {r1}/snapshots/incr {mnt}/copies0/snapshots/incr")
+    full_s = min(full)
+    result = {"size_mib": size, "full_copy_s": [round(t, 2) for t in full]}
+    for peer, times in peers.items():
+        result[f"{peer}_s"] = [round(t, 2) for t in times]
+        result[f"speed_to_{peer}"] = round(min(times) / full_s, 3)
+    result.update(changed_mib=changed, incremental_copy_s=round(incremental_s, 2),
+                  incremental_to_full=round(incremental_s / full_s, 3))  # fmt: skip
+    print(f"copy of {size} MiB: repofs {full_s:.2f}s; its speed to qemu-img convert's: "
+          f"{result['speed_to_convert_writeback']:.2f}x (-t writeback, durable), "
+          f"{result['speed_to_convert_unsafe']:.2f}x (default -t unsafe, no flush); "
+          f"incremental ({changed} MiB changed) {incremental_s:.2f}s "
+          f"({incremental_s / full_s:.2f} of the full copy)")  # fmt: skip
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--check-images", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--copy-mib", type=int, default=2048)
+    parser.add_argument("--only", choices=("data_path", "copy", "resume", "check"))
     args = parser.parse_args()
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
@@ -139,12 +206,19 @@ def main() -> None:
         mnt, data = Path(tmp) / "mnt", Path(tmp) / "data"
         run(f"{REPOFS} mount {mnt} --data-dir {data}")
         try:
-            report["data_path"] = data_path(mnt / "default", data, args.size_mib)
-            report["resume"] = resume(mnt, data, 1024, args.kills)
-            run(f"mkdir {mnt}/many")
-            report["check"] = check(mnt / "many", args.check_images)
+            sections = {
+                "data_path": lambda: data_path(mnt / "default", data, args.size_mib),
+                "copy": lambda: copies(mnt, data, args.copy_mib, args.copy_mib // 32),
+                "resume": lambda: resume(mnt, data, 1024, args.kills),
+                "check": lambda: check(mnt, args.check_images),
+            }
+            for name, measure in sections.items():
+                if args.only in (None, name):
+                    report[name] = measure()
         finally:
             run(f"{REPOFS} umount {mnt}")
+    if args.only and RESULTS.exists():  # one section again: keep the others
+        report = {**json.loads(RESULTS.read_text()), **report}
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")
     print(f"written to {RESULTS.relative_to(ROOT)}")
 

@@ -26,9 +26,13 @@ pytestmark = pytest.mark.mount
 MiB = 1 << 20
 
 
-def make_snapshot(repo, size: str, data_mib: int) -> None:
-    """snapshots/gold: `size` bytes of which `data_mib` MiB random at 64 MiB."""
+def make_snapshot(repo, size: str, data_mib: int, layered: bool = False) -> None:
+    """snapshots/gold: `size` bytes of which `data_mib` MiB random at 64 MiB;
+    `layered`: in a qcow2 layer over an empty snapshot `base` (a copy of gold then
+    reads through the storage daemon: slower, long enough to stop or kill)."""
     sh(f"truncate -s {size} {repo}/disks/g")
+    if layered:
+        sh(f"ln {repo}/disks/g {repo}/snapshots/base")
     sh(f"dd if=/dev/urandom of={repo}/disks/g bs=1M seek=64 count={data_mib} "
        "conv=notrunc status=none")  # fmt: skip
     sh(f"ln {repo}/disks/g {repo}/snapshots/gold")
@@ -36,10 +40,11 @@ def make_snapshot(repo, size: str, data_mib: int) -> None:
 
 def copy_of_gold(m: Mount, size: str, data_mib: int, progress: int | None = None):
     """r2, and gold (`size`, `data_mib` MiB of data) of `default` copied into it;
-    with `progress`, returns once the copy passed that percent."""
+    with `progress`, gold is layered and this returns once the copy passed that
+    percent."""
     r1, r2 = m.default, m.path / "r2"
     sh(f"mkdir {r2}")
-    make_snapshot(r1, size, data_mib)
+    make_snapshot(r1, size, data_mib, layered=progress is not None)
     sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
     if progress is not None:
         task = r2 / "tasks/mend-gold"
@@ -113,11 +118,14 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     m = Mount(tmp_path)
     try:
         m.start()
-        # A random moment of the copy, by its progress.
-        r1, r2 = copy_of_gold(m, "1G", 960, progress=random.randint(1, 70))
+        # A random moment of the copy, by its progress, past its first checkpoint.
+        r1, r2 = copy_of_gold(m, "1G", 960, progress=random.randint(30, 70))
         m.kill()
+        task = json.loads((m.data / "r2/tasks/mend-gold.json").read_text())
+        assert task["state"] == "running" and task["percent_complete"] < 100
         m.start()
         wait_copied(r2, "gold")
+        m.expect_log(r"mend-gold resumes its copy into \S+ at [1-9]")  # not from 0
         sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
         m.expected_fixes.add("clean-volumes")  # temp files a kill may leave
         check_through_the_mount(m)

@@ -33,9 +33,13 @@ def stored_task(mount: Mount, task_id: str) -> dict:
     return json.loads((mount.data / "default/tasks" / f"{task_id}.json").read_text())
 
 
-def make_gold(repo, size: str = "1G", data_mib: int = 512) -> None:
-    """snapshots/gold: `size` bytes, the first `data_mib` MiB random."""
+def make_gold(repo, size: str = "1G", data_mib: int = 512, layered: bool = False) -> None:
+    """snapshots/gold: `size` bytes, the first `data_mib` MiB random; `layered`:
+    in a qcow2 layer over an empty snapshot `base` (copies of gold then read
+    through the storage daemon: slower, long enough to watch, stop or kill)."""
     sh(f"truncate -s {size} {repo}/disks/g")
+    if layered:
+        sh(f"ln {repo}/disks/g {repo}/snapshots/base")
     sh(f"dd if=/dev/urandom of={repo}/disks/g bs=1M count={data_mib} conv=notrunc status=none")
     sh(f"printf tail | dd of={repo}/disks/g bs=1 seek=$(( $(stat -c %s {repo}/disks/g) - 4 )) "
        "conv=notrunc status=none")  # fmt: skip
@@ -93,7 +97,7 @@ def assert_standalone_copy_of_gold(repo, image_id: str) -> None:
 
 
 def test_performance_overlay_is_optimized_at_once_with_events_in_order(repo, mount):
-    make_gold(repo)
+    make_gold(repo, layered=True)
     events = subprocess.Popen(["cat", str(repo / "events")], stdout=subprocess.PIPE)
     try:
         overlay_under_performance(repo)
@@ -173,7 +177,7 @@ def test_clean_waits_for_what_builds_on_a_snapshot(repo, mount):
 def optimize_under_way(repo, percent: int):
     """disks/vm2 made from a 1 GiB gold under strategy performance, so optimized at
     once; returns its task file when the optimize passed `percent`."""
-    make_gold(repo)
+    make_gold(repo, layered=True)
     overlay_under_performance(repo)
     task = repo / "tasks/optimize-vm2"
     wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= percent, 60, "progress")

@@ -4,16 +4,20 @@ guest-visible data they (and optimize) are made of.
 Only extents that hold data are copied (`qemu-img map`): unallocated and zero
 ranges stay holes of the target. The checkpoint is the offset below which the
 target holds the source's bytes; it is saved with each progress report (about
-once a second or per 1%), only after the target was fsynced, so a crash redoes
-at most that much work and the persisted percent never goes back.
+once a second or per 1%, at most four a second), only after the target was
+fsynced, so a crash redoes at most that much work and the persisted percent
+never goes back.
 """
 
+import bisect
+import itertools
 import logging
 from pathlib import Path
 
 import trio
 
 from repofs import errors
+from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import TaskContext
 from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
 from repofs.qemu import img
@@ -23,6 +27,8 @@ from repofs.registry import ConnectedRepository, Registry
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
+# Chunks in flight at once.
+PARALLEL = 8
 
 
 async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
@@ -45,29 +51,89 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     extents = [e for e in wanted if e.offset < size]
     total = sum(min(e.length, size - e.offset) for e in extents)
     copied = ctx.checkpoint.get("copied", 0)
-    done = sum(max(0, min(e.offset + e.length, copied, size) - e.offset) for e in extents)
+    bytes_below = _bytes_below(extents, size)
+    done = bytes_below(copied)
     chain = await open_chain(ctx.daemon, source, source_format, writable=False)
     out = await open_chain(ctx.daemon, target, target_format, writable=True)
+    # Raw into raw (a full copy of a raw snapshot, a flatten of one): in the kernel.
+    direct = isinstance(chain, RawVolumeFile) and isinstance(out, RawVolumeFile)
+
+    async def move(offset: int, length: int, zero: bool) -> None:
+        if zero:
+            await out.write(offset, bytes(length))
+        elif direct:
+            await chain.copy_to(out, offset, length)
+        else:
+            await out.write(offset, await chain.read(offset, length))
+
+    if done:
+        log.info("%s resumes its copy into %s at %d%% (%d of %d bytes)",
+                 ctx.task.id, target.name, done * 100 // total, done, total)  # fmt: skip
     try:
         await ctx.report(step, done, total, force=True)
-        for extent in extents:
-            offset = max(extent.offset, copied)
-            end = min(extent.offset + extent.length, size)
-            while offset < end:
-                length = min(CHUNK, end - offset)
-                data = bytes(length) if extent.zero else await chain.read(offset, length)
-                await out.write(offset, data)
-                offset += length
-                done += length
-                if ctx.progress_due(done, total):
-                    await out.fsync()  # the checkpoint promises this data
-                    await ctx.report(step, done, total, checkpoint={"copied": offset})
+        await _move_chunks(ctx, step, move, out, extents, copied, size, bytes_below)
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     finally:
         with trio.CancelScope(shield=True):  # a stopped task still closes its nodes
             await out.close()
             await chain.close()
+
+
+async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: int,
+                       size: int, bytes_below) -> None:  # fmt: skip
+    """Moves the chunks in order, PARALLEL of them in flight (a cold disk and the
+    storage daemon both serve several requests at once faster than one by one).
+    The checkpoint is the lowest offset still in flight: everything below it is
+    in place, and the fsync before the checkpoint makes it durable. The progress
+    reported is what lies below it, so a resume never shows less."""
+    slots = trio.Semaphore(PARALLEL)
+    in_flight: set[int] = set()
+
+    async def mover(offset: int, length: int, zero: bool) -> None:
+        await move(offset, length, zero)
+        in_flight.discard(offset)
+        slots.release()
+
+    async with trio.open_nursery() as nursery:
+        for offset, length, zero in _chunks(extents, copied, size):
+            await slots.acquire()
+            below = min(in_flight, default=offset)
+            done, total = bytes_below(below), bytes_below(size)
+            if ctx.progress_due(done, total):
+                await out.fsync()  # the checkpoint promises this data
+                await ctx.report(step, done, total, checkpoint={"copied": below})
+            in_flight.add(offset)
+            nursery.start_soon(mover, offset, length, zero)
+
+
+def _bytes_below(extents, size: int):
+    """A function of an offset: how many bytes of the (sorted) extents lie below
+    it and the image's `size`. O(log extents) a call."""
+    starts = [e.offset for e in extents]
+    before = list(itertools.accumulate((min(e.length, size - e.offset) for e in extents),
+                                       initial=0))  # fmt: skip
+
+    def below(offset: int) -> int:
+        i = bisect.bisect_left(starts, offset)  # extents [0, i) start below offset
+        if i == 0:
+            return 0
+        last = extents[i - 1]
+        return before[i - 1] + max(0, min(last.length, offset - last.offset, size - last.offset))
+
+    return below
+
+
+def _chunks(extents, copied: int, size: int):
+    """(offset, length, zero) of the extents' bytes from offset `copied` on, in
+    pieces of at most CHUNK."""
+    for extent in extents:
+        offset = max(extent.offset, copied)
+        end = min(extent.offset + extent.length, size)
+        while offset < end:
+            length = min(CHUNK, end - offset)
+            yield offset, length, extent.zero
+            offset += length
 
 
 async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRecord,
@@ -94,12 +160,8 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
         chain = (volume,)
     else:
-        volume = driver.new_volume(VolumeFormat.QCOW2)
-        await img.create_overlay(
-            driver.volume_path(volume), source.size,
-            holder.driver.volume_path(ancestor.top), ancestor.top.format,
-        )  # fmt: skip
-        chain = (volume, *(v.seen_from(holder.name, target_repo.name) for v in ancestor.chain))
+        chain = await target_repo.new_overlay(ancestor, holder)
+        volume = chain[0]
     record = ImageRecord(
         source.id, ImageKind.SNAPSHOT, source.size, chain,
         base=ancestor.id if ancestor else None, state=ImageState.BROKEN,

@@ -27,8 +27,7 @@ import trio
 from repofs import errors
 from repofs.fixes.context import TaskContext
 from repofs.fixes.copy import copy_snapshot_in, settle
-from repofs.model import ImageKind, VolumeFormat
-from repofs.qemu import img
+from repofs.model import ImageKind
 
 # Whether the image record shows the task's progress.
 PROGRESS_ON_IMAGE = True
@@ -53,12 +52,9 @@ async def run(ctx: TaskContext) -> None:
             await ctx.enter_stage("switch")
             if not await ctx.repo.wait_for_release(disk.id):
                 raise errors.busy(f"{disk.id} is open: close it so its snapshot can finish")
-            new_top = driver.new_volume(VolumeFormat.QCOW2)
-            await img.create_overlay(driver.volume_path(new_top), disk.size,
-                                     driver.volume_path(disk.top), disk.top.format)  # fmt: skip
+            chain = await ctx.repo.new_overlay(disk)
             await trio.to_thread.run_sync(
-                driver.update_image,
-                disk.evolve(chain=(new_top, *disk.chain), base=snapshot.id),
+                driver.update_image, disk.evolve(chain=chain, base=snapshot.id)
             )
     await ctx.enter_stage("finish")
     await settle(ctx, snapshot.id)

@@ -12,10 +12,8 @@ from repofs.model import (
     ImageRecord,
     ImageState,
     Pending,
-    VolumeFormat,
 )
 from repofs.names import check_name
-from repofs.qemu import img
 from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
@@ -48,10 +46,8 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         repo.check_free(snapshot_id)
 
-        new_top = driver.new_volume(VolumeFormat.QCOW2)
-        await img.create_overlay(
-            driver.volume_path(new_top), disk.size, driver.volume_path(disk.top), disk.top.format
-        )
+        chain = await repo.new_overlay(disk)
+        new_top = chain[0]
         snapshot = ImageRecord(
             snapshot_id,
             ImageKind.SNAPSHOT,
@@ -65,7 +61,6 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         )
         snapshot = await repo.commit_new_image(snapshot, new_top)
         crash_point("snapshot:switch")
-        chain = (new_top, *disk.chain)
         max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
         state = ImageState.DEGRADED if len(chain) > max_chain else disk.state
         await trio.to_thread.run_sync(

@@ -7,10 +7,9 @@ import trio
 
 from repofs import errors
 from repofs.fixes.check import optimize_fix
-from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy, VolumeFormat
+from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
 from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
-from repofs.qemu import img
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
@@ -75,12 +74,7 @@ async def create_virtual_disk_from_snapshot(
         if base.state is ImageState.BROKEN:
             raise errors.invalid(f"snapshot {base_id} is broken: {base.last_error}")
         options = await trio.to_thread.run_sync(driver.read_options)
-        overlay = driver.new_volume(VolumeFormat.QCOW2)
-        await img.create_overlay(
-            driver.volume_path(overlay), base.size,
-            base_repo.driver.volume_path(base.top), base.top.format,
-        )  # fmt: skip
-        chain = (overlay, *(v.seen_from(base_repo.name, repo.name) for v in base.chain))
+        chain = await repo.new_overlay(base, base_repo)
         elsewhere = any(v.repo is not None for v in chain)
         degraded = elsewhere or options.strategy is Strategy.PERFORMANCE
         state = ImageState.DEGRADED if degraded else ImageState.OPTIMIZED
