@@ -99,26 +99,49 @@ def check(mnt: Path, images: int) -> dict:
     return {"images": images, "check_s": round(min(timings), 3)}
 
 
+def _equal_bytes_from(a: Path, b: Path, offset: int, piece: int = 4 << 20) -> int:
+    """How many bytes of the pieces from `offset` on are equal in files a and b."""
+    equal = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        fa.seek(offset)
+        fb.seek(offset)
+        while data := fa.read(piece):
+            equal += len(data) if fb.read(piece) == data else 0
+    return equal
+
+
 def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
-    """kill -9 during an optimize of a `size` MiB image, remount, let it finish:
-    how much of the copy was done twice, as a share of the image's data. The work
-    redone is what was copied between the last checkpoint (the task record's
-    mtime) and the kill, at the task's rate."""
+    """kill -9 during an optimize of a `size` MiB image (a qcow2 chain), remount,
+    let it finish: how much of the copy was done twice, as a share of the
+    image's data. The work redone is what the target volume held at the kill
+    beyond the last checkpoint: the 4 MiB pieces there already equal to the
+    source's (random data, so none by chance)."""
     repo = mnt / "default"
     run(f"truncate -s {size}M {repo}/disks/src")
-    run(f"dd if=/dev/urandom of={repo}/disks/src bs=1M count={size} conv=notrunc status=none")
+    # The data in a qcow2 layer: the copy reads through the storage daemon, slow
+    # enough (seconds) to be killed at a random moment.
+    run(f"ln {repo}/disks/src {repo}/snapshots/src-0")
+    source = data / "resume-source.raw"
+    run(f"dd if=/dev/urandom of={source} bs=1M count={size} status=none")
+    run(f"dd if={source} of={repo}/disks/src bs=1M conv=notrunc status=none")
     run(f"ln {repo}/disks/src {repo}/snapshots/src-1")
     run(f"setfattr -n user.repofs.strategy -v performance {repo}")
     results = []
     for i in range(kills):
         run(f"ln {repo}/snapshots/src-1 {repo}/disks/copy{i}")
-        time.sleep(random.uniform(0.3, 1.2))
+        # A random moment: past a random percent, then anywhere between reports.
+        percent = random.randint(5, 50)
+        task_view = repo / f"tasks/optimize-copy{i}"
+        deadline = time.monotonic() + 120
+        while json.loads(task_view.read_text())["percent_complete"] < percent:
+            assert time.monotonic() < deadline, f"the optimize never reached {percent}%"
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.5))
         os.kill(int(os.getxattr(mnt, "user.repofs.pid")), signal.SIGKILL)
-        killed = time.time()
+        task = json.loads((data / f"default/tasks/optimize-copy{i}.json").read_text())
+        target = data / "default/volumes" / task["checkpoint"]["target"]
+        redone = _equal_bytes_from(source, target, task["checkpoint"]["copied"])
         time.sleep(0.5)
-        task_file = data / f"default/tasks/optimize-copy{i}.json"
-        task = json.loads(task_file.read_text())
-        redone = int(task["rate"] * max(0.0, killed - task_file.stat().st_mtime))
         run(f"{REPOFS} mount {mnt} --data-dir {data}")
         run(f"timeout 120 grep -m1 '\"id\":\"copy{i}\".*\"state\":\"optimized\"' "
             f"{repo}/events")  # fmt: skip

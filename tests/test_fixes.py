@@ -221,7 +221,7 @@ def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path):
     repo = m.default
     try:
         m.start()
-        make_gold(repo)
+        make_gold(repo, layered=True)
         overlay_under_performance(repo)
         # A random moment of the copy, whatever this machine's speed.
         moment = random.randint(1, 70)

@@ -4,9 +4,8 @@ guest-visible data they (and optimize) are made of.
 Only extents that hold data are copied (`qemu-img map`): unallocated and zero
 ranges stay holes of the target. The checkpoint is the offset below which the
 target holds the source's bytes; it is saved with each progress report (about
-once a second or per 1%, at most four a second), only after the target was
-fsynced, so a crash redoes at most that much work and the persisted percent
-never goes back.
+once a second), only after the target was fsynced, so a crash redoes at most
+about a second of work and the persisted percent never goes back.
 """
 
 import bisect
@@ -98,11 +97,11 @@ async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: 
     async with trio.open_nursery() as nursery:
         for offset, length, zero in _chunks(extents, copied, size):
             await slots.acquire()
-            below = min(in_flight, default=offset)
-            done, total = bytes_below(below), bytes_below(size)
-            if ctx.progress_due(done, total):
+            if ctx.progress_due():
+                below = min(in_flight, default=offset)
                 await out.fsync()  # the checkpoint promises this data
-                await ctx.report(step, done, total, checkpoint={"copied": below})
+                await ctx.report(step, bytes_below(below), bytes_below(size),
+                                 checkpoint={"copied": below})  # fmt: skip
             in_flight.add(offset)
             nursery.start_soon(mover, offset, length, zero)
 

@@ -17,7 +17,8 @@ Also: ls default/fixes (what a check finds), mv default/fixes/F default/tasks/ (
 cat default/tasks/T (its progress), cat default/events (every change, as it happens),
 getfattr -d default/disks/vm1, setfattr -n user.owner -v alice default/disks/vm1,
 mkdir NAME (a new repository), echo "NAME localfs-1.0 path=/dir" > connect,
-rmdir NAME (disconnect), cat default/repository.
+rmdir NAME (disconnect), cat default/repository. Across repositories, ln copies:
+ln default/snapshots/s1 NAME/snapshots/s1, ln default/disks/vm1 NAME/disks/vm1 (clone).
 Point QEMU or libvirt at an image path with format=raw.
 """
 
