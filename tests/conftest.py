@@ -7,6 +7,7 @@ fails if the mount logged an unexpected error or traceback (s3ql's approach).
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -164,6 +165,25 @@ def assert_consistent(root: Path, garbage_expected: bool = False) -> None:
 
 
 TASKS_TIMEOUT_S = 120
+
+
+def kill_at_a_random_moment(m: Mount, task: Path) -> dict:
+    """kill -9 of the mount at a random moment of a running task, after its first
+    progress report (so past a checkpoint) and before its end, judged by its rate;
+    returns the task record as stored at the kill, which must show it under way."""
+
+    def progress() -> dict | None:
+        view = json.loads(task.read_text())
+        return view if view["percent_complete"] > 0 and view["rate"] > 0 else None
+
+    view = wait_for(progress, 60, f"progress of {task.name}")
+    remaining_s = (view["bytes_total"] - view["bytes_done"]) / view["rate"]
+    time.sleep(random.uniform(0, 0.6 * remaining_s))
+    m.kill()
+    stored = json.loads((m.data / task.parent.parent.name / "tasks" / f"{task.name}.json")
+                        .read_text())  # fmt: skip
+    assert stored["state"] == "running" and stored["percent_complete"] < 100, stored
+    return stored
 
 
 def crash_then_remount(m: Mount) -> None:

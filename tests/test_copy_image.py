@@ -6,7 +6,6 @@ r2/disks/V`) and `mv` across repositories."""
 import errno
 import json
 import os
-import random
 
 import pytest
 from conftest import (
@@ -16,6 +15,7 @@ from conftest import (
     check_through_the_mount,
     crash_then_remount,
     errno_of,
+    kill_at_a_random_moment,
     sh,
     status,
     wait_for,
@@ -102,7 +102,7 @@ def test_refusals(mount):
 
 
 def test_stop_leaves_it_broken_and_rm_then_removes_the_half_copy(mount):
-    r1, r2 = copy_of_gold(mount, "1G", 512, progress=10)
+    r1, r2 = copy_of_gold(mount, "2G", 1536, progress=10)
     os.unlink(r2 / "tasks/mend-gold")
     s = status(r2, "gold")
     assert (s["state"], s["last_error"]) == ("broken", "stopped by the user")
@@ -118,11 +118,8 @@ def test_kill_9_during_a_copy_resumes_and_ends_identical(tmp_path):
     m = Mount(tmp_path)
     try:
         m.start()
-        # A random moment of the copy, by its progress, past its first checkpoint.
-        r1, r2 = copy_of_gold(m, "1G", 960, progress=random.randint(30, 70))
-        m.kill()
-        task = json.loads((m.data / "r2/tasks/mend-gold.json").read_text())
-        assert task["state"] == "running" and task["percent_complete"] < 100
+        r1, r2 = copy_of_gold(m, "1G", 960, progress=0)
+        kill_at_a_random_moment(m, r2 / "tasks/mend-gold")
         m.start()
         wait_copied(r2, "gold")
         m.expect_log(r"mend-gold resumes its copy into \S+ at [1-9]")  # not from 0

@@ -17,6 +17,7 @@ from conftest import (
     check_through_the_mount,
     crash_then_remount,
     errno_of,
+    kill_at_a_random_moment,
     sh,
     status,
     wait_for,
@@ -97,7 +98,7 @@ def assert_standalone_copy_of_gold(repo, image_id: str) -> None:
 
 
 def test_performance_overlay_is_optimized_at_once_with_events_in_order(repo, mount):
-    make_gold(repo, layered=True)
+    make_gold(repo, "2G", 1536, layered=True)  # seconds of copy: progress events
     events = subprocess.Popen(["cat", str(repo / "events")], stdout=subprocess.PIPE)
     try:
         overlay_under_performance(repo)
@@ -175,9 +176,9 @@ def test_clean_waits_for_what_builds_on_a_snapshot(repo, mount):
 
 
 def optimize_under_way(repo, percent: int):
-    """disks/vm2 made from a 1 GiB gold under strategy performance, so optimized at
+    """disks/vm2 made from a 2 GiB gold under strategy performance, so optimized at
     once; returns its task file when the optimize passed `percent`."""
-    make_gold(repo, layered=True)
+    make_gold(repo, "2G", 1024, layered=True)
     overlay_under_performance(repo)
     task = repo / "tasks/optimize-vm2"
     wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= percent, 60, "progress")
@@ -221,14 +222,9 @@ def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path):
     repo = m.default
     try:
         m.start()
-        make_gold(repo, layered=True)
+        make_gold(repo, "2G", 1024, layered=True)
         overlay_under_performance(repo)
-        # A random moment of the copy, whatever this machine's speed.
-        moment = random.randint(1, 70)
-        task = repo / "tasks/optimize-vm2"
-        wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= moment, 60, "it")
-        m.kill()
-        persisted = stored_task(m, "optimize-vm2")
+        persisted = kill_at_a_random_moment(m, repo / "tasks/optimize-vm2")
         m.start()
         first = wait_for(lambda: _progress(repo), 30, "progress after the remount")
         assert first >= persisted["percent_complete"]
