@@ -3,7 +3,7 @@ MOUNT := mnt
 DATA := data
 REPOFS := .venv/bin/repofs
 
-.PHONY: run stop test deps lint
+.PHONY: run stop test bench deps lint
 
 deps:
 	@scripts/install-deps
@@ -18,6 +18,10 @@ stop:
 test: deps
 	.venv/bin/ruff check repofs tests scripts
 	.venv/bin/python -m pytest -q
+
+# Every measurement against its peer, full sizes (minutes): bench/results.json.
+bench: deps
+	.venv/bin/python scripts/bench.py
 
 lint: deps
 	.venv/bin/ruff check repofs tests scripts

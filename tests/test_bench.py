@@ -1,0 +1,27 @@
+"""scripts/bench.py in its quick mode, so that it cannot rot: every section runs
+end to end on small sizes and writes its results (no speed is asserted here:
+targets live in docs/performance.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_benchmark_runs_every_section(tmp_path):
+    results = tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, ROOT / "scripts/bench.py", "--quick", "--results", results],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    report = json.loads(results.read_text())
+    assert report["quick"] is True
+    jobs = {(r["image"], r["job"]) for r in report["data_path"]}
+    assert len(jobs) == 10 and all(r["repofs_mib_s"] > 0 for r in report["data_path"])
+    assert report["copy"]["full_copy_s"] and report["copy"]["incremental_copy_s"] > 0
+    operations = {(r["operation"], r["image"]) for r in report["latency"]}
+    assert len(operations) == 8 and all(r["p50_ms"] > 0 for r in report["latency"])
+    assert report["scale"][0]["images"] == 100 and report["scale"][0]["rss_mib"] > 0
+    assert len(report["resume"]) == 1
