@@ -64,7 +64,9 @@ async def clone_disk(registry: Registry, source_repo: ConnectedRepository, disk_
     whose queued optimize flattens it into a raw volume of r2's own.
 
     Durable steps: those of createSnapshot, then those of createVirtualDisk. A
-    crash between leaves the snapshot in r1 only: repeat the ln."""
+    crash between leaves the snapshot in r1 only, and a repeated ln is EEXIST on
+    it (it may predate writes to D): `ln` it into r2/disks/D2 to finish, or
+    remove it and clone again."""
     check_name(clone_id)
     target_repo.check_free(clone_id)
     snapshot_id = f"{disk_id}.to-{target_repo.name}.{clone_id}"
