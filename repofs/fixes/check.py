@@ -131,8 +131,7 @@ def check_repository(driver: LocalRepository) -> list[Fix]:
 
 def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) -> list[Fix]:
     fixes = []
-    live_ids = {r.id for r in inventory.live}
-    trashed_ids = {r.id for r in inventory.trashed}
+    known_bases = {r.id for r in inventory.live + inventory.trashed} | {None}
     # An unfinished snapshot shares its top with its disk until mend finishes it.
     tops = Counter(r.top.file_name for r in inventory.live if r.pending is not Pending.SNAPSHOT)
     present = set(inventory.volumes)
@@ -145,7 +144,7 @@ def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) 
             problems.append(f"volumes missing from storage: {', '.join(missing)}")
         if len(set(record.chain)) != len(record.chain):
             problems.append("its volume chain loops")
-        if record.base not in live_ids | trashed_ids | {None} and not record.base_repository:
+        if record.base not in known_bases and not record.base_repository:
             problems.append(f"its base {record.base} is unknown")
         if tops[record.top.file_name] > 1 and record.pending is not Pending.SNAPSHOT:
             others = [
