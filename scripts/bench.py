@@ -330,9 +330,9 @@ def main() -> None:
 
 
 SECTIONS = ("data_path", "copy", "latency", "resume", "scale")  # scale last: the longest
-# 100,000 images wait for the scale work: `ls -l` and the check of 10,000 take
-# 6-7 s, and the list of live records that `ls -l` rereads each second grows
-# with them (docs/performance.md).
+# 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
+# the list of live records that it rereads each second grows with them
+# (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
         "scale_images": [10_000], "resume_mib": 1024, "kills": 5}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
