@@ -113,6 +113,12 @@ class ImageRecord:
         return self.chain[1].repo if len(self.chain) > 1 else None
 
     @property
+    def usable_state(self) -> ImageState:
+        """The state of this image once it is usable: degraded while its base is a
+        snapshot of another repository, else optimized."""
+        return ImageState.DEGRADED if self.base_repository else ImageState.OPTIMIZED
+
+    @property
     def is_raw(self) -> bool:
         """A single raw volume: the data path reads and writes it directly."""
         return len(self.chain) == 1 and self.top.format is VolumeFormat.RAW

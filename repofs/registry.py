@@ -100,9 +100,7 @@ class ConnectedRepository:
         other connected repositories. Blocking."""
         here = [r.id for r in self.live_records() if r.base == image_id]
         return here + [
-            f"{other.name}/{r.id}"
-            for other in self.peers.values() if other is not self
-            for r in other.live_records()
+            f"{other}/{r.id}" for other, r in self._records_elsewhere()
             if r.base == image_id and r.base_repository == self.name
         ]  # fmt: skip
 
@@ -110,11 +108,16 @@ class ConnectedRepository:
         """`REPO/ID` of the live images of other connected repositories that read
         through volumes of this one. Blocking."""
         return [
-            f"{other.name}/{r.id}"
-            for other in self.peers.values() if other is not self
-            for r in other.live_records()
+            f"{other}/{r.id}" for other, r in self._records_elsewhere()
             if any(v.repo == self.name for v in r.chain)
         ]  # fmt: skip
+
+    def _records_elsewhere(self):
+        """(repository name, live record) of every other connected repository."""
+        for other in list(self.peers.values()):
+            if other is not self:
+                for record in other.live_records():
+                    yield other.name, record
 
     async def new_overlay(
         self, base: ImageRecord, holder: "ConnectedRepository | None" = None

@@ -33,6 +33,14 @@ class RawVolumeFile:
         finally:
             RawVolumeFile._in_flight -= 1
 
+    async def _in_thread(self, fn, *args):
+        """Always in a worker thread, for calls too long to run inline: the trio
+        loop serves every other request of the mount meanwhile."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
+
     async def read(self, offset: int, length: int) -> bytes:
         data = await self._submit(os.pread, self._fd, length, offset)
         # The image record holds the size; a volume that a crash left shorter than
@@ -58,20 +66,12 @@ class RawVolumeFile:
                     return  # end of the source
                 done += moved
 
-        # Always in a worker thread: it runs for milliseconds, and copies run
-        # several at once.
-        try:
-            await trio.to_thread.run_sync(copy)
-        except OSError as exc:
-            raise errors.from_os_error(exc, f"copying from volume {self.path.name}") from None
+        # Milliseconds each, and copies run several at once.
+        await self._in_thread(copy)
 
     async def fsync(self) -> None:
-        # Never inline: with a copy's data dirty it takes up to seconds, and the
-        # trio loop serves every other request of the mount meanwhile.
-        try:
-            await trio.to_thread.run_sync(os.fsync, self._fd)
-        except OSError as exc:
-            raise errors.from_os_error(exc, f"fsync of volume {self.path.name}") from None
+        # With a copy's data dirty it takes up to seconds.
+        await self._in_thread(os.fsync, self._fd)
 
     async def truncate(self, size: int) -> None:
         await self._submit(os.ftruncate, self._fd, size)

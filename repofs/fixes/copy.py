@@ -11,6 +11,7 @@ about a second of work and the persisted percent never goes back.
 import bisect
 import itertools
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -47,10 +48,11 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
             e for e in await img.map_extents(source, source_format)
             if e.depth < above_depth and (e.data or e.zero)
         ]  # fmt: skip
-    extents = [e for e in wanted if e.offset < size]
-    total = sum(min(e.length, size - e.offset) for e in extents)
+    # Within the image's size (a volume may be longer than the size it serves).
+    extents = [replace(e, length=min(e.length, size - e.offset)) for e in wanted if e.offset < size]
+    total = sum(e.length for e in extents)
     copied = ctx.checkpoint.get("copied", 0)
-    bytes_below = _bytes_below(extents, size)
+    bytes_below = _bytes_below(extents)
     done = bytes_below(copied)
     chain = await open_chain(ctx.daemon, source, source_format, writable=False)
     out = await open_chain(ctx.daemon, target, target_format, writable=True)
@@ -70,7 +72,7 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
                  ctx.task.id, target.name, done * 100 // total, done, total)  # fmt: skip
     try:
         await ctx.report(step, done, total, force=True)
-        await _move_chunks(ctx, step, move, out, extents, copied, size, bytes_below)
+        await _move_chunks(ctx, step, move, out, extents, copied, bytes_below, total)
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     finally:
@@ -80,7 +82,7 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
 
 
 async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: int,
-                       size: int, bytes_below) -> None:  # fmt: skip
+                       bytes_below, total: int) -> None:  # fmt: skip
     """Moves the chunks in order, PARALLEL of them in flight (a cold disk and the
     storage daemon both serve several requests at once faster than one by one).
     The checkpoint is the lowest offset still in flight: everything below it is
@@ -95,40 +97,38 @@ async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: 
         slots.release()
 
     async with trio.open_nursery() as nursery:
-        for offset, length, zero in _chunks(extents, copied, size):
+        for offset, length, zero in _chunks(extents, copied):
             await slots.acquire()
             if ctx.progress_due():
                 below = min(in_flight, default=offset)
                 await out.fsync()  # the checkpoint promises this data
-                await ctx.report(step, bytes_below(below), bytes_below(size),
-                                 checkpoint={"copied": below})  # fmt: skip
+                await ctx.report(step, bytes_below(below), total, checkpoint={"copied": below})
             in_flight.add(offset)
             nursery.start_soon(mover, offset, length, zero)
 
 
-def _bytes_below(extents, size: int):
+def _bytes_below(extents):
     """A function of an offset: how many bytes of the (sorted) extents lie below
-    it and the image's `size`. O(log extents) a call."""
+    it. O(log extents) a call."""
     starts = [e.offset for e in extents]
-    before = list(itertools.accumulate((min(e.length, size - e.offset) for e in extents),
-                                       initial=0))  # fmt: skip
+    before = list(itertools.accumulate((e.length for e in extents), initial=0))
 
     def below(offset: int) -> int:
         i = bisect.bisect_left(starts, offset)  # extents [0, i) start below offset
         if i == 0:
             return 0
         last = extents[i - 1]
-        return before[i - 1] + max(0, min(last.length, offset - last.offset, size - last.offset))
+        return before[i - 1] + min(last.length, offset - last.offset)
 
     return below
 
 
-def _chunks(extents, copied: int, size: int):
+def _chunks(extents, copied: int):
     """(offset, length, zero) of the extents' bytes from offset `copied` on, in
     pieces of at most CHUNK."""
     for extent in extents:
         offset = max(extent.offset, copied)
-        end = min(extent.offset + extent.length, size)
+        end = extent.offset + extent.length
         while offset < end:
             length = min(CHUNK, end - offset)
             yield offset, length, extent.zero
@@ -199,8 +199,8 @@ async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
     ctx.crash_point("finish")
 
     def usable(record: ImageRecord) -> ImageRecord:
-        state = ImageState.DEGRADED if record.base_repository else ImageState.OPTIMIZED
-        return record.evolve(state=state, last_error=None, stage=None, pending=None)
+        return record.evolve(state=record.usable_state, last_error=None, stage=None,
+                             pending=None)  # fmt: skip
 
     return await trio.to_thread.run_sync(ctx.driver.change_image, image_id, usable)
 

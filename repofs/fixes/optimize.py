@@ -136,7 +136,7 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
         await img.rebase_unsafe(driver.volume_path(image.top), driver.volume_path(local.top),
                                 local.top.format)  # fmt: skip
         ctx.crash_point("record")
-        state = ImageState.DEGRADED if local.base_repository else ImageState.OPTIMIZED
         await ctx.update_image(lambda r: r.evolve(
-            chain=(r.top, *local.chain), state=state, stage=None, percent_complete=100,
+            chain=(r.top, *local.chain), state=local.usable_state, stage=None,
+            percent_complete=100,
         ))  # fmt: skip

@@ -67,11 +67,9 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             driver.update_image, disk.evolve(chain=chain, base=snapshot_id, state=state)
         )
         crash_point("snapshot:finish")
-        # Degraded while its base is a snapshot of another repository (an optimize
-        # copies that one here).
-        usable = ImageState.DEGRADED if snapshot.base_repository else ImageState.OPTIMIZED
         snapshot = await trio.to_thread.run_sync(
-            driver.update_image, snapshot.evolve(state=usable, last_error=None, pending=None)
+            driver.update_image,
+            snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
         )
     log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
     return snapshot
