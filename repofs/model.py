@@ -113,6 +113,11 @@ class ImageRecord:
         return self.chain[1].repo if len(self.chain) > 1 else None
 
     @property
+    def is_usable_snapshot(self) -> bool:
+        """A snapshot whose data can be read, as a copy's source or base."""
+        return self.kind is ImageKind.SNAPSHOT and self.state is not ImageState.BROKEN
+
+    @property
     def usable_state(self) -> ImageState:
         """The state of this image once it is usable: degraded while its base is a
         snapshot of another repository, else optimized."""

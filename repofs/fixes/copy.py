@@ -222,7 +222,7 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
         for holder in holders:
             if holder.driver.has_image(base):
                 held = holder.driver.read_image(base)
-                if held.kind is ImageKind.SNAPSHOT and held.state is not ImageState.BROKEN:
+                if held.is_usable_snapshot:
                     return holder, held
         trashed = not source_driver.has_image(base)
         if trashed and not source_driver.has_image(base, trashed=True):
@@ -258,7 +258,7 @@ def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
         if repo is None or repo is target or not repo.driver.has_image(image_id):
             continue
         record = repo.driver.read_image(image_id)
-        if record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN:
+        if record.is_usable_snapshot:
             return repo, record
     where = f"{hinted} (user.repofs.image_hints)" if hinted else "any connected repository"
     raise errors.not_found(f"no usable snapshot {image_id} in {where}")

@@ -125,7 +125,7 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
     local = await trio.to_thread.run_sync(driver.read_image, base_id)
     if local.pending is Pending.COPY:
         local = await copy_snapshot_in(ctx, base_id)
-    if local.kind is not ImageKind.SNAPSHOT or local.state is ImageState.BROKEN:
+    if not local.is_usable_snapshot:
         raise errors.conflict(f"{base_id} here is no usable snapshot to base {image.id} on: "
                               f"{local.state} {local.kind}, {local.last_error}")  # fmt: skip
     ctx.crash_point("rebase")
