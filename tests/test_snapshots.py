@@ -142,12 +142,31 @@ def test_qcow2_disk_grows_and_takes_writes_past_its_end(repo):
     assert os.stat(repo / "snapshots/s1").st_size == MiB
 
 
-def test_snapshot_of_an_open_disk_is_ebusy(repo, mount):
+def test_live_snapshots_of_an_open_disk(repo, mount):
+    """The open disk stays open across two snapshots: the first switches a raw
+    volume served directly to a chain, the second adds a layer to the chain."""
     sh(f"truncate -s 1M {repo}/disks/vm1")
-    with open(repo / "disks/vm1", "r+b"):
-        assert errno_of(os.link, repo / "disks/vm1", repo / "snapshots/s1") == errno.EBUSY
-    mount.expect_log("cannot snapshot vm1 in default: it is open")
-    assert not (repo / "snapshots/s1").exists()
+    fd = os.open(repo / "disks/vm1", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"A" * 4096, 0)
+        os.link(repo / "disks/vm1", repo / "snapshots/s1")
+        os.pwrite(fd, b"B" * 4096, 0)
+        os.pwrite(fd, b"grown", 2 * MiB)  # past the end: the qcow2 top grows
+        os.link(repo / "disks/vm1", repo / "snapshots/s2")
+        os.pwrite(fd, b"C" * 4096, 0)
+        assert os.pread(fd, 4096, 0) == b"C" * 4096
+        # The snapshots read while the disk is still open and written.
+        assert read_at(repo / "snapshots/s1", 0, 4096) == b"A" * 4096
+        assert read_at(repo / "snapshots/s2", 0, 4096) == b"B" * 4096
+        assert os.stat(repo / "snapshots/s1").st_size == MiB
+        assert os.stat(repo / "snapshots/s2").st_size == 2 * MiB + 5
+        assert status(repo, "vm1")["base"] == "s2"
+    finally:
+        os.close(fd)
+    assert read_at(repo / "disks/vm1", 0, 4096) == b"C" * 4096
+    assert read_at(repo / "disks/vm1", 2 * MiB, 5) == b"grown"
+    assert [status(repo, i)["state"] for i in ("vm1", "s1", "s2")] == ["optimized"] * 3
+    mount.expect_log("created snapshot default/s2 of vm1")
 
 
 @pytest.mark.parametrize(

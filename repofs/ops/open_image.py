@@ -3,48 +3,125 @@
 A single raw volume is read and written directly (drivers/volume_io.py); a chain
 with a qcow2 top goes through the storage daemon (qemu/chain_io.py). All handles
 of one image share one OpenImage, which also holds the image's current size.
+
+Every request passes a gate, so that a live snapshot can pause the image: the
+requests in flight finish, new ones wait, and the snapshot switches the top
+volume under nobody's feet (ops/create_snapshot.py).
 """
 
 import errno
 import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
 from repofs import errors
 from repofs.model import ImageKind, ImageRecord, Pending
-from repofs.qemu.chain_io import open_chain
+from repofs.qemu.chain_io import add_overlay, open_chain
+from repofs.qemu.storage_daemon import StorageDaemon
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
 
 class OpenImage:
-    def __init__(self, repo: ConnectedRepository, record: ImageRecord, io, writable: bool):
+    def __init__(
+        self,
+        repo: ConnectedRepository,
+        record: ImageRecord,
+        io,
+        writable: bool,
+        daemon: StorageDaemon,
+    ):
         self.repo = repo
         self.record = record
         self.io = io
         self.writable = writable
         self.size = record.size
-        self.handles = 0
+        self.handles = 1  # its opener's
         self.closed = trio.Event()
+        self._daemon = daemon
         self._resizing = trio.Lock()
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._paused: trio.Event | None = None  # set when the pause ends
+        self._failure: errors.RepofsError | None = None
+
+    # The gate, as a pair of calls rather than a context manager: it runs for
+    # every request, and an async context manager costs microseconds there.
+
+    async def _enter(self) -> None:
+        while self._paused is not None:
+            await self._paused.wait()
+        if self._failure is not None:
+            raise self._failure
+        if not self._in_flight:
+            self._idle = trio.Event()
+        self._in_flight += 1
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
+
+    @asynccontextmanager
+    async def paused(self):
+        """No request runs inside: those in flight finish first, new ones wait
+        until the block ends. Pauses do not nest (callers hold repo.changing)."""
+        resumed = self._paused = trio.Event()
+        try:
+            await self._idle.wait()
+            yield
+        finally:
+            self._paused = None
+            resumed.set()
 
     async def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
-        return await self.io.read(offset, length) if length else b""
+        if not length:
+            return b""
+        await self._enter()
+        try:
+            return await self.io.read(offset, length)
+        finally:
+            self._leave()
 
     async def write(self, offset: int, data: bytes) -> int:
         """Writes past the end grow the disk. A raw volume grows by itself, and the
         new size is persisted lazily (at flush, fsync and close) like a file's; a
         qcow2 top is resized by QEMU first, and the record follows at once."""
-        end = offset + len(data)
-        if end > self.size and not self.record.is_raw:
-            await self.grow(end)
-        written = await self.io.write(offset, data)
-        self.size = max(self.size, offset + written)
-        return written
+        await self._enter()
+        try:
+            end = offset + len(data)
+            if end > self.size and not self.record.is_raw:
+                await self._grow(end)
+            written = await self.io.write(offset, data)
+            self.size = max(self.size, offset + written)
+            return written
+        finally:
+            self._leave()
 
     async def grow(self, size: int) -> None:
+        await self._enter()
+        try:
+            await self._grow(size)
+        finally:
+            self._leave()
+
+    async def add_overlay(self, overlay: Path) -> None:
+        """Inside a pause: the qcow2 volume `overlay`, made over the current top,
+        becomes the top that requests read and write (the caller then updates the
+        record)."""
+        self.io = await add_overlay(self._daemon, self.io, overlay)
+
+    def fail(self, reason: str) -> None:
+        """Every request fails with EIO from now on, until the image is closed."""
+        log.error("%s/%s fails all I/O: %s", self.repo.name, self.record.id, reason)
+        self._failure = errors.io_error(f"{self.record.id}: {reason}")
+
+    async def _grow(self, size: int) -> None:
         async with self._resizing:
             if size <= self.size:
                 return
@@ -72,9 +149,21 @@ class OpenImage:
 
     async def flush(self) -> None:
         if self.writable:
-            await self.persist_size()
+            await self._enter()
+            try:
+                await self.persist_size()
+            finally:
+                self._leave()
 
     async def fsync(self) -> None:
+        await self._enter()
+        try:
+            await self.sync()
+        finally:
+            self._leave()
+
+    async def sync(self) -> None:
+        """The data written so far, and the size, made durable."""
         await self.io.fsync()
         await self.persist_size()
 
@@ -87,10 +176,10 @@ async def open_image(
     A first open holds the repository's `changing` lock, so that it cannot open
     the top volume that a snapshot, removal or rename of the image is changing.
     """
-    image = repo.open_images.get(image_id)
+    image = await hold_open_image(repo, image_id)
     if image is None:
         async with repo.changing:
-            image = repo.open_images.get(image_id)
+            image = await hold_open_image(repo, image_id)
             if image is None:
                 record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
                 _check_writable(record.kind, image_id, write)
@@ -98,10 +187,25 @@ async def open_image(
                     raise errors.RepofsError(
                         errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
                     )
-                image = await _first_open(registry, repo, record)
-    _check_writable(image.record.kind, image_id, write)
-    image.handles += 1
+                return await _first_open(registry, repo, record)
+    try:
+        _check_writable(image.record.kind, image_id, write)
+    except errors.RepofsError:
+        await release_image(image)
+        raise
     return image
+
+
+async def hold_open_image(repo: ConnectedRepository, image_id: str) -> OpenImage | None:
+    """The image's OpenImage with one more handle (give it back with release_image)
+    if the image is open; None if it is closed. An image whose last handle is being
+    released is waited for, not revived: its close is under way."""
+    while (image := repo.open_images.get(image_id)) is not None:
+        if image.handles:
+            image.handles += 1
+            return image
+        await image.closed.wait()
+    return None
 
 
 def _check_writable(kind: ImageKind, image_id: str, write: bool) -> None:
@@ -119,7 +223,8 @@ async def _first_open(
         # Growth written but never persisted before a crash is dropped, so that a
         # later grow reads zeros there, not stale bytes.
         await io.truncate(record.size)
-    image = repo.open_images[record.id] = OpenImage(repo, record, io, writable)
+    image = OpenImage(repo, record, io, writable, registry.daemon)
+    repo.open_images[record.id] = image
     return image
 
 
@@ -132,5 +237,7 @@ async def release_image(image: OpenImage) -> None:
             await image.persist_size()
     finally:
         del image.repo.open_images[image.record.id]
-        await image.io.close()
-        image.closed.set()
+        try:
+            await image.io.close()
+        finally:
+            image.closed.set()

@@ -55,6 +55,10 @@ class QcowChainFile:
     async def resize(self, size: int) -> None:
         await self._daemon.resize(self._top, size)
 
+    async def add_overlay(self, overlay: Path) -> None:
+        await self._daemon.add_overlay(self._top, overlay)
+        self._top = overlay
+
     async def close(self) -> None:
         await self._conn.close()
         await self._daemon.close_node(self._top)
@@ -67,3 +71,17 @@ async def open_chain(daemon: StorageDaemon, top: Path, fmt: VolumeFormat, writab
     if fmt is VolumeFormat.RAW:
         return await trio.to_thread.run_sync(RawVolumeFile, top, writable)
     return await QcowChainFile.open(daemon, top, writable)
+
+
+async def add_overlay(daemon: StorageDaemon, io, overlay: Path):
+    """Puts the qcow2 volume `overlay`, made over the top of an open chain, above
+    it while no request is in flight; returns the file to use from then on. A
+    qcow2 top gets it in the daemon (the export then writes to the overlay); a
+    lone raw volume is served by the daemon from then on, as the overlay's
+    backing."""
+    if isinstance(io, QcowChainFile):
+        await io.add_overlay(overlay)
+        return io
+    chain = await QcowChainFile.open(daemon, overlay, writable=True)
+    await io.close()
+    return chain

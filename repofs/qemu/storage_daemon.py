@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -37,10 +37,12 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class Node:
-    name: str
-    path: Path
+    name: str  # of its NBD export, and of its first block node
+    path: Path  # the top volume
     read_only: bool
     users: int = 1
+    # The block nodes added for it, top first: live snapshots add overlays.
+    layers: list[str] = field(default_factory=list)
 
 
 def _die_with_parent() -> None:
@@ -179,7 +181,30 @@ class StorageDaemon:
                 return
             del self._nodes[top]
             await self._remove_export(node)
-            await self._qmp.execute("blockdev-del", {"node-name": node.name})
+            for layer in node.layers:
+                await self._qmp.execute("blockdev-del", {"node-name": layer})
+
+    async def add_overlay(self, top: Path, overlay: Path) -> None:
+        """Puts the qcow2 volume `overlay` (made over `top`, not yet in use) above
+        the open chain topped by `top`: the node's export reads and writes through
+        it from then on (blockdev-snapshot). The caller holds the chain's requests."""
+        await self._ready.wait()
+        async with self._node_lock:
+            node = self._nodes[top]
+            name = f"img{next(self._names)}"
+            overlay_node = _qcow2_node(name, overlay, read_only=False, alone=True)
+            await self._qmp.execute("blockdev-add", overlay_node)
+            try:
+                await self._qmp.execute(
+                    "blockdev-snapshot", {"node": node.layers[0], "overlay": name}
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._qmp.execute("blockdev-del", {"node-name": name})
+                raise
+            node.layers.insert(0, name)
+            node.path = overlay
+            self._nodes[overlay] = self._nodes.pop(top)
 
     async def _remove_export(self, node: Node) -> None:
         """Drops the export and its clients; returns once it let go of the node."""
@@ -203,16 +228,8 @@ class StorageDaemon:
     async def _add_node(self, node: Node) -> None:
         if not node.read_only:
             await img.repair_leaks(node.path)
-        await self._qmp.execute(
-            "blockdev-add",
-            {
-                "driver": str(VolumeFormat.QCOW2),
-                "node-name": node.name,
-                "read-only": node.read_only,
-                "discard": "unmap",
-                "file": {"driver": "file", "filename": str(node.path), "aio": "threads"},
-            },
-        )
+        await self._qmp.execute("blockdev-add", _qcow2_node(node.name, node.path, node.read_only))
+        node.layers = [node.name]
         await self._add_export(node)
 
     async def _add_all_nodes(self) -> None:
@@ -253,3 +270,18 @@ class StorageDaemon:
                     if exc.errno == errno.ENOENT and self._ready.is_set():
                         raise errors.io_error(f"no NBD export {node_name}: {exc}") from None
                     await trio.sleep(RESTART_DELAY_S)
+
+
+def _qcow2_node(name: str, path: Path, read_only: bool, alone: bool = False) -> dict:
+    """blockdev-add arguments of a qcow2 volume. QEMU opens its backing chain from
+    the header, unless `alone` (an overlay to put above an open chain)."""
+    args = {
+        "driver": str(VolumeFormat.QCOW2),
+        "node-name": name,
+        "read-only": read_only,
+        "discard": "unmap",
+        "file": {"driver": "file", "filename": str(path), "aio": "threads"},
+    }
+    if alone:
+        args["backing"] = None
+    return args

@@ -1,0 +1,114 @@
+"""Live snapshots under a running VM (ops/create_snapshot.py).
+
+A guest (tests/guest/seqwriter.asm, a boot sector) writes sequence numbers to
+consecutive sectors of its disk, which QEMU opens on the mount with cache=none;
+the test snapshots the disk several times while it runs. Each snapshot must be
+a prefix of the final sequence: every sector up to its last written one holds
+its number, none is torn, nothing follows; and it must not change afterwards.
+"""
+
+import hashlib
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sh, status, wait_for
+
+pytestmark = pytest.mark.mount
+
+GUEST = Path(__file__).parent / "guest" / "seqwriter.asm"
+SECTOR = 512
+DISK_SIZE = 64 << 20  # more than the guest writes while the test runs
+SNAPSHOTS = 4
+BOOT_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 20
+
+
+def written_prefix(data: bytes) -> int:
+    """How many sectors after the boot sector hold their sequence numbers; fails
+    if anything else follows them (a torn or missing sector)."""
+    count = 0
+    for lba in range(1, len(data) // SECTOR):
+        sector = data[lba * SECTOR : (lba + 1) * SECTOR]
+        if sector != struct.pack("<I", lba) * (SECTOR // 4):
+            break
+        count += 1
+    rest = data[(count + 1) * SECTOR :]
+    assert rest.count(0) == len(rest), f"sector {count + 1} is torn or a sector is missing"
+    return count
+
+
+@pytest.fixture
+def guest_disk(repo, tmp_path):
+    boot = tmp_path / "seqwriter.bin"
+    sh(f"nasm -f bin {GUEST} -o {boot}")
+    disk = repo / "disks/vm1"
+    sh(f"truncate -s {DISK_SIZE} {disk}")
+    sh(f"dd if={boot} of={disk} conv=notrunc status=none")
+    return disk
+
+
+@pytest.fixture
+def vm(guest_disk, tmp_path):
+    """QEMU booting the guest disk from the mount; stopped by PID at the end."""
+    log = open(tmp_path / "qemu.log", "wb")
+    proc = subprocess.Popen(
+        [
+            shutil.which("qemu-system-x86_64"),
+            "-machine",
+            "pc,accel=kvm:tcg",
+            "-m",
+            "32",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+            "-drive",
+            f"file={guest_disk},format=raw,if=virtio,cache=none,aio=threads",
+        ],  # fmt: skip
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        log.close()
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_snapshots_under_a_running_vm_are_crash_consistent(repo, guest_disk, vm, tmp_path):
+    wait_for(lambda: written_prefix(read(guest_disk)) > 0, BOOT_TIMEOUT_S, "the guest to write")
+    taken = []
+    for i in range(SNAPSHOTS):
+        time.sleep(0.5)
+        assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+        snapshot = repo / f"snapshots/s{i}"
+        sh(f"ln {guest_disk} {snapshot}")
+        data = read(snapshot)
+        taken.append((snapshot, written_prefix(data), hashlib.sha256(data).digest()))
+    time.sleep(0.5)
+    # A guest that saw an I/O error exits by itself (status 3); SIGTERM makes
+    # QEMU exit with 0.
+    assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+    vm.send_signal(signal.SIGTERM)
+    assert vm.wait(timeout=STOP_TIMEOUT_S) == 0
+
+    final = written_prefix(read(guest_disk))
+    counts = [count for _, count, _ in taken]
+    assert 0 < counts[0] and counts == sorted(set(counts)) and counts[-1] < final, counts
+    for snapshot, _, digest in taken:
+        assert hashlib.sha256(read(snapshot)).digest() == digest, f"{snapshot.name} changed"
+        assert status(repo, snapshot.name)["state"] == "optimized"
+    assert status(repo, "vm1")["base"] == f"s{SNAPSHOTS - 1}"
