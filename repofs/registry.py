@@ -3,6 +3,7 @@ locks that order changes, and the mount's storage daemon. Shared by ops/ and the
 fix daemon."""
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +99,19 @@ class ConnectedRepository:
     def dependents(self, image_id: str) -> list[str]:
         """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in
         other connected repositories. Blocking."""
-        here = [r.id for r in self.live_records() if r.base == image_id]
-        return here + [
-            f"{other}/{r.id}" for other, r in self._records_elsewhere()
-            if r.base == image_id and r.base_repository == self.name
-        ]  # fmt: skip
+        return self.all_dependents().get(image_id, [])
+
+    def all_dependents(self) -> dict[str, list[str]]:
+        """`dependents` of every snapshot at once (one pass over the records).
+        Blocking."""
+        found = defaultdict(list)
+        for record in self.live_records():
+            if record.base is not None:
+                found[record.base].append(record.id)
+        for other, record in self._records_elsewhere():
+            if record.base is not None and record.base_repository == self.name:
+                found[record.base].append(f"{other}/{record.id}")
+        return found
 
     def dependents_elsewhere(self) -> list[str]:
         """`REPO/ID` of the live images of other connected repositories that read
@@ -170,7 +179,15 @@ class ConnectedRepository:
 
     def tasks_on(self, image_id: str) -> list[Task]:
         """The active tasks working on an image. Blocking."""
-        return [t for t in self.driver.list_tasks() if t.image == image_id and t.active]
+        return self.all_tasks_on().get(image_id, [])
+
+    def all_tasks_on(self) -> dict[str, list[Task]]:
+        """`tasks_on` of every image at once. Blocking."""
+        found = defaultdict(list)
+        for task in self.driver.list_tasks():
+            if task.active:
+                found[task.image].append(task)
+        return found
 
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):

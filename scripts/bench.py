@@ -15,7 +15,11 @@ go to bench/results.json; docs/performance.md sums them up.
 """
 
 import argparse
+import concurrent.futures
+import contextlib
+import itertools
 import json
+import mmap
 import os
 import platform
 import random
@@ -23,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,32 +67,72 @@ REPOFS = f"cd {ROOT} && {sys.executable} -m repofs"
 
 
 def data_path(repo: Path, data: Path, size: int) -> list[dict]:
-    """fio through the mount against the same file directly and buffered."""
+    """fio through the mount against its peers: for the raw disk the same file
+    read directly (O_DIRECT) and buffered; for the qcow2 chain (an overlay over
+    a raw base) qemu-storage-daemon's own FUSE export of an identical chain."""
     results = []
     peer = data / "peer.raw"
     run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
     run(f"cp {peer} {repo}/disks/gold")
     run(f"ln {repo}/disks/gold {repo}/snapshots/base")
-    run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")  # overlay over base
+    # Two overlays over base: one through the mount, one through the peer export;
+    # each job writes to both alike, so they stay identical.
+    run(f"ln {repo}/snapshots/base {repo}/disks/qcow2")
+    run(f"ln {repo}/snapshots/base {repo}/disks/qcow2-peer")
+    peer_top = Path(json.loads((repo / "status/qcow2-peer").read_text())["chain"][0])
     run(f"cp {peer} {repo}/disks/raw")
-    for image in ("raw", "qcow2"):
-        for name, job in JOBS.items():
-            through = fio(repo / "disks" / image, job, size)
-            direct = fio(peer, job, size)
-            # repofs serves O_DIRECT requests through the host page cache
-            # (drivers/volume_io.py), so the buffered file is a peer too.
-            cached = fio(peer, job, size, direct=False)
-            results.append({
-                "image": image, "job": name, "repofs_mib_s": round(through, 1),
-                "file_direct_mib_s": round(direct, 1),
-                "file_buffered_mib_s": round(cached, 1),
-                "ratio_to_direct": round(through / direct, 3),
-                "ratio_to_buffered": round(through / cached, 3),
-            })  # fmt: skip
-            print(f"{image:6} {name:18} repofs {through:7.1f}  file O_DIRECT "
-                  f"{direct:7.1f} ({through / direct:.2f}x)  file buffered "
-                  f"{cached:7.1f} ({through / cached:.2f}x) MiB/s")  # fmt: skip
+    for name, job in JOBS.items():
+        through = fio(repo / "disks/raw", job, size)
+        direct = fio(peer, job, size)
+        # repofs serves O_DIRECT requests through the host page cache
+        # (drivers/volume_io.py), so the buffered file is a peer too.
+        cached = fio(peer, job, size, direct=False)
+        results.append({
+            "image": "raw", "job": name, "repofs_mib_s": round(through, 1),
+            "file_direct_mib_s": round(direct, 1),
+            "file_buffered_mib_s": round(cached, 1),
+            "ratio_to_direct": round(through / direct, 3),
+            "ratio_to_buffered": round(through / cached, 3),
+        })  # fmt: skip
+        print(f"raw    {name:18} repofs {through:7.1f}  file O_DIRECT "
+              f"{direct:7.1f} ({through / direct:.2f}x)  file buffered "
+              f"{cached:7.1f} ({through / cached:.2f}x) MiB/s")  # fmt: skip
+    for name, job in JOBS.items():
+        through = fio(repo / "disks/qcow2", job, size)
+        with qsd_fuse_export(peer_top, data / "qsd-export") as exported:
+            qsd = fio(exported, job, size)
+        results.append({
+            "image": "qcow2", "job": name, "repofs_mib_s": round(through, 1),
+            "qsd_fuse_mib_s": round(qsd, 1), "ratio_to_qsd_fuse": round(through / qsd, 3),
+        })  # fmt: skip
+        print(f"qcow2  {name:18} repofs {through:7.1f}  qemu-storage-daemon FUSE export "
+              f"{qsd:7.1f} ({through / qsd:.2f}x) MiB/s")  # fmt: skip
     return results
+
+
+@contextlib.contextmanager
+def qsd_fuse_export(top: Path, mountpoint: Path, timeout_s: float = 20):
+    """qemu-storage-daemon exporting the qcow2 chain topped by `top` over FUSE at
+    `mountpoint` (a regular file), with the options repofs's own daemon uses."""
+    mountpoint.touch()
+    pidfile = mountpoint.with_suffix(".pid")
+    proc = subprocess.Popen([
+        "qemu-storage-daemon",
+        "--blockdev", f"driver=file,node-name=file,filename={top},aio=threads",
+        "--blockdev", "driver=qcow2,node-name=chain,file=file",
+        "--export", f"type=fuse,id=export,node-name=chain,mountpoint={mountpoint},writable=on",
+        "--pidfile", str(pidfile),
+    ])  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while f" {mountpoint} fuse" not in Path("/proc/mounts").read_text():
+            assert proc.poll() is None, "qemu-storage-daemon exited"
+            assert time.monotonic() < deadline, "the FUSE export did not come up"
+            time.sleep(0.05)
+        yield mountpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=timeout_s)
 
 
 def best_of_3(action) -> float:
@@ -107,8 +152,11 @@ def scale(mnt: Path, counts: list[int]) -> list[dict]:
     for count in counts:
         repo = mnt / f"many{count}"
         repo.mkdir()
-        for i in range(count):
-            os.close(os.open(repo / "disks" / f"d{i}", os.O_CREAT | os.O_WRONLY))
+        # Several creates in flight: repofs serves them concurrently.
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for fd in pool.map(os.open, (repo / f"disks/d{i}" for i in range(count)),
+                               itertools.repeat(os.O_CREAT | os.O_WRONLY)):  # fmt: skip
+                os.close(fd)
         assert len(os.listdir(repo / "disks")) == count
         ls_s = best_of_3(lambda r=repo: run(f"ls -l {r}/disks > /dev/null"))
         check_s = best_of_3(lambda r=repo: os.listdir(r / "fixes"))
@@ -148,7 +196,52 @@ def latency(repo: Path, rounds: int) -> list[dict]:
             print(f"{op:14} {label}: p50 {p50:5.1f} ms, p99 {p99:5.1f} ms")
             results.append({"operation": op, "image": label, "p50_ms": round(p50, 2),
                             "p99_ms": round(p99, 2), "rounds": rounds})  # fmt: skip
+    results.append(live_snapshots(repo, max(2, rounds // 5)))
     return results
+
+
+def live_snapshots(repo: Path, rounds: int) -> dict:
+    """`ln disks/D snapshots/S` while a writer keeps 64 KiB O_DIRECT writes going
+    to D (as a VM would): the ln's latency, and the longest a write waited (the
+    pause the guest sees)."""
+    disk = repo / "disks/live"
+    _create(disk, 1 << 30)
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def writer() -> None:
+        buf = mmap.mmap(-1, 64 << 10)  # page-aligned, as O_DIRECT wants
+        fd = os.open(disk, os.O_WRONLY | os.O_DIRECT)
+        try:
+            offset = 0
+            while not stop.is_set():
+                started = time.perf_counter()
+                os.pwritev(fd, [buf], offset)
+                waits.append(time.perf_counter() - started)
+                offset = (offset + len(buf)) % (1 << 30)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        links = []
+        for i in range(rounds):
+            links.append(_timed(os.link, disk, repo / f"snapshots/live-{i}"))
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    p50, p99 = percentile(links, 50) * 1000, percentile(links, 99) * 1000
+    longest = max(waits) * 1000
+    print(
+        f"live snapshot  1GiB: p50 {p50:5.1f} ms, p99 {p99:5.1f} ms; longest write "
+        f"{longest:.1f} ms of {len(waits)} (median {percentile(waits, 50) * 1000:.2f} ms)"
+    )
+    return {"operation": "live_snapshot", "image": "1GiB", "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2), "rounds": rounds,
+            "longest_write_ms": round(longest, 2), "writes": len(waits)}  # fmt: skip
 
 
 def _timed(action, *args) -> float:
@@ -334,7 +427,7 @@ SECTIONS = ("data_path", "copy", "latency", "resume", "scale")  # scale last: th
 # the list of live records that it rereads each second grows with them
 # (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
-        "scale_images": [10_000], "resume_mib": 1024, "kills": 5}  # fmt: skip
+        "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
          "scale_images": [100], "resume_mib": 256, "kills": 1}  # fmt: skip
 

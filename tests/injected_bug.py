@@ -8,10 +8,10 @@ from repofs.ops import image_status
 _real_status = image_status._status
 
 
-def _buggy_status(repo, record, trashed):
+def _buggy_status(repo, record, *rest):
     if record.id == "bug":
         raise RuntimeError("injected bug")
-    return _real_status(repo, record, trashed)
+    return _real_status(repo, record, *rest)
 
 
 image_status._status = _buggy_status

@@ -20,8 +20,10 @@ def test_the_benchmark_runs_every_section(tmp_path):
     assert report["quick"] is True
     jobs = {(r["image"], r["job"]) for r in report["data_path"]}
     assert len(jobs) == 10 and all(r["repofs_mib_s"] > 0 for r in report["data_path"])
+    assert all(r["qsd_fuse_mib_s"] > 0 for r in report["data_path"] if r["image"] == "qcow2")
     assert report["copy"]["full_copy_s"] and report["copy"]["incremental_copy_s"] > 0
     operations = {(r["operation"], r["image"]) for r in report["latency"]}
-    assert len(operations) == 8 and all(r["p50_ms"] > 0 for r in report["latency"])
+    assert len(operations) == 9 and all(r["p50_ms"] > 0 for r in report["latency"])
+    assert next(r for r in report["latency"] if r["operation"] == "live_snapshot")["writes"]
     assert report["scale"][0]["images"] == 100 and report["scale"][0]["rss_mib"] > 0
     assert len(report["resume"]) == 1

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import trio
 
-from repofs.model import ImageKind, ImageRecord, ImageState
+from repofs.model import ImageKind, ImageRecord, ImageState, Task
 from repofs.registry import ConnectedRepository
 
 
@@ -51,14 +51,31 @@ class ImageStatus:
         }
 
 
-def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> ImageStatus:
+@dataclass(frozen=True)
+class _RepositoryFacts:
+    """What statuses need from the whole repository, gathered once for many."""
+
+    dependents: dict[str, list[str]]
+    tasks: dict[str, list[Task]]
+
+    @classmethod
+    def gather(cls, repo: ConnectedRepository) -> "_RepositoryFacts":
+        return cls(repo.all_dependents(), repo.all_tasks_on())
+
+
+def _status(
+    repo: ConnectedRepository, record: ImageRecord, trashed: bool, facts: _RepositoryFacts
+) -> ImageStatus:
     driver = repo.driver
     try:
         modified_ns = os.stat(driver.volume_path(record.top)).st_mtime_ns
     except FileNotFoundError:
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
-    dependents = () if record.kind is ImageKind.VIRTUAL_DISK else repo.dependents(record.id)
+    dependents = facts.dependents.get(record.id, ())
+    if record.kind is ImageKind.VIRTUAL_DISK:
+        dependents = ()  # bases are snapshots (a trashed disk may share an ID)
+    tasks = () if trashed else facts.tasks.get(record.id, ())
     return ImageStatus(
         id=record.id,
         kind=record.kind,
@@ -74,7 +91,7 @@ def _status(repo: ConnectedRepository, record: ImageRecord, trashed: bool) -> Im
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
         dependents=tuple(dependents),
-        tasks=() if trashed else tuple(t.id for t in repo.tasks_on(record.id)),
+        tasks=tuple(t.id for t in tasks),
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,
@@ -85,6 +102,21 @@ async def get_image_status(
     repo: ConnectedRepository, image_id: str, trashed: bool = False
 ) -> ImageStatus:
     def status() -> ImageStatus:
-        return _status(repo, repo.driver.read_image(image_id, trashed), trashed)
+        record = repo.driver.read_image(image_id, trashed)
+        return _status(repo, record, trashed, _RepositoryFacts.gather(repo))
 
     return await trio.to_thread.run_sync(status)
+
+
+async def list_image_statuses(
+    repo: ConnectedRepository, trashed: bool = False
+) -> list[ImageStatus]:
+    """The statuses of all live (or all trashed) images, in one pass: what `ls -l`
+    of an area shows."""
+
+    def statuses() -> list[ImageStatus]:
+        records = repo.driver.list_images(True) if trashed else repo.live_records()
+        facts = _RepositoryFacts.gather(repo)
+        return [_status(repo, record, trashed, facts) for record in records]
+
+    return await trio.to_thread.run_sync(statuses)
