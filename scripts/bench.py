@@ -47,6 +47,11 @@ FIO_RUNTIME_S = 10
 
 def fio(path: Path, job: dict, size_mib: int, direct: bool = True) -> float:
     """Bandwidth in MiB/s of one fio job; O_DIRECT (QEMU's cache=none) by default."""
+    return fio_requests(path, job, size_mib, direct)[0]
+
+
+def fio_requests(path: Path, job: dict, size_mib: int, direct: bool = True) -> tuple[float, int]:
+    """fio's bandwidth in MiB/s and how many requests it made."""
     cmd = [
         "fio", "--name=bench", f"--filename={path}", f"--size={size_mib}M",
         f"--rw={job['rw']}", f"--bs={job['bs']}", f"--iodepth={job['iodepth']}",
@@ -56,7 +61,31 @@ def fio(path: Path, job: dict, size_mib: int, direct: bool = True) -> float:
     ]  # fmt: skip
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     result = out["jobs"][0]["read" if "read" in job["rw"] else "write"]
-    return result["bw_bytes"] / (1 << 20)
+    return result["bw_bytes"] / (1 << 20), result["total_ios"]
+
+
+def fio_through(mnt: Path, path: Path, job: dict, size_mib: int) -> tuple[float, float]:
+    """fio on an image of the mount: MiB/s, and the CPU time repofs and its storage
+    daemon spent per request, in microseconds."""
+    pid = int(os.getxattr(mnt, "user.repofs.pid"))
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return fio_with_cpu([pid, *map(int, children)], path, job, size_mib)
+
+
+def fio_with_cpu(pids: list[int], path: Path, job: dict, size_mib: int) -> tuple[float, float]:
+    """fio's MiB/s, and the CPU time of processes `pids` per request in microseconds."""
+    before = cpu_s(pids)
+    mib_s, requests = fio_requests(path, job, size_mib)
+    return mib_s, (cpu_s(pids) - before) / requests * 1e6
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run(cmd: str) -> str:
@@ -81,31 +110,36 @@ def data_path(repo: Path, data: Path, size: int) -> list[dict]:
     run(f"ln {repo}/snapshots/base {repo}/disks/qcow2-peer")
     peer_top = Path(json.loads((repo / "status/qcow2-peer").read_text())["chain"][0])
     run(f"cp {peer} {repo}/disks/raw")
+    mnt = repo.parent
     for name, job in JOBS.items():
-        through = fio(repo / "disks/raw", job, size)
+        through, cpu_us = fio_through(mnt, repo / "disks/raw", job, size)
         direct = fio(peer, job, size)
         # repofs serves O_DIRECT requests through the host page cache
         # (drivers/volume_io.py), so the buffered file is a peer too.
         cached = fio(peer, job, size, direct=False)
         results.append({
             "image": "raw", "job": name, "repofs_mib_s": round(through, 1),
+            "repofs_cpu_us_per_request": round(cpu_us, 1),
             "file_direct_mib_s": round(direct, 1),
             "file_buffered_mib_s": round(cached, 1),
             "ratio_to_direct": round(through / direct, 3),
             "ratio_to_buffered": round(through / cached, 3),
         })  # fmt: skip
-        print(f"raw    {name:18} repofs {through:7.1f}  file O_DIRECT "
+        print(f"raw    {name:18} repofs {through:7.1f} ({cpu_us:.0f} us CPU)  file O_DIRECT "
               f"{direct:7.1f} ({through / direct:.2f}x)  file buffered "
               f"{cached:7.1f} ({through / cached:.2f}x) MiB/s")  # fmt: skip
     for name, job in JOBS.items():
-        through = fio(repo / "disks/qcow2", job, size)
-        with qsd_fuse_export(peer_top, data / "qsd-export") as exported:
-            qsd = fio(exported, job, size)
+        through, cpu_us = fio_through(mnt, repo / "disks/qcow2", job, size)
+        with qsd_fuse_export(peer_top, data / "qsd-export") as (exported, qsd_pid):
+            qsd, qsd_cpu_us = fio_with_cpu([qsd_pid], exported, job, size)
         results.append({
             "image": "qcow2", "job": name, "repofs_mib_s": round(through, 1),
+            "repofs_cpu_us_per_request": round(cpu_us, 1),
             "qsd_fuse_mib_s": round(qsd, 1), "ratio_to_qsd_fuse": round(through / qsd, 3),
+            "qsd_fuse_cpu_us_per_request": round(qsd_cpu_us, 1),
         })  # fmt: skip
-        print(f"qcow2  {name:18} repofs {through:7.1f}  qemu-storage-daemon FUSE export "
+        print(f"qcow2  {name:18} repofs {through:7.1f} ({cpu_us:.0f} us CPU)  "
+              f"qemu-storage-daemon FUSE export "
               f"{qsd:7.1f} ({through / qsd:.2f}x) MiB/s")  # fmt: skip
     return results
 
@@ -113,15 +147,14 @@ def data_path(repo: Path, data: Path, size: int) -> list[dict]:
 @contextlib.contextmanager
 def qsd_fuse_export(top: Path, mountpoint: Path, timeout_s: float = 20):
     """qemu-storage-daemon exporting the qcow2 chain topped by `top` over FUSE at
-    `mountpoint` (a regular file), with the options repofs's own daemon uses."""
+    `mountpoint` (a regular file), with the options repofs's own daemon uses;
+    yields the mountpoint and the daemon's PID."""
     mountpoint.touch()
-    pidfile = mountpoint.with_suffix(".pid")
     proc = subprocess.Popen([
         "qemu-storage-daemon",
         "--blockdev", f"driver=file,node-name=file,filename={top},aio=threads",
         "--blockdev", "driver=qcow2,node-name=chain,file=file",
         "--export", f"type=fuse,id=export,node-name=chain,mountpoint={mountpoint},writable=on",
-        "--pidfile", str(pidfile),
     ])  # fmt: skip
     try:
         deadline = time.monotonic() + timeout_s
@@ -129,7 +162,7 @@ def qsd_fuse_export(top: Path, mountpoint: Path, timeout_s: float = 20):
             assert proc.poll() is None, "qemu-storage-daemon exited"
             assert time.monotonic() < deadline, "the FUSE export did not come up"
             time.sleep(0.05)
-        yield mountpoint
+        yield mountpoint, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=timeout_s)

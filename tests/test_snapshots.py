@@ -1,8 +1,10 @@
 """createSnapshot and disks based on snapshots; qcow2 chains in the raw view."""
 
+import concurrent.futures
 import errno
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -219,3 +221,31 @@ def test_odd_sized_disk_snapshots_and_clones_keep_their_size(repo, tmp_path):
     for name in ("disks/odd", "snapshots/odd-1", "disks/odd-2"):
         assert (repo / name).read_bytes() == data
         assert os.stat(repo / name).st_size == 1000
+
+
+def test_reads_of_lower_layers_skip_the_storage_daemon(repo, mount):
+    """Where the top holds nothing, reads go to the snapshots' volume files: they
+    are served while the storage daemon is stopped; the top's data, and ranges
+    written since the open, still come through the daemon."""
+    sh(f"truncate -s {SIZE} {repo}/disks/vm1")
+    base = pattern(b"base", SIZE)
+    write_at(repo / "disks/vm1", 0, base)
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    write_at(repo / "disks/vm1", MiB, b"top" * 1000)
+    daemon = mount.storage_daemon_pid
+    fd = os.open(repo / "disks/vm1", os.O_RDWR)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        os.kill(daemon, signal.SIGSTOP)
+        try:
+            lower = pool.submit(os.pread, fd, 65536, 2 * MiB).result(timeout=10)
+        finally:
+            os.kill(daemon, signal.SIGCONT)  # before anything waits for the read
+            pool.shutdown()
+        assert lower == base[2 * MiB : 2 * MiB + 65536]
+        assert os.pread(fd, 3000, MiB) == b"top" * 1000
+        os.pwrite(fd, b"new" * 1000, 4 * MiB + 100)
+        assert os.pread(fd, 3100, 4 * MiB) == base[4 * MiB : 4 * MiB + 100] + b"new" * 1000
+    finally:
+        os.close(fd)
+    assert read_at(repo / "snapshots/s1", 4 * MiB, 65536) == base[4 * MiB : 4 * MiB + 65536]

@@ -54,8 +54,8 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     copied = ctx.checkpoint.get("copied", 0)
     bytes_below = _bytes_below(extents)
     done = bytes_below(copied)
-    chain = await open_chain(ctx.daemon, source, source_format, writable=False)
-    out = await open_chain(ctx.daemon, target, target_format, writable=True)
+    chain = await open_chain(ctx.daemon, [source], source_format, size, writable=False)
+    out = await open_chain(ctx.daemon, [target], target_format, size, writable=True)
     # Raw into raw (a full copy of a raw snapshot, a flatten of one): in the kernel.
     direct = isinstance(chain, RawVolumeFile) and isinstance(out, RawVolumeFile)
 

@@ -54,6 +54,9 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             snapshot = await _take(repo, disk, snapshot_id, None)
         else:
             try:
+                # Most of the sync while requests go on: the pause then syncs
+                # only what was written meanwhile.
+                await image.io.fsync()
                 async with image.paused():
                     await image.sync()
                     snapshot = await _take(repo, image.record, snapshot_id, image)

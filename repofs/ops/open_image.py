@@ -114,7 +114,7 @@ class OpenImage:
         """Inside a pause: the qcow2 volume `overlay`, made over the current top,
         becomes the top that requests read and write (the caller then updates the
         record)."""
-        self.io = await add_overlay(self._daemon, self.io, overlay)
+        self.io = await add_overlay(self._daemon, self.io, overlay, self.size)
 
     def fail(self, reason: str) -> None:
         """Every request fails with EIO from now on, until the image is closed."""
@@ -217,8 +217,8 @@ async def _first_open(
     registry: Registry, repo: ConnectedRepository, record: ImageRecord
 ) -> OpenImage:
     writable = record.kind is ImageKind.VIRTUAL_DISK
-    path = repo.driver.volume_path(record.top)
-    io = await open_chain(registry.daemon, path, record.top.format, writable)
+    chain = [repo.volume_path(v) for v in record.chain]
+    io = await open_chain(registry.daemon, chain, record.top.format, record.size, writable)
     if writable and record.is_raw:
         # Growth written but never persisted before a crash is dropped, so that a
         # later grow reads zeros there, not stale bytes.
@@ -232,12 +232,15 @@ async def release_image(image: OpenImage) -> None:
     image.handles -= 1
     if image.handles:
         return
+    # The image stays in open_images until its volumes are closed: an open
+    # meanwhile waits for that (hold_open_image) rather than read a top whose
+    # metadata the daemon has not flushed yet.
     try:
         if image.writable:
             await image.persist_size()
     finally:
-        del image.repo.open_images[image.record.id]
         try:
             await image.io.close()
         finally:
+            del image.repo.open_images[image.record.id]
             image.closed.set()

@@ -11,26 +11,50 @@ import trio
 from repofs import errors
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.model import VolumeFormat
+from repofs.qemu.lower_layers import LowerLayers
 from repofs.qemu.nbd import NbdConnection, NbdError
 from repofs.qemu.storage_daemon import StorageDaemon
 
 
 class QcowChainFile:
-    def __init__(self, daemon: StorageDaemon, top: Path, node: str, conn: NbdConnection):
+    def __init__(
+        self,
+        daemon: StorageDaemon,
+        top: Path,
+        node: str,
+        conn: NbdConnection,
+        layers: LowerLayers | None,
+    ):
         self._daemon = daemon
         self._top = top
         self._node = node
         self._conn = conn
+        self._layers = layers
 
     @classmethod
-    async def open(cls, daemon: StorageDaemon, top: Path, writable: bool) -> "QcowChainFile":
-        node = await daemon.open_node(top, read_only=not writable)
+    async def open(
+        cls, daemon: StorageDaemon, chain: list[Path], size: int, writable: bool
+    ) -> "QcowChainFile":
+        """Opens the chain of volume files `chain` (top first) in the daemon. Given
+        with its layers below the top, reads those layers serve alone skip the
+        daemon (lower_layers.py), and so do reads of a read-only top's data;
+        given as the top alone (a copy's source or target, a live snapshot's
+        new top), the daemon serves every read. `size` is the image's."""
+        layers = None
+        if len(chain) > 1:
+            layers = await LowerLayers.map(chain, size, with_top=not writable)
         try:
-            conn = await daemon.connect(node)
+            node = await daemon.open_node(chain[0], read_only=not writable)
+            try:
+                conn = await daemon.connect(node)
+            except BaseException:
+                await daemon.close_node(chain[0])
+                raise
         except BaseException:
-            await daemon.close_node(top)
+            if layers is not None:
+                await layers.close()
             raise
-        return cls(daemon, top, node, conn)
+        return cls(daemon, chain[0], node, conn, layers)
 
     async def _call(self, method: str, *args):
         for attempt in (1, 2):
@@ -43,9 +67,15 @@ class QcowChainFile:
                     raise errors.from_os_error(exc, f"I/O on chain {self._top.name}") from None
 
     async def read(self, offset: int, length: int) -> bytes:
+        if self._layers is not None:
+            data = await self._layers.read(offset, length)
+            if data is not None:
+                return data
         return await self._call("pread", offset, length)
 
     async def write(self, offset: int, data: bytes) -> int:
+        if self._layers is not None:
+            self._layers.written(offset, len(data))
         await self._call("pwrite", offset, data)
         return len(data)
 
@@ -61,19 +91,25 @@ class QcowChainFile:
 
     async def close(self) -> None:
         await self._conn.close()
-        await self._daemon.close_node(self._top)
+        try:
+            await self._daemon.close_node(self._top)
+        finally:
+            if self._layers is not None:
+                await self._layers.close()
 
 
-async def open_chain(daemon: StorageDaemon, top: Path, fmt: VolumeFormat, writable: bool):
-    """The raw view of the chain topped by volume `top`: a lone raw volume is read
-    and written directly, a qcow2 top through the storage daemon. Both kinds have
-    read, write, fsync and close."""
-    if fmt is VolumeFormat.RAW:
-        return await trio.to_thread.run_sync(RawVolumeFile, top, writable)
-    return await QcowChainFile.open(daemon, top, writable)
+async def open_chain(
+    daemon: StorageDaemon, chain: list[Path], top_format: VolumeFormat, size: int, writable: bool
+):
+    """The raw view of the chain of volume files `chain` (top first): a lone raw
+    volume is read and written directly, a qcow2 top through the storage daemon.
+    Both kinds have read, write, fsync and close."""
+    if top_format is VolumeFormat.RAW:
+        return await trio.to_thread.run_sync(RawVolumeFile, chain[0], writable)
+    return await QcowChainFile.open(daemon, chain, size, writable)
 
 
-async def add_overlay(daemon: StorageDaemon, io, overlay: Path):
+async def add_overlay(daemon: StorageDaemon, io, overlay: Path, size: int):
     """Puts the qcow2 volume `overlay`, made over the top of an open chain, above
     it while no request is in flight; returns the file to use from then on. A
     qcow2 top gets it in the daemon (the export then writes to the overlay); a
@@ -82,6 +118,8 @@ async def add_overlay(daemon: StorageDaemon, io, overlay: Path):
     if isinstance(io, QcowChainFile):
         await io.add_overlay(overlay)
         return io
-    chain = await QcowChainFile.open(daemon, overlay, writable=True)
+    # Without the raw volume in the chain given: mapping it would lengthen the
+    # pause; the daemon serves all reads.
+    chain = await QcowChainFile.open(daemon, [overlay], size, writable=True)
     await io.close()
     return chain

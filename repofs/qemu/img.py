@@ -89,13 +89,23 @@ class Extent:
     data: bool  # holds bytes that are not known to be zeros
     depth: int  # the layer it comes from, 0 for the top; the chain's length if none
     zero: bool  # reads as zeros
+    # Where its bytes are in that layer's file (None if not stored plainly there:
+    # compressed, or no data).
+    host_offset: int | None = None
 
 
 async def map_extents(path: Path, fmt: VolumeFormat) -> list[Extent]:
     """The guest-visible layout of the chain topped by `path` (`qemu-img map`)."""
     out = await _run("map", "-U", "--output=json", "-f", str(fmt), str(path))
     return [
-        Extent(e["start"], e["length"], e["data"] and not e["zero"], e["depth"], e["zero"])
+        Extent(
+            e["start"],
+            e["length"],
+            e["data"] and not e["zero"],
+            e["depth"],
+            e["zero"],
+            e.get("offset") if e["data"] and not e.get("compressed") else None,
+        )  # fmt: skip
         for e in json.loads(out)
     ]
 
