@@ -32,6 +32,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def qemu_accel() -> list[str]:
+    """qemu-system arguments for KVM where this machine has it, TCG otherwise."""
+    return ["-enable-kvm", "-cpu", "host"] if os.access("/dev/kvm", os.W_OK) else ["-accel", "tcg"]
+
+
 def sh(cmd: str, check: bool = True, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs a shell command line; on failure the assertion shows its output."""
     result = subprocess.run(

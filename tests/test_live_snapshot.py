@@ -8,7 +8,6 @@ its number, none is torn, nothing follows; and it must not change afterwards.
 """
 
 import hashlib
-import shutil
 import signal
 import struct
 import subprocess
@@ -16,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sh, status, wait_for
+from conftest import qemu_accel, sh, status, wait_for
 
-pytestmark = pytest.mark.mount
+pytestmark = [pytest.mark.mount, pytest.mark.vm]
 
 GUEST = Path(__file__).parent / "guest" / "seqwriter.asm"
 SECTOR = 512
@@ -56,24 +55,10 @@ def guest_disk(repo, tmp_path):
 def vm(guest_disk, tmp_path):
     """QEMU booting the guest disk from the mount; stopped by PID at the end."""
     log = open(tmp_path / "qemu.log", "wb")
-    proc = subprocess.Popen(
-        [
-            shutil.which("qemu-system-x86_64"),
-            "-machine",
-            "pc,accel=kvm:tcg",
-            "-m",
-            "32",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-            "-drive",
-            f"file={guest_disk},format=raw,if=virtio,cache=none,aio=threads",
-        ],  # fmt: skip
-        stdout=log,
-        stderr=log,
-    )
+    cmd = ["qemu-system-x86_64", *qemu_accel(), "-m", "32", "-nodefaults",
+           "-display", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+           "-drive", f"file={guest_disk},format=raw,if=virtio,cache=none,aio=threads"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         yield proc
     finally:

@@ -5,13 +5,12 @@ sector 1 and prints its first 16 bytes on the serial port as `READ:<bytes>`, the
 writes sector 2 with GUESTWROTE repeated and prints `WROTE`, then exits QEMU.
 """
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import pattern, sh
+from conftest import pattern, qemu_accel, sh
 
 pytestmark = [pytest.mark.mount, pytest.mark.vm]
 
@@ -48,8 +47,7 @@ def sector(path: Path, index: int) -> bytes:
 def boot(disk: Path, workdir: Path) -> str:
     """Boots `disk` until the guest exits QEMU; returns the guest's serial output."""
     serial, output = workdir / "serial.log", workdir / "qemu.log"
-    accel = ["-enable-kvm", "-cpu", "host"] if os.access("/dev/kvm", os.W_OK) else ["-accel", "tcg"]
-    cmd = ["qemu-system-x86_64", *accel, "-m", "32", "-nic", "none",
+    cmd = ["qemu-system-x86_64", *qemu_accel(), "-m", "32", "-nic", "none",
            "-drive", f"file={disk},format=raw,cache=none,if=ide",
            "-nographic", "-display", "none", "-monitor", "none", "-serial", f"file:{serial}",
            "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]  # fmt: skip

@@ -2,6 +2,7 @@
 (size, allocation, dependents) that `ls -l` and the errno checks use."""
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -51,31 +52,25 @@ class ImageStatus:
         }
 
 
-@dataclass(frozen=True)
-class _RepositoryFacts:
-    """What statuses need from the whole repository, gathered once for many."""
-
-    dependents: dict[str, list[str]]
-    tasks: dict[str, list[Task]]
-
-    @classmethod
-    def gather(cls, repo: ConnectedRepository) -> "_RepositoryFacts":
-        return cls(repo.all_dependents(), repo.all_tasks_on())
-
-
 def _status(
-    repo: ConnectedRepository, record: ImageRecord, trashed: bool, facts: _RepositoryFacts
+    repo: ConnectedRepository,
+    record: ImageRecord,
+    trashed: bool,
+    dependents: Mapping[str, list[str]],
+    tasks: Mapping[str, list[Task]],
 ) -> ImageStatus:
+    """`dependents` and `tasks` map image IDs to theirs (see ConnectedRepository):
+    gathered once for a listing, for the one image otherwise."""
     driver = repo.driver
     try:
         modified_ns = os.stat(driver.volume_path(record.top)).st_mtime_ns
     except FileNotFoundError:
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
-    dependents = facts.dependents.get(record.id, ())
-    if record.kind is ImageKind.VIRTUAL_DISK:
-        dependents = ()  # bases are snapshots (a trashed disk may share an ID)
-    tasks = () if trashed else facts.tasks.get(record.id, ())
+    # Bases are snapshots (a trashed disk may share a live snapshot's ID).
+    is_base = record.kind is ImageKind.SNAPSHOT
+    image_dependents = dependents.get(record.id, ()) if is_base else ()
+    image_tasks = () if trashed else tasks.get(record.id, ())
     return ImageStatus(
         id=record.id,
         kind=record.kind,
@@ -90,8 +85,8 @@ def _status(
         size=image.size if image is not None else record.size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
-        dependents=tuple(dependents),
-        tasks=tuple(t.id for t in tasks),
+        dependents=tuple(image_dependents),
+        tasks=tuple(t.id for t in image_tasks),
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,
@@ -103,7 +98,13 @@ async def get_image_status(
 ) -> ImageStatus:
     def status() -> ImageStatus:
         record = repo.driver.read_image(image_id, trashed)
-        return _status(repo, record, trashed, _RepositoryFacts.gather(repo))
+        # Not gathered for all images: a disk's status (every lookup) must not
+        # read every record of the repository.
+        dependents = (
+            {image_id: repo.dependents(image_id)} if record.kind is ImageKind.SNAPSHOT else {}
+        )
+        tasks = {} if trashed else {image_id: repo.tasks_on(image_id)}
+        return _status(repo, record, trashed, dependents, tasks)
 
     return await trio.to_thread.run_sync(status)
 
@@ -116,7 +117,7 @@ async def list_image_statuses(
 
     def statuses() -> list[ImageStatus]:
         records = repo.driver.list_images(True) if trashed else repo.live_records()
-        facts = _RepositoryFacts.gather(repo)
-        return [_status(repo, record, trashed, facts) for record in records]
+        dependents, tasks = repo.all_dependents(), repo.all_tasks_on()
+        return [_status(repo, record, trashed, dependents, tasks) for record in records]
 
     return await trio.to_thread.run_sync(statuses)
