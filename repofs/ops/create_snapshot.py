@@ -12,9 +12,12 @@ from repofs.model import (
     ImageRecord,
     ImageState,
     Pending,
+    Volume,
+    VolumeFormat,
 )
 from repofs.names import check_name
 from repofs.ops.open_image import OpenImage, hold_open_image, release_image
+from repofs.qemu import img
 from repofs.registry import ConnectedRepository
 
 log = logging.getLogger(__name__)
@@ -22,10 +25,10 @@ log = logging.getLogger(__name__)
 
 async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
     """The disk's current top volume becomes the snapshot's; the disk gets a new
-    qcow2 top over it. An open disk is paused meanwhile (its requests in flight
-    finish, new ones wait) and its data synced first, so the snapshot holds
-    exactly the writes acknowledged before it (crash-consistent); its requests
-    then go to the new top.
+    qcow2 top over it. An open disk is paused for steps 2 and 3 (its requests in
+    flight finish, new ones wait) and its data synced first, so the snapshot
+    holds exactly the writes acknowledged before it (crash-consistent); its
+    requests then go to the new top.
 
     Durable steps:
     1. create the disk's new top NEW over its top volume TOP;
@@ -49,29 +52,56 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         repo.check_free(snapshot_id)
+        max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
         image = await hold_open_image(repo, disk_id)
         if image is None:
-            snapshot = await _take(repo, disk, snapshot_id, None)
+            chain = await repo.new_overlay(disk)
+            snapshot = await _switch(repo, disk, chain, snapshot_id, max_chain, None)
         else:
             try:
-                # Most of the sync while requests go on: the pause then syncs
-                # only what was written meanwhile.
-                await image.io.fsync()
-                async with image.paused():
-                    await image.sync()
-                    snapshot = await _take(repo, image.record, snapshot_id, image)
+                snapshot = await _switch_live(repo, image, snapshot_id, max_chain)
             finally:
                 await release_image(image)
+        crash_point("snapshot:finish")
+        snapshot = await trio.to_thread.run_sync(
+            driver.update_image,
+            snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
+        )
     log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
     return snapshot
 
 
-async def _take(
-    repo: ConnectedRepository, disk: ImageRecord, snapshot_id: str, image: OpenImage | None
+async def _switch_live(
+    repo: ConnectedRepository, image: OpenImage, snapshot_id: str, max_chain: int
 ) -> ImageRecord:
+    """Steps 1-3 of an open disk: what does not need the pause (most of the sync,
+    NEW) is done while requests go on; the pause lasts steps 2 and 3."""
+    await image.io.fsync()
+    size = image.size
+    chain = await repo.new_overlay(image.record.evolve(size=size))
+    started = trio.current_time()
+    async with image.paused():
+        await image.sync()
+        if image.size != size:  # grown by a write meanwhile
+            await img.resize(repo.driver.volume_path(chain[0]), VolumeFormat.QCOW2, image.size)
+        snapshot = await _switch(repo, image.record, chain, snapshot_id, max_chain, image)
+    paused_ms = (trio.current_time() - started) * 1000
+    log.info(
+        "live snapshot %s of %s paused its I/O %.1f ms", snapshot_id, image.record.id, paused_ms
+    )
+    return snapshot
+
+
+async def _switch(
+    repo: ConnectedRepository,
+    disk: ImageRecord,
+    chain: tuple[Volume, ...],
+    snapshot_id: str,
+    max_chain: int,
+    image: OpenImage | None,
+) -> ImageRecord:
+    """Steps 2 and 3, given NEW's chain; returns the snapshot's record (broken)."""
     driver = repo.driver
-    chain = await repo.new_overlay(disk)
-    new_top = chain[0]
     snapshot = ImageRecord(
         snapshot_id,
         ImageKind.SNAPSHOT,
@@ -83,20 +113,15 @@ async def _take(
         pending=Pending.SNAPSHOT,
         owner=disk.owner,
     )
-    snapshot = await repo.commit_new_image(snapshot, new_top)
+    snapshot = await repo.commit_new_image(snapshot, chain[0])
     crash_point("snapshot:switch")
-    max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
     state = ImageState.DEGRADED if len(chain) > max_chain else disk.state
     switched = disk.evolve(chain=chain, base=snapshot_id, state=state)
     if image is None:
         await trio.to_thread.run_sync(driver.update_image, switched)
     else:
         await _switch_open_disk(repo, image, switched, snapshot_id)
-    crash_point("snapshot:finish")
-    return await trio.to_thread.run_sync(
-        driver.update_image,
-        snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
-    )
+    return snapshot
 
 
 async def _switch_open_disk(
