@@ -19,6 +19,7 @@ removed only after no record names them.
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -62,6 +63,11 @@ class LocalRepository:
         # Told of every durable change of an image record: (event, image ID, record
         # or None). Called from whichever thread made the change.
         self.on_change: Callable[[str, str, ImageRecord | None], None] | None = None
+        # Parsed records by path, with the identity of the file they were parsed
+        # from (see _file_identity): a listing stats every record but parses only
+        # those that changed. The records this driver writes are put here as
+        # written, so a reused inode cannot pass an older parse for them.
+        self._parsed: dict[Path, tuple[tuple[int, ...], ImageRecord]] = {}
 
     def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self.on_change is not None:
@@ -150,12 +156,23 @@ class LocalRepository:
     def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
         path = self._record_path(image_id, trashed)
         try:
-            return ImageRecord.from_json(image_id, read_json(path))
+            with open(path, "rb") as f:
+                identity = _file_identity(os.fstat(f.fileno()))
+                parsed = self._parsed.get(path)
+                if parsed is not None and parsed[0] == identity:
+                    return parsed[1]
+                record = ImageRecord.from_json(image_id, json.load(f))
         except FileNotFoundError:
             where = "trash" if trashed else "repository"
             raise errors.not_found(f"no image {image_id} in {where} {self.root}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise errors.io_error(f"record {path} is unreadable: {exc!r}") from None
+        self._parsed[path] = (identity, record)
+        return record
+
+    def _write_record(self, path: Path, record: ImageRecord) -> None:
+        atomic_write_json(path, record.to_json())
+        self._parsed[path] = (_file_identity(path.stat()), record)
 
     def has_image(self, image_id: str, trashed: bool = False) -> bool:
         return self._record_path(image_id, trashed).exists()
@@ -170,12 +187,19 @@ class LocalRepository:
 
     def list_images(self, trashed: bool = False) -> list[ImageRecord]:
         records = []
-        for image_id in self.list_image_ids(trashed):
+        ids = self.list_image_ids(trashed)
+        for image_id in ids:
             try:
                 records.append(self.read_image(image_id, trashed))
             except errors.RepofsError as exc:
                 if exc.errno != errno.ENOENT:  # else removed while we listed
                     log.error("skipping %s: %s", image_id, exc.reason)
+        # Forget the parses of records gone from this directory (over a copy of
+        # the keys: other threads may add entries meanwhile).
+        listed = {self._record_path(image_id, trashed) for image_id in ids}
+        directory = self._trash if trashed else self._images
+        for path in [p for p in list(self._parsed) if p.parent == directory and p not in listed]:
+            self._parsed.pop(path, None)
         return records
 
     def create_image(self, record: ImageRecord) -> ImageRecord:
@@ -185,7 +209,7 @@ class LocalRepository:
             if path.exists():
                 raise errors.exists(f"image {record.id} already exists")
             record = record.evolve(generation=1)
-            atomic_write_json(path, record.to_json())
+            self._write_record(path, record)
         self._notify("created", record.id, record)
         return record
 
@@ -205,7 +229,7 @@ class LocalRepository:
             record = change(current)
             _check_generation(f"image {image_id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
-            atomic_write_json(self._record_path(image_id, trashed), record.to_json())
+            self._write_record(self._record_path(image_id, trashed), record)
         self._notify("updated", image_id, record)
         return record
 
@@ -407,6 +431,11 @@ class LocalRepository:
             return os.stat(self.volume_path(volume)).st_blocks * 512
         except FileNotFoundError:
             return 0
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a record file is replaced or edited in place."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _check_generation(what: str, stored: int, expected: int) -> None:
