@@ -26,7 +26,9 @@ class MountState:
 
 def mount_state(mountpoint: Path) -> str:
     try:
-        os.stat(mountpoint)
+        # statfs always reaches the file system (the kernel may answer stat from
+        # its attribute cache for a second after the process died).
+        os.statvfs(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
             return MountState.DEAD
