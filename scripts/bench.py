@@ -213,18 +213,26 @@ def latency(repo: Path, rounds: int) -> list[dict]:
     removeImage (`rm`), on 1 GiB and 1 TiB images: the system calls the shell
     commands make, timed one by one."""
     results = []
-    for label, size in (("1GiB", 1 << 30), ("1TiB", 1 << 40)):
-        names = [repo / "disks" / f"lat-{label}-{i}" for i in range(rounds)]
-        snapshots = [repo / "snapshots" / f"{n.name}-s" for n in names]
-        clones = [repo / "disks" / f"{n.name}-c" for n in names]
-        times = {"create": [_timed(_create, n, size) for n in names]}
-        time.sleep(1.5)  # the kernel's last release of each new file comes after close
-        times["snapshot"] = [_timed(os.link, n, s) for n, s in zip(names, snapshots, strict=True)]
-        times["from_snapshot"] = [
-            _timed(os.link, s, c) for s, c in zip(snapshots, clones, strict=True)
-        ]
-        times["remove"] = [_timed(os.unlink, c) for c in clones]
-        for op, values in times.items():
+    sizes = {"1GiB": 1 << 30, "1TiB": 1 << 40}
+    # Rounds of both sizes alternate: each sees the same repository (its number
+    # of images changes the cost of some steps; the image's size must not).
+    rounds_of = [(label, i) for i in range(rounds) for label in sizes]
+    disks = {key: repo / "disks" / f"lat-{key[0]}-{key[1]}" for key in rounds_of}
+    snapshots = {key: repo / "snapshots" / f"{disks[key].name}-s" for key in rounds_of}
+    clones = {key: repo / "disks" / f"{disks[key].name}-c" for key in rounds_of}
+    times = {key: {} for key in rounds_of}
+    for key in rounds_of:
+        times[key]["create"] = _timed(_create, disks[key], sizes[key[0]])
+    time.sleep(1.5)  # the kernel's last release of each new file comes after close
+    for key in rounds_of:
+        times[key]["snapshot"] = _timed(os.link, disks[key], snapshots[key])
+    for key in rounds_of:
+        times[key]["from_snapshot"] = _timed(os.link, snapshots[key], clones[key])
+    for key in rounds_of:
+        times[key]["remove"] = _timed(os.unlink, clones[key])
+    for label in sizes:
+        for op in ("create", "snapshot", "from_snapshot", "remove"):
+            values = [times[key][op] for key in rounds_of if key[0] == label]
             p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
             print(f"{op:14} {label}: p50 {p50:5.1f} ms, p99 {p99:5.1f} ms")
             results.append({"operation": op, "image": label, "p50_ms": round(p50, 2),
