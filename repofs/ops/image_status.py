@@ -2,7 +2,7 @@
 (size, allocation, dependents) that `ls -l` and the errno checks use."""
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -56,21 +56,22 @@ def _status(
     repo: ConnectedRepository,
     record: ImageRecord,
     trashed: bool,
-    dependents: Mapping[str, list[str]],
-    tasks: Mapping[str, list[Task]],
+    dependents_of: Callable[[str], list[str]],
+    tasks_on: Callable[[str], list[Task]],
 ) -> ImageStatus:
-    """`dependents` and `tasks` map image IDs to theirs (see ConnectedRepository):
-    gathered once for a listing, for the one image otherwise."""
+    """`dependents_of` and `tasks_on` as ConnectedRepository's: a listing passes
+    lookups in maps it gathered once for all images."""
     driver = repo.driver
     try:
         modified_ns = os.stat(driver.volume_path(record.top)).st_mtime_ns
     except FileNotFoundError:
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
-    # Bases are snapshots (a trashed disk may share a live snapshot's ID).
+    # Bases are snapshots (a trashed disk may share a live snapshot's ID); not
+    # asked for a disk, whose lookups must not read every record.
     is_base = record.kind is ImageKind.SNAPSHOT
-    image_dependents = dependents.get(record.id, ()) if is_base else ()
-    image_tasks = () if trashed else tasks.get(record.id, ())
+    dependents = dependents_of(record.id) if is_base else ()
+    tasks = () if trashed else tasks_on(record.id)
     return ImageStatus(
         id=record.id,
         kind=record.kind,
@@ -85,8 +86,8 @@ def _status(
         size=image.size if image is not None else record.size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
-        dependents=tuple(image_dependents),
-        tasks=tuple(t.id for t in image_tasks),
+        dependents=tuple(dependents),
+        tasks=tuple(t.id for t in tasks),
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,
@@ -98,13 +99,7 @@ async def get_image_status(
 ) -> ImageStatus:
     def status() -> ImageStatus:
         record = repo.driver.read_image(image_id, trashed)
-        # Not gathered for all images: a disk's status (every lookup) must not
-        # read every record of the repository.
-        dependents = (
-            {image_id: repo.dependents(image_id)} if record.kind is ImageKind.SNAPSHOT else {}
-        )
-        tasks = {} if trashed else {image_id: repo.tasks_on(image_id)}
-        return _status(repo, record, trashed, dependents, tasks)
+        return _status(repo, record, trashed, repo.dependents, repo.tasks_on)
 
     return await trio.to_thread.run_sync(status)
 
@@ -118,6 +113,13 @@ async def list_image_statuses(
     def statuses() -> list[ImageStatus]:
         records = repo.driver.list_images(True) if trashed else repo.live_records()
         dependents, tasks = repo.all_dependents(), repo.all_tasks_on()
-        return [_status(repo, record, trashed, dependents, tasks) for record in records]
+
+        def dependents_of(image_id: str) -> list[str]:
+            return dependents.get(image_id, [])
+
+        def tasks_on(image_id: str) -> list[Task]:
+            return tasks.get(image_id, [])
+
+        return [_status(repo, record, trashed, dependents_of, tasks_on) for record in records]
 
     return await trio.to_thread.run_sync(statuses)

@@ -49,10 +49,9 @@ class OpenImage:
         self._paused: trio.Event | None = None  # set when the pause ends
         self._failure: errors.RepofsError | None = None
 
-    # The gate, as a pair of calls rather than a context manager: it runs for
-    # every request, and an async context manager costs microseconds there.
-
-    async def _enter(self) -> None:
+    async def _gated(self, fn, *args):
+        """Runs one request through the gate: it waits while the image is paused,
+        and a pause waits for it."""
         while self._paused is not None:
             await self._paused.wait()
         if self._failure is not None:
@@ -60,11 +59,12 @@ class OpenImage:
         if not self._in_flight:
             self._idle = trio.Event()
         self._in_flight += 1
-
-    def _leave(self) -> None:
-        self._in_flight -= 1
-        if not self._in_flight:
-            self._idle.set()
+        try:
+            return await fn(*args)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     @asynccontextmanager
     async def paused(self):
@@ -80,35 +80,24 @@ class OpenImage:
 
     async def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
-        if not length:
-            return b""
-        await self._enter()
-        try:
-            return await self.io.read(offset, length)
-        finally:
-            self._leave()
+        return await self._gated(self.io.read, offset, length) if length else b""
 
     async def write(self, offset: int, data: bytes) -> int:
+        return await self._gated(self._write, offset, data)
+
+    async def grow(self, size: int) -> None:
+        await self._gated(self._grow, size)
+
+    async def _write(self, offset: int, data: bytes) -> int:
         """Writes past the end grow the disk. A raw volume grows by itself, and the
         new size is persisted lazily (at flush, fsync and close) like a file's; a
         qcow2 top is resized by QEMU first, and the record follows at once."""
-        await self._enter()
-        try:
-            end = offset + len(data)
-            if end > self.size and not self.record.is_raw:
-                await self._grow(end)
-            written = await self.io.write(offset, data)
-            self.size = max(self.size, offset + written)
-            return written
-        finally:
-            self._leave()
-
-    async def grow(self, size: int) -> None:
-        await self._enter()
-        try:
-            await self._grow(size)
-        finally:
-            self._leave()
+        end = offset + len(data)
+        if end > self.size and not self.record.is_raw:
+            await self._grow(end)
+        written = await self.io.write(offset, data)
+        self.size = max(self.size, offset + written)
+        return written
 
     async def add_overlay(self, overlay: Path) -> None:
         """Inside a pause: the qcow2 volume `overlay`, made over the current top,
@@ -149,18 +138,10 @@ class OpenImage:
 
     async def flush(self) -> None:
         if self.writable:
-            await self._enter()
-            try:
-                await self.persist_size()
-            finally:
-                self._leave()
+            await self._gated(self.persist_size)
 
     async def fsync(self) -> None:
-        await self._enter()
-        try:
-            await self.sync()
-        finally:
-            self._leave()
+        await self._gated(self.sync)
 
     async def sync(self) -> None:
         """The data written so far, and the size, made durable."""
