@@ -223,10 +223,32 @@ def test_odd_sized_disk_snapshots_and_clones_keep_their_size(repo, tmp_path):
         assert os.stat(repo / name).st_size == 1000
 
 
-def test_reads_of_lower_layers_skip_the_storage_daemon(repo, mount):
-    """Where the top holds nothing, reads go to the snapshots' volume files: they
-    are served while the storage daemon is stopped; the top's data, and ranges
-    written since the open, still come through the daemon."""
+def while_stopped(pid: int, fn, *args):
+    """fn(*args) in a thread while process `pid` is stopped: it returns only if
+    it does not need that process."""
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            return pool.submit(fn, *args).result(timeout=10)
+        finally:
+            os.kill(pid, signal.SIGCONT)  # before anything waits for fn
+    finally:
+        pool.shutdown()
+
+
+def qemu_img_bytes(top: str, scratch) -> bytes:
+    """The bytes of the chain topped by `top` as QEMU reads them, not repofs."""
+    sh(f"qemu-img convert -U -f qcow2 -O raw {top} {scratch}")
+    return scratch.read_bytes()
+
+
+def test_volume_files_serve_what_they_can_without_the_storage_daemon(repo, mount, tmp_path):
+    """Where the top holds nothing, reads go to the snapshots' volume files; the
+    clusters the top held at open are read and overwritten in place. Both are
+    served while the storage daemon is stopped. Ranges written since the open
+    outside those clusters come through the daemon, and after a live snapshot
+    the old top's clusters are the snapshot's: writes go to the new top."""
     sh(f"truncate -s {SIZE} {repo}/disks/vm1")
     base = pattern(b"base", SIZE)
     write_at(repo / "disks/vm1", 0, base)
@@ -234,18 +256,23 @@ def test_reads_of_lower_layers_skip_the_storage_daemon(repo, mount):
     write_at(repo / "disks/vm1", MiB, b"top" * 1000)
     daemon = mount.storage_daemon_pid
     fd = os.open(repo / "disks/vm1", os.O_RDWR)
-    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        os.kill(daemon, signal.SIGSTOP)
-        try:
-            lower = pool.submit(os.pread, fd, 65536, 2 * MiB).result(timeout=10)
-        finally:
-            os.kill(daemon, signal.SIGCONT)  # before anything waits for the read
-            pool.shutdown()
+        lower = while_stopped(daemon, os.pread, fd, 65536, 2 * MiB)
         assert lower == base[2 * MiB : 2 * MiB + 65536]
-        assert os.pread(fd, 3000, MiB) == b"top" * 1000
+        assert while_stopped(daemon, os.pread, fd, 3000, MiB) == b"top" * 1000
+        assert while_stopped(daemon, os.pwrite, fd, b"TOP" * 100, MiB + 300) == 300
+        os.fsync(fd)
+        top = status(repo, "vm1")["chain"][0]
+        in_place = b"top" * 100 + b"TOP" * 100 + b"top" * 800
+        assert qemu_img_bytes(top, tmp_path / "top.raw")[MiB : MiB + 3000] == in_place
         os.pwrite(fd, b"new" * 1000, 4 * MiB + 100)
         assert os.pread(fd, 3100, 4 * MiB) == base[4 * MiB : 4 * MiB + 100] + b"new" * 1000
+
+        sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s2")
+        os.pwrite(fd, b"after" * 10, MiB)
+        assert os.pread(fd, 50, MiB) == b"after" * 10
     finally:
         os.close(fd)
     assert read_at(repo / "snapshots/s1", 4 * MiB, 65536) == base[4 * MiB : 4 * MiB + 65536]
+    assert read_at(repo / "snapshots/s2", MiB, 3000) == in_place
+    assert read_at(repo / "disks/vm1", MiB, 3000) == b"after" * 10 + in_place[50:]

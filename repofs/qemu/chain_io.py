@@ -11,7 +11,7 @@ import trio
 from repofs import errors
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.model import VolumeFormat
-from repofs.qemu.lower_layers import LowerLayers
+from repofs.qemu.chain_map import ChainMap
 from repofs.qemu.nbd import NbdConnection, NbdError
 from repofs.qemu.storage_daemon import StorageDaemon
 
@@ -23,26 +23,25 @@ class QcowChainFile:
         top: Path,
         node: str,
         conn: NbdConnection,
-        layers: LowerLayers | None,
+        files: ChainMap | None,
     ):
         self._daemon = daemon
         self._top = top
         self._node = node
         self._conn = conn
-        self._layers = layers
+        self._files = files
 
     @classmethod
     async def open(
         cls, daemon: StorageDaemon, chain: list[Path], size: int, writable: bool
     ) -> "QcowChainFile":
         """Opens the chain of volume files `chain` (top first) in the daemon. Given
-        with its layers below the top, reads those layers serve alone skip the
-        daemon (lower_layers.py), and so do reads of a read-only top's data;
-        given as the top alone (a copy's source or target, a live snapshot's
-        new top), the daemon serves every read. `size` is the image's."""
-        layers = None
+        with its layers below the top, what the files can serve skips the daemon
+        (chain_map.py); given as the top alone (a copy's source or target, a live
+        snapshot's new top), the daemon serves everything. `size` is the image's."""
+        files = None
         if len(chain) > 1:
-            layers = await LowerLayers.map(chain, size, with_top=not writable)
+            files = await ChainMap.map(chain, size, writable)
         try:
             node = await daemon.open_node(chain[0], read_only=not writable)
             try:
@@ -51,10 +50,10 @@ class QcowChainFile:
                 await daemon.close_node(chain[0])
                 raise
         except BaseException:
-            if layers is not None:
-                await layers.close()
+            if files is not None:
+                await files.close()
             raise
-        return cls(daemon, chain[0], node, conn, layers)
+        return cls(daemon, chain[0], node, conn, files)
 
     async def _call(self, method: str, *args):
         for attempt in (1, 2):
@@ -67,19 +66,20 @@ class QcowChainFile:
                     raise errors.from_os_error(exc, f"I/O on chain {self._top.name}") from None
 
     async def read(self, offset: int, length: int) -> bytes:
-        if self._layers is not None:
-            data = await self._layers.read(offset, length)
+        if self._files is not None:
+            data = await self._files.read(offset, length)
             if data is not None:
                 return data
         return await self._call("pread", offset, length)
 
     async def write(self, offset: int, data: bytes) -> int:
-        if self._layers is not None:
-            self._layers.written(offset, len(data))
-        await self._call("pwrite", offset, data)
+        if self._files is None or not await self._files.write(offset, data):
+            await self._call("pwrite", offset, data)
         return len(data)
 
     async def fsync(self) -> None:
+        if self._files is not None:
+            await self._files.fsync()
         await self._call("flush")
 
     async def resize(self, size: int) -> None:
@@ -88,14 +88,16 @@ class QcowChainFile:
     async def add_overlay(self, overlay: Path) -> None:
         await self._daemon.add_overlay(self._top, overlay)
         self._top = overlay
+        if self._files is not None:
+            self._files.top_covered()
 
     async def close(self) -> None:
         await self._conn.close()
         try:
             await self._daemon.close_node(self._top)
         finally:
-            if self._layers is not None:
-                await self._layers.close()
+            if self._files is not None:
+                await self._files.close()
 
 
 async def open_chain(
