@@ -1,8 +1,8 @@
 """The fix daemon: runs the queued tasks of every connected repository.
 
 One per `repofs mount`, as a trio task. It owns tasks through leases (DESIGN.md,
-"Tasks, leases and hosts"): this host writes a heartbeat counter into every
-repository every HEARTBEAT_S; a task's lease names its host and that host's
+"Tasks, leases and hosts"; leases.py): this host writes a heartbeat counter into
+every repository every HEARTBEAT_S; a task's lease names its host and that host's
 counter when it took the task. Another host may take a task whose owner's counter
 has not moved for LEASE_S on its own monotonic clock, and a host that could not
 renew its heartbeat for LEASE_S / 2 stops its tasks before anyone may take them.
@@ -16,16 +16,14 @@ from dataclasses import dataclass, field
 
 import trio
 
-from repofs import errors
+from repofs import errors, leases
 from repofs.fixes import KINDS
 from repofs.fixes.context import LeaseLost, TaskContext
-from repofs.model import Lease, Task, TaskState
+from repofs.model import HostBeat, Lease, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0
-LEASE_S = 10.0
 POLL_S = 1.0
 MAX_RUNNING = 4
 STOPPED_BY_USER = "stopped by the user"
@@ -47,7 +45,6 @@ class FixDaemon:
         self._counter = 0
         self._last_renewed = time.monotonic()
         self._runs: dict[tuple[str, str], Run] = {}
-        self._seen: dict[tuple[str, str], tuple[int, float]] = {}
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -73,9 +70,9 @@ class FixDaemon:
         self._counter += 1
         renewed = True
         for repo in list(self.registry.repositories.values()):
+            beat = HostBeat(self.host, self._counter, time.time())
             try:
-                await trio.to_thread.run_sync(repo.driver.write_heartbeat, self.host,
-                                              self._counter)  # fmt: skip
+                await trio.to_thread.run_sync(repo.driver.write_heartbeat, beat)
             except OSError as exc:
                 renewed = False
                 log.error("cannot write the heartbeat of %s in %s: %s", self.host, repo.name, exc)
@@ -84,24 +81,15 @@ class FixDaemon:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await trio.sleep(HEARTBEAT_S)
+            await trio.sleep(leases.HEARTBEAT_S)
             await self._beat()
-            if time.monotonic() - self._last_renewed > LEASE_S / 2 and self._runs:
+            if time.monotonic() - self._last_renewed > leases.LEASE_S / 2 and self._runs:
                 log.error("heartbeat not renewed for %.0fs: stopping this host's tasks",
                           time.monotonic() - self._last_renewed)  # fmt: skip
                 for run in list(self._runs.values()):
                     run.scope.cancel()
 
-    def _owner_dead(self, repo: str, lease: Lease, beats: dict[str, int]) -> bool:
-        counter = beats.get(lease.host, -1)
-        now = time.monotonic()
-        seen = self._seen.get((repo, lease.host))
-        if seen is None or seen[0] != counter:
-            self._seen[(repo, lease.host)] = (counter, now)
-            return False
-        return now - seen[1] >= LEASE_S
-
-    def _runnable(self, repo: ConnectedRepository, task: Task, beats: dict[str, int]) -> bool:
+    def _runnable(self, repo: ConnectedRepository, task: Task) -> bool:
         if (repo.name, task.id) in self._runs:
             return False
         if task.state is TaskState.QUEUED:
@@ -110,7 +98,7 @@ class FixDaemon:
             return False
         if task.lease is None or task.lease.host == self.host:
             return True  # ours, from a run of this host that died
-        return self._owner_dead(repo.name, task.lease, beats)
+        return self.registry.host_watch.dead(repo.name, task.lease.host)
 
     # Scheduling
 
@@ -122,10 +110,11 @@ class FixDaemon:
             except OSError as exc:
                 log.error("cannot read the tasks of %s: %s", repo.name, exc)
                 continue
+            self.registry.host_watch.observe(repo.name, beats)
             for task in tasks:
                 if len(self._runs) >= self.max_running:
                     return
-                if self._runnable(repo, task, beats):
+                if self._runnable(repo, task):
                     await self._start(repo, task)
 
     async def _start(self, repo: ConnectedRepository, task: Task) -> None:
@@ -185,7 +174,7 @@ class FixDaemon:
         runs = [run for (name, _), run in self._runs.items() if name == repo.name]
         for run in runs:
             run.scope.cancel()
-        with trio.fail_after(LEASE_S):
+        with trio.fail_after(leases.LEASE_S):
             for run in runs:
                 await run.done.wait()
 
@@ -197,7 +186,7 @@ class FixDaemon:
         run = self._runs.get((repo.name, task_id))
         if run is not None:
             run.scope.cancel()
-            with trio.fail_after(LEASE_S):
+            with trio.fail_after(leases.LEASE_S):
                 await run.done.wait()
         task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
         task = await trio.to_thread.run_sync(

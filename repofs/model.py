@@ -101,6 +101,9 @@ class ImageRecord:
     pending: Pending | None = None
     user_data: dict[str, str] = field(default_factory=dict)
     owner: Owner = Owner()
+    # The host that has the image open for writing, in a repository several
+    # hosts share (ops/write_claims.py); None in a one-host repository.
+    writer: str | None = None
     generation: int = 0
 
     @property
@@ -156,6 +159,7 @@ class ImageRecord:
             pending=Pending(data["pending"]) if data.get("pending") else None,
             user_data=dict(data.get("user_data", {})),
             owner=Owner(**data.get("owner", {})),
+            writer=data.get("writer"),
             generation=int(data["generation"]),
         )
 
@@ -253,6 +257,22 @@ class Lease:
 
     host: str
     heartbeat: int
+
+
+@dataclass(frozen=True)
+class HostBeat:
+    """A host's heartbeat record in a repository (ROOT/hosts/HOST.json)."""
+
+    host: str
+    heartbeat: int  # the counter: other hosts judge it by whether it moves
+    written: float  # wall-clock time of the write, by the host's clock: for people
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HostBeat":
+        return cls(str(data["host"]), int(data["heartbeat"]), float(data.get("written", 0)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import trio
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus
+from repofs.leases import HostWatch
 from repofs.model import ImageRecord, Strategy, Task, Volume, VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.storage_daemon import StorageDaemon
@@ -28,6 +29,8 @@ class ConnectedRepository:
     params: dict[str, str]
     # Connected through `connect` or --connect: forgotten at unmount (DESIGN.md).
     transient: bool
+    host_id: str  # this host's
+    host_watch: HostWatch  # the registry's: which other hosts are alive
     # All connected repositories by name (the registry's), this one included: a
     # disk's base may be a snapshot of another repository.
     peers: dict[str, "ConnectedRepository"] = field(default_factory=dict)
@@ -163,12 +166,29 @@ class ConnectedRepository:
     async def wait_for_release(self, image_id: str) -> bool:
         """Whether the image is closed, after waiting a moment if it is not: the
         kernel sends the last release of a file only after close(2) returned, so
-        `cp x disks/a && ln disks/a snapshots/s` may find `a` open for a moment."""
+        `cp x disks/a && ln disks/a snapshots/s` may find `a` open for a moment.
+        In a shared repository, also closed for writing on every other host."""
         image = self.open_images.get(image_id)
         if image is not None:
             with trio.move_on_after(RELEASE_GRACE_S):
                 await image.closed.wait()
-        return image_id not in self.open_images
+        if image_id in self.open_images:
+            return False
+        if self.driver.shared:
+            try:
+                record = await trio.to_thread.run_sync(self.driver.read_image, image_id)
+            except errors.RepofsError:
+                return True  # gone: nobody has it open
+            return self.writer_elsewhere(record) is None
+        return True
+
+    def writer_elsewhere(self, record: ImageRecord) -> str | None:
+        """The other host that holds the image open for writing, unless its lease
+        has run out (it died without closing)."""
+        writer = record.writer
+        if writer is None or writer == self.host_id:
+            return None
+        return None if self.host_watch.dead(self.name, writer) else writer
 
     async def ensure_no_task(self, image_id: str, doing: str) -> None:
         """EBUSY while a queued or running task works on the image: it relies on the
@@ -200,6 +220,7 @@ class Registry:
         self.host_id = host_id
         self.daemon = daemon
         self.repositories: dict[str, ConnectedRepository] = {}
+        self.host_watch = HostWatch()
         self.fix_daemon = None  # repofs.fix_daemon.FixDaemon, set when it starts
 
     def get(self, name: str) -> ConnectedRepository:

@@ -7,11 +7,11 @@ import time
 import pytest
 import trio
 
-from repofs import fix_daemon
+from repofs import fix_daemon, leases
 from repofs.drivers.localfs import LocalRepository
 from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import check_repository
-from repofs.model import Lease, Task, TaskState
+from repofs.model import HostBeat, Lease, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
 
 pytestmark = pytest.mark.unit
@@ -22,12 +22,12 @@ LEASE_S = 1.0
 @pytest.fixture
 def driver(tmp_path, monkeypatch):
     """A repository with one task (a clean of a garbage volume) that host "a" runs."""
-    monkeypatch.setattr(fix_daemon, "LEASE_S", LEASE_S)
+    monkeypatch.setattr(leases, "LEASE_S", LEASE_S)
     monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
     driver = LocalRepository.open(tmp_path)
     (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
     [fix] = check_repository(driver)
-    driver.write_heartbeat("a", 1)
+    driver.write_heartbeat(HostBeat("a", 1, time.time()))
     driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
     yield driver
     driver.close()
@@ -35,7 +35,9 @@ def driver(tmp_path, monkeypatch):
 
 def host_b(tmp_path, driver) -> Registry:
     registry = Registry(tmp_path, "b", daemon=None)
-    registry.repositories["r"] = ConnectedRepository("r", driver, "localfs-1.0", {}, False)
+    registry.repositories["r"] = ConnectedRepository(
+        "r", driver, "localfs-1.0", {}, False, "b", registry.host_watch
+    )
     return registry
 
 
@@ -62,7 +64,7 @@ def test_a_live_host_keeps_its_task(tmp_path, driver):
         async with trio.open_nursery() as nursery:
             await nursery.start(FixDaemon(host_b(tmp_path, driver)).run)
             for beat in range(2, 12):  # host a is alive: its counter moves
-                driver.write_heartbeat("a", beat)
+                driver.write_heartbeat(HostBeat("a", beat, time.time()))
                 await trio.sleep(LEASE_S / 4)
             nursery.cancel_scope.cancel()
 

@@ -29,7 +29,9 @@ def test_repository_file(mount):
     assert facts["name"] == "default" and facts["format"] == "localfs-1.0"
     assert facts["connection"] == {"path": str(mount.data / "default")}
     assert facts["capacity"] >= facts["free"] > 0
-    assert facts["hosts"] == ["test-host"]
+    [host] = facts["hosts"]
+    assert host["host"] == "test-host" and host["this_host"] and host["alive"]
+    assert host["heartbeat"] >= 1 and host["tasks"] == []
     assert facts["transient"] is False
 
 
@@ -104,7 +106,8 @@ def test_connect_at_mount_time(tmp_path):
     [
         ("r2 localfs-1.0 path={nonempty}", errno.EINVAL),  # not empty, not a repository
         ("r2 zfs-9 path={empty}", errno.EINVAL),  # unknown format
-        ("r2 posix-1.0 path={empty}", errno.EOPNOTSUPP),  # planned format
+        ("r2 glusterfs-1.0 server=localhost volume=v", errno.EOPNOTSUPP),  # planned format
+        ("r2 posix-1.0 path=relative/dir", errno.EINVAL),  # paths are absolute
         ("r2 localfs-1.0", errno.EINVAL),  # missing path
         ("default localfs-1.0 path={empty}", errno.EEXIST),  # name taken
         ("README localfs-1.0 path={empty}", errno.EEXIST),  # the root's own file

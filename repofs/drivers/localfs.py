@@ -36,7 +36,7 @@ from repofs.drivers.atomic import (
     fsync_dir,
     read_json,
 )
-from repofs.model import ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
+from repofs.model import HostBeat, ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class LocalRepository:
     """One localfs-1.0 directory. Methods are blocking: call them from a worker thread."""
 
     format = FORMAT
+    shared = False  # several hosts connect it (drivers/posix.py)
 
     def __init__(self, root: Path):
         self.root = root
@@ -89,16 +90,18 @@ class LocalRepository:
             raise errors.not_found(f"{root} is not a directory")
         if marker.exists():
             data = read_json(marker)
-            if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-                raise errors.invalid(f"{root} holds format {data.get('format')!r}, not {FORMAT}")
+            if data.get("format") != cls.format or data.get("version") != FORMAT_VERSION:
+                raise errors.invalid(
+                    f"{root} holds format {data.get('format')!r}, not {cls.format}"
+                )
         elif any(p.name not in _DIRS or any(p.iterdir()) for p in root.iterdir()):
             raise errors.invalid(f"{root} is not empty and is not a repofs repository")
         else:
             for name in _DIRS:
                 (root / name).mkdir(exist_ok=True)
             fsync_dir(root)
-            atomic_write_json(marker, {"format": FORMAT, "version": FORMAT_VERSION})
-            log.info("formatted %s as %s", root, FORMAT)
+            atomic_write_json(marker, {"format": cls.format, "version": FORMAT_VERSION})
+            log.info("formatted %s as %s", root, cls.format)
         repo = cls(root)
         repo._take_connection_lock()
         return repo
@@ -120,15 +123,18 @@ class LocalRepository:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """The repository lock: serialises metadata changes among threads and processes.
+        """The repository lock: serialises metadata changes among threads, processes
+        and hosts.
 
-        flock on a descriptor of our own conflicts with every other descriptor,
-        including other threads' in this process.
+        An fcntl (POSIX) lock, the kind shared file systems carry between hosts
+        (NFSv4, GlusterFS, CephFS). It is the process's: the thread lock orders
+        this process's threads, and only this method opens the lock file (closing
+        any descriptor of it would drop the lock).
         """
         with self._thread_lock:
             fd = os.open(self._locks / "repository.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.lockf(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)
@@ -325,16 +331,16 @@ class LocalRepository:
     def _host_path(self, host: str) -> Path:
         return self._hosts / f"{urllib.parse.quote(host, safe='')}.json"
 
-    def write_heartbeat(self, host: str, counter: int) -> None:
+    def write_heartbeat(self, beat: HostBeat) -> None:
         with self.lock():
-            atomic_write_json(self._host_path(host), {"host": host, "heartbeat": counter})
+            atomic_write_json(self._host_path(beat.host), beat.to_json())
 
-    def read_heartbeats(self) -> dict[str, int]:
+    def read_heartbeats(self) -> dict[str, HostBeat]:
         beats = {}
         for path in self._hosts.glob("[!.]*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                data = read_json(path)
-                beats[data["host"]] = int(data["heartbeat"])
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                beat = HostBeat.from_json(read_json(path))
+                beats[beat.host] = beat
         return beats
 
     # Volumes
@@ -395,6 +401,13 @@ class LocalRepository:
             raise errors.from_os_error(exc, f"growing volume {volume.file_name}") from None
         finally:
             os.close(fd)
+
+    def unsettled_volumes(self) -> set[str]:
+        """File names of volumes that may be being made for a record to come, so
+        not garbage even if no record names them yet. None here: this process's
+        own creates are ordered against clean by the `changing` lock, and a
+        repository of one host has no other creates."""
+        return set()
 
     def list_volumes(self) -> list[Volume]:
         volumes = []

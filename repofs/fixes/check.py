@@ -30,6 +30,7 @@ class Inventory:
     trashed: list[ImageRecord]
     tasks: list[Task]
     volumes: list[str]  # file names in volumes/
+    unsettled: set[str]  # of those, the ones that may be being made (drivers/posix.py)
 
     @classmethod
     def read(cls, driver: LocalRepository) -> "Inventory":
@@ -38,6 +39,7 @@ class Inventory:
             driver.list_images(trashed=True),
             driver.list_tasks(),
             [v.file_name for v in driver.list_volumes()],
+            driver.unsettled_volumes(),
         )
 
     def stale_tasks(self) -> list[Task]:
@@ -50,8 +52,10 @@ class Inventory:
         ]  # fmt: skip
 
     def named_volumes(self) -> set[str]:
-        """Volumes that a record (live or trashed) or a task that may go on names."""
+        """Volumes that a record (live or trashed) or a task that may go on names,
+        or that may be being made for one."""
         named = {v.file_name for r in self.live + self.trashed for v in r.chain if v.repo is None}
+        named |= self.unsettled
         stale = {t.id for t in self.stale_tasks()}
         for task in self.tasks:
             if task.id not in stale:

@@ -17,7 +17,7 @@ from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
 from repofs.names import is_valid_name
-from repofs.ops import fix_repository, image_attributes, repository_options
+from repofs.ops import fix_repository, image_attributes, repository_facts, repository_options
 from repofs.ops.connect_repository import (
     connect_repository,
     create_local_repository,
@@ -171,7 +171,9 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind is NodeKind.STATUS:
             return render.to_json((await self._image_status(node)).to_json())
         if node.kind is NodeKind.REPOSITORY_FILE:
-            return render.to_json(await self._repository_facts(node))
+            return render.to_json(
+                await repository_facts.repository_facts(self.registry, self._repo(node))
+            )
         if node.kind is NodeKind.FIX:
             return render.to_json(
                 (await fix_repository.get_fix(self._repo(node), node.name)).to_json()
@@ -182,20 +184,6 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind is NodeKind.EVENTS:
             return b""
         raise errors.invalid(f"{node} has no text")
-
-    async def _repository_facts(self, node: Node) -> dict:
-        repo = self._repo(node)
-        vfs = await trio.to_thread.run_sync(repo.driver.statvfs)
-        return {
-            "name": repo.name,
-            "format": repo.format,
-            "connection": repo.params,
-            "transient": repo.transient,
-            "capacity": vfs.f_blocks * vfs.f_frsize,
-            "free": vfs.f_bavail * vfs.f_frsize,
-            "hosts": [self.registry.host_id],
-            "options": await repository_options.get_options(repo),
-        }
 
     # Attributes
 

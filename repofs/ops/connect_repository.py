@@ -8,15 +8,18 @@ from pathlib import Path
 import trio
 
 from repofs import errors
-from repofs.drivers import localfs
+from repofs.drivers import localfs, posix
 from repofs.drivers.localfs import LocalRepository
+from repofs.drivers.posix import SharedRepository
 from repofs.names import check_name
+from repofs.ops import write_claims
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPOSITORY = "default"
-PLANNED_FORMATS = ("posix-1.0", "glusterfs-1.0", "clvm-1.2")
+DRIVERS = {localfs.FORMAT: LocalRepository, posix.FORMAT: SharedRepository}
+PLANNED_FORMATS = ("glusterfs-1.0", "clvm-1.2")
 # The mount root's own files: a repository of that name would be hidden.
 RESERVED_NAMES = ("README", "connect")
 
@@ -47,18 +50,28 @@ async def connect_repository(
         raise errors.exists(f"a repository named {name} is already connected")
     if fmt in PLANNED_FORMATS:
         raise errors.not_supported(f"format {fmt} is planned, not built yet")
-    if fmt != localfs.FORMAT:
+    driver_class = DRIVERS.get(fmt)
+    if driver_class is None:
         raise errors.invalid(f"unknown repository format {fmt!r}")
     if set(params) != {"path"}:
         raise errors.invalid(f"{fmt} takes exactly one parameter, path=DIR; got {sorted(params)}")
-    root = Path(params["path"]).absolute()
+    root = Path(params["path"])
+    if not root.is_absolute():
+        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
     for other in registry.repositories.values():
         if other.driver.root == root:
             raise errors.busy(f"{root} is already connected as {other.name}")
-    driver = await trio.to_thread.run_sync(LocalRepository.open, root)
+    driver = await trio.to_thread.run_sync(driver_class.open, root)
     repo = ConnectedRepository(
-        name, driver, fmt, {"path": str(root)}, transient, registry.repositories
-    )
+        name, driver, fmt, {"path": str(root)}, transient, registry.host_id,
+        registry.host_watch, registry.repositories,
+    )  # fmt: skip
+    if driver.shared:
+        try:
+            await write_claims.drop_stale_claims(repo)
+        except BaseException:
+            driver.close()
+            raise
     registry.repositories[name] = repo
     log.info("connected %s: %s %s", name, fmt, root)
     return repo

@@ -53,7 +53,16 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         repo.check_free(snapshot_id)
         max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
+        writer = repo.writer_elsewhere(disk)
+        if writer is not None:
+            raise errors.busy(f"cannot snapshot {disk_id}: it is open for writing on host "
+                              f"{writer}, whose I/O only that host can pause")  # fmt: skip
         image = await hold_open_image(repo, disk_id)
+        if image is not None and not image.writable:
+            # Opened for reading only (a shared repository): its readers go on
+            # reading the chain they opened, the snapshot's from now on.
+            await release_image(image)
+            image = None
         if image is None:
             chain = await repo.new_overlay(disk)
             snapshot = await _switch(repo, disk, chain, snapshot_id, max_chain, None)
@@ -118,10 +127,25 @@ async def _switch(
     state = ImageState.DEGRADED if len(chain) > max_chain else disk.state
     switched = disk.evolve(chain=chain, base=snapshot_id, state=state)
     if image is None:
-        await trio.to_thread.run_sync(driver.update_image, switched)
+        try:
+            await trio.to_thread.run_sync(driver.update_image, switched)
+        except errors.RepofsError:
+            # Another host changed or removed the disk since it was read.
+            await _undo(repo, snapshot_id, switched.top)
+            raise
     else:
         await _switch_open_disk(repo, image, switched, snapshot_id)
     return snapshot
+
+
+async def _undo(repo: ConnectedRepository, snapshot_id: str, new_top: Volume) -> None:
+    """Takes back steps 1 and 2 when step 3 did not happen: the snapshot's record
+    goes, then NEW (if that fails too, it is what a crash after step 2 leaves)."""
+    driver = repo.driver
+    with trio.CancelScope(shield=True):
+        for undo in (driver.trash_image, driver.purge_trashed_image):
+            await trio.to_thread.run_sync(undo, snapshot_id)
+        await trio.to_thread.run_sync(driver.remove_volume, new_top)
 
 
 async def _switch_open_disk(
@@ -136,10 +160,7 @@ async def _switch_open_disk(
     try:
         await image.add_overlay(driver.volume_path(switched.top))
     except errors.RepofsError:
-        with trio.CancelScope(shield=True):
-            for undo in (driver.trash_image, driver.purge_trashed_image):
-                await trio.to_thread.run_sync(undo, snapshot_id)
-            await trio.to_thread.run_sync(driver.remove_volume, switched.top)
+        await _undo(repo, snapshot_id, switched.top)
         raise
     try:
         image.record = await trio.to_thread.run_sync(driver.update_image, switched)

@@ -18,6 +18,7 @@ import trio
 
 from repofs import errors
 from repofs.model import ImageKind, ImageRecord, Pending
+from repofs.ops import write_claims
 from repofs.qemu.chain_io import add_overlay, open_chain
 from repofs.qemu.storage_daemon import StorageDaemon
 from repofs.registry import ConnectedRepository, Registry
@@ -43,6 +44,7 @@ class OpenImage:
         self.closed = trio.Event()
         self._daemon = daemon
         self._resizing = trio.Lock()
+        self._upgrading = trio.Lock()
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -104,6 +106,26 @@ class OpenImage:
         becomes the top that requests read and write (the caller then updates the
         record)."""
         self.io = await add_overlay(self._daemon, self.io, overlay, self.size)
+
+    async def make_writable(self) -> None:
+        """A write open of an image opened read-only (in a shared repository, where
+        only write opens claim the image): claim it, then reopen its volumes for
+        writing while no request is in flight."""
+        async with self._upgrading:
+            if self.writable:
+                return
+            self.record = await write_claims.claim(self.repo, self.record.id)
+            try:
+                async with self.paused():
+                    await self.io.close()
+                    self.io = await _open_io(self._daemon, self.repo, self.record, True)
+                    self.writable = True
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await write_claims.release(self.repo, self.record.id)
+                    if not self.writable:
+                        self.fail("its volumes could not be opened for writing")
+                raise
 
     def fail(self, reason: str) -> None:
         """Every request fails with EIO from now on, until the image is closed."""
@@ -168,9 +190,11 @@ async def open_image(
                     raise errors.RepofsError(
                         errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
                     )
-                return await _first_open(registry, repo, record)
+                return await _first_open(registry, repo, record, write)
     try:
         _check_writable(image.record.kind, image_id, write)
+        if write:
+            await image.make_writable()
     except errors.RepofsError:
         await release_image(image)
         raise
@@ -195,18 +219,36 @@ def _check_writable(kind: ImageKind, image_id: str, write: bool) -> None:
 
 
 async def _first_open(
-    registry: Registry, repo: ConnectedRepository, record: ImageRecord
+    registry: Registry, repo: ConnectedRepository, record: ImageRecord, write: bool
 ) -> OpenImage:
-    writable = record.kind is ImageKind.VIRTUAL_DISK
+    """A disk is opened for writing whatever the handle asks, except in a shared
+    repository, where writing needs a claim (ops/write_claims.py)."""
+    writable = record.kind is ImageKind.VIRTUAL_DISK and (write or not repo.driver.shared)
+    claimed = writable and repo.driver.shared
+    if claimed:
+        record = await write_claims.claim(repo, record.id)
+    try:
+        io = await _open_io(registry.daemon, repo, record, writable)
+    except BaseException:
+        if claimed:
+            with trio.CancelScope(shield=True):
+                await write_claims.release(repo, record.id)
+        raise
+    image = OpenImage(repo, record, io, writable, registry.daemon)
+    repo.open_images[record.id] = image
+    return image
+
+
+async def _open_io(
+    daemon: StorageDaemon, repo: ConnectedRepository, record: ImageRecord, writable: bool
+):
     chain = [repo.volume_path(v) for v in record.chain]
-    io = await open_chain(registry.daemon, chain, record.top.format, record.size, writable)
+    io = await open_chain(daemon, chain, record.top.format, record.size, writable)
     if writable and record.is_raw:
         # Growth written but never persisted before a crash is dropped, so that a
         # later grow reads zeros there, not stale bytes.
         await io.truncate(record.size)
-    image = OpenImage(repo, record, io, writable, registry.daemon)
-    repo.open_images[record.id] = image
-    return image
+    return io
 
 
 async def release_image(image: OpenImage) -> None:
@@ -216,12 +258,15 @@ async def release_image(image: OpenImage) -> None:
     # The image stays in open_images until its volumes are closed: an open
     # meanwhile waits for that (hold_open_image) rather than read a top whose
     # metadata the daemon has not flushed yet.
+    repo = image.repo
     try:
         if image.writable:
             await image.persist_size()
     finally:
         try:
             await image.io.close()
+            if image.writable and repo.driver.shared:
+                await write_claims.release(repo, image.record.id)
         finally:
-            del image.repo.open_images[image.record.id]
+            del repo.open_images[image.record.id]
             image.closed.set()

@@ -1,0 +1,48 @@
+"""posix-1.0: the localfs layout in a directory that several hosts share (NFSv4,
+CephFS, a GlusterFS mount: any POSIX file system with working fcntl locks).
+
+What differs from localfs-1.0 (docs/multi-host.md):
+- no connection lock: every host connects it;
+- a volume that no record names is garbage only once it is SETTLE_S old,
+  since another host may be between making a volume and writing the record
+  that names it (this host's `changing` lock does not reach there).
+Every metadata change already happens under the repository's fcntl lock with a
+generation compare-and-swap, and record caches are bounded by file identity
+and age (drivers/localfs.py, registry.py), so no host shows another's stale
+state for long.
+"""
+
+import os
+
+from repofs.drivers.localfs import LocalRepository
+
+FORMAT = "posix-1.0"
+# Longer than any create takes between its volume and its record (a qemu-img
+# create, or a preallocation), on the volume's own clock (the file's mtime, set
+# by the storage's clock, which all hosts see alike).
+SETTLE_S = 600
+
+
+class SharedRepository(LocalRepository):
+    format = FORMAT
+    shared = True
+
+    def _take_connection_lock(self) -> None:
+        pass  # every host connects it
+
+    def unsettled_volumes(self) -> set[str]:
+        """Volumes changed in the last SETTLE_S, by the storage's clock (which all
+        hosts see alike, unlike their own)."""
+        probe = self._locks / "clock"
+        with open(probe, "a"):
+            os.utime(probe)
+        now = os.stat(probe).st_mtime
+        young = set()
+        for path in self._volumes.iterdir():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if now - max(st.st_mtime, st.st_ctime) < SETTLE_S:
+                young.add(path.name)
+        return young

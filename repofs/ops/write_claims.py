@@ -1,0 +1,61 @@
+"""Write opens in a repository several hosts share (drivers/posix.py).
+
+A disk open for writing on one host is EBUSY for write opens on the others
+(reads are allowed) until that host closes it, or its lease runs out because
+it died (leases.py). The claim is the image record's `writer`: set under the
+repository lock, with the check, by the first write open of a host; cleared by
+its last close. Removal, renames, snapshots and fixes of an image another host
+writes wait or fail as for an image open here (ConnectedRepository.wait_for_release).
+One-host repositories need no claim: the process's own bookkeeping is enough.
+"""
+
+import errno
+import logging
+
+import trio
+
+from repofs import errors
+from repofs.model import ImageRecord
+from repofs.registry import ConnectedRepository
+
+log = logging.getLogger(__name__)
+
+
+async def claim(repo: ConnectedRepository, image_id: str) -> ImageRecord:
+    """Durable step: the record names this host as its writer; EBUSY if another
+    live host does."""
+
+    def change(record: ImageRecord) -> ImageRecord:
+        holder = repo.writer_elsewhere(record)
+        if holder is not None:
+            raise errors.busy(f"{image_id} is open for writing on host {holder}")
+        if record.writer is not None and record.writer != repo.host_id:
+            log.warning("%s/%s: taking the write claim of dead host %s",
+                        repo.name, image_id, record.writer)  # fmt: skip
+        return record.evolve(writer=repo.host_id)
+
+    return await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+
+
+async def release(repo: ConnectedRepository, image_id: str) -> None:
+    """Durable step: the record names no writer (if it still names this host)."""
+
+    def change(record: ImageRecord) -> ImageRecord:
+        return record.evolve(writer=None) if record.writer == repo.host_id else record
+
+    try:
+        await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+    except errors.RepofsError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+async def drop_stale_claims(repo: ConnectedRepository) -> None:
+    """At connect: claims of this host are its previous process's, which died
+    holding them (nothing is open yet)."""
+    records = await trio.to_thread.run_sync(repo.driver.list_images)
+    for record in records:
+        if record.writer == repo.host_id:
+            log.info("%s/%s: dropping this host's write claim of a previous run",
+                     repo.name, record.id)  # fmt: skip
+            await release(repo, record.id)
