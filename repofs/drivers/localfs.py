@@ -250,6 +250,8 @@ class LocalRepository:
     def trash_image(self, image_id: str) -> None:
         """removeImage on storage: one rename of the record into trash/."""
         with self.lock():
+            if not self._record_path(image_id).exists():  # removed meanwhile, perhaps elsewhere
+                raise errors.not_found(f"{image_id} does not exist")
             if self._record_path(image_id, trashed=True).exists():
                 raise errors.exists(
                     f"trash already holds an image {image_id}: restore or clean it first"
