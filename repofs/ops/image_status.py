@@ -49,6 +49,7 @@ class ImageStatus:
             "dependents": list(self.dependents),
             "tasks": list(self.tasks),
             "trashed": self.trashed,
+            "writer": self.record.writer,  # shared repositories: who has it open for writing
         }
 
 
