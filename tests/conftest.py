@@ -172,10 +172,11 @@ def assert_consistent(root: Path, garbage_expected: bool = False) -> None:
 TASKS_TIMEOUT_S = 120
 
 
-def kill_at_a_random_moment(m: Mount, task: Path) -> dict:
+def kill_at_a_random_moment(m: Mount, task: Path, root: Path | None = None) -> dict:
     """kill -9 of the mount at a random moment of a running task, after its first
     progress report (so past a checkpoint) and before its end, judged by its rate;
-    returns the task record as stored at the kill, which must show it under way."""
+    returns the task record as stored at the kill, which must show it under way.
+    `root`: the repository's directory on storage, if not in the mount's data dir."""
 
     def progress() -> dict | None:
         view = json.loads(task.read_text())
@@ -185,8 +186,8 @@ def kill_at_a_random_moment(m: Mount, task: Path) -> dict:
     remaining_s = (view["bytes_total"] - view["bytes_done"]) / view["rate"]
     time.sleep(random.uniform(0, 0.6 * remaining_s))
     m.kill()
-    stored = json.loads((m.data / task.parent.parent.name / "tasks" / f"{task.name}.json")
-                        .read_text())  # fmt: skip
+    root = root or m.data / task.parent.parent.name
+    stored = json.loads((root / "tasks" / f"{task.name}.json").read_text())
     assert stored["state"] == "running" and stored["percent_complete"] < 100, stored
     return stored
 

@@ -6,7 +6,6 @@ import concurrent.futures
 import errno
 import json
 import os
-import random
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from conftest import (
     assert_consistent,
     check_through_the_mount,
     errno_of,
+    kill_at_a_random_moment,
     pattern,
     sh,
     status,
@@ -202,12 +202,8 @@ def test_a_task_of_a_killed_host_is_taken_over_and_finished_elsewhere(hosts):
     view = wait_for(lambda: _running(task), 60, "the optimize to report progress")
     victim, rescuer = (hosts.a, hosts.b) if view["host"] == "host-a" else (hosts.b, hosts.a)
     rescued = hosts.repo(rescuer)
-    remaining_s = (view["bytes_total"] - view["bytes_done"]) / view["rate"]
-    time.sleep(random.uniform(0, 0.5 * remaining_s))
-    victim.kill()
+    kill_at_a_random_moment(victim, task, hosts.shared)
     killed = time.monotonic()
-    stored = json.loads((hosts.shared / "tasks/optimize-vm2.json").read_text())
-    assert stored["state"] == "running" and stored["percent_complete"] < 100, stored
 
     def taken() -> bool:
         view = _running(rescued / "tasks/optimize-vm2")

@@ -404,9 +404,9 @@ class LocalRepository:
         finally:
             os.close(fd)
 
-    def unsettled_volumes(self) -> set[str]:
-        """File names of volumes that may be being made for a record to come, so
-        not garbage even if no record names them yet. None here: this process's
+    def unsettled_volumes(self, names: list[str]) -> set[str]:
+        """Of the volume file names `names`, those that may be being made for a
+        record to come, so not garbage even if no record names them yet. None here: this process's
         own creates are ordered against clean by the `changing` lock, and a
         repository of one host has no other creates."""
         return set()

@@ -30,19 +30,19 @@ class SharedRepository(LocalRepository):
     def _take_connection_lock(self) -> None:
         pass  # every host connects it
 
-    def unsettled_volumes(self) -> set[str]:
-        """Volumes changed in the last SETTLE_S, by the storage's clock (which all
+    def unsettled_volumes(self, names: list[str]) -> set[str]:
+        """Those changed in the last SETTLE_S, by the storage's clock (which all
         hosts see alike, unlike their own)."""
         probe = self._locks / "clock"
         with open(probe, "a"):
             os.utime(probe)
         now = os.stat(probe).st_mtime
         young = set()
-        for path in self._volumes.iterdir():
+        for name in names:
             try:
-                st = path.stat()
+                st = (self._volumes / name).stat()
             except FileNotFoundError:
                 continue
             if now - max(st.st_mtime, st.st_ctime) < SETTLE_S:
-                young.add(path.name)
+                young.add(name)
         return young

@@ -34,12 +34,13 @@ class Inventory:
 
     @classmethod
     def read(cls, driver: LocalRepository) -> "Inventory":
+        volumes = [v.file_name for v in driver.list_volumes()]
         return cls(
             driver.list_images(),
             driver.list_images(trashed=True),
             driver.list_tasks(),
-            [v.file_name for v in driver.list_volumes()],
-            driver.unsettled_volumes(),
+            volumes,
+            driver.unsettled_volumes(volumes),
         )
 
     def stale_tasks(self) -> list[Task]:

@@ -5,7 +5,6 @@ import datetime
 
 import trio
 
-from repofs import leases
 from repofs.ops import repository_options
 from repofs.registry import ConnectedRepository, Registry
 
@@ -35,15 +34,16 @@ async def list_hosts(registry: Registry, repo: ConnectedRepository) -> list[dict
     hosts = []
     for host in sorted(beats, key=lambda h: (h != registry.host_id, h)):
         beat = beats[host]
-        still = 0.0 if host == registry.host_id else watch.still_for(repo.name, host)
+        this_host = host == registry.host_id
+        still = 0.0 if this_host else watch.still_for(repo.name, host)
         hosts.append({
             "host": host,
-            "this_host": host == registry.host_id,
+            "this_host": this_host,
             "heartbeat": beat.heartbeat,
             "last_heartbeat": datetime.datetime.fromtimestamp(beat.written).astimezone()
             .isoformat(timespec="seconds"),
             "still_for_s": round(still, 1),
-            "alive": still < leases.LEASE_S,
+            "alive": this_host or not watch.dead(repo.name, host),
             "tasks": [t.id for t in tasks if t.active and t.lease and t.lease.host == host],
         })  # fmt: skip
     return hosts
