@@ -1,7 +1,6 @@
 """The `repofs` command: mount, umount, tour."""
 
 import argparse
-import errno
 import logging
 import os
 import socket
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 from repofs import errors
+from repofs.mounts import MountState, clear_dead_mount, fusermount, mount_state
 from repofs.qemu.tools import require
 
 log = logging.getLogger("repofs")
@@ -20,22 +20,6 @@ UMOUNT_TIMEOUT_S = 30
 PID_ATTRIBUTE = "user.repofs.pid"
 
 
-class MountState:
-    ABSENT, DEAD, LIVE = "absent", "dead", "live"
-
-
-def mount_state(mountpoint: Path) -> str:
-    try:
-        # statfs always reaches the file system (the kernel may answer stat from
-        # its attribute cache for a second after the process died).
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            return MountState.DEAD
-        return MountState.ABSENT
-    return MountState.LIVE if os.path.ismount(mountpoint) else MountState.ABSENT
-
-
 def mount_pid(mountpoint: Path) -> int | None:
     try:
         return int(os.getxattr(mountpoint, PID_ATTRIBUTE))
@@ -43,20 +27,13 @@ def mount_pid(mountpoint: Path) -> int | None:
         return None
 
 
-def _fusermount(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["fusermount3", *args], capture_output=True, text=True)
-
-
 def _check_environment(mountpoint: Path) -> None:
     if not os.path.exists("/dev/fuse"):
         raise errors.not_found("/dev/fuse is missing: load the fuse module (modprobe fuse)")
     require("qemu-img")
     require("qemu-storage-daemon")
-    state = mount_state(mountpoint)
-    if state == MountState.DEAD:
-        # A crashed repofs left "Transport endpoint is not connected" behind.
-        _fusermount("-u", "-z", str(mountpoint))
-    elif state == MountState.LIVE:
+    clear_dead_mount(mountpoint)  # a crashed repofs left it behind
+    if mount_state(mountpoint) == MountState.LIVE:
         raise errors.busy(f"{mountpoint} is already mounted")
     mountpoint.mkdir(parents=True, exist_ok=True)
 
@@ -138,11 +115,11 @@ def cmd_umount(args) -> int:
         print(f"{args.mountpoint} is not mounted")
         return 0
     if state == MountState.DEAD:
-        _fusermount("-u", "-z", str(mountpoint))
+        fusermount("-u", "-z", str(mountpoint))
         print(f"cleaned up the dead mount at {args.mountpoint}")
         return 0
     pid = mount_pid(mountpoint)
-    result = _fusermount("-u", str(mountpoint))
+    result = fusermount("-u", str(mountpoint))
     if result.returncode != 0:
         print(f"repofs: cannot unmount: {result.stderr.strip()}", file=sys.stderr)
         return 1

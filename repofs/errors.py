@@ -62,6 +62,11 @@ def io_error(reason: str) -> RepofsError:
     return RepofsError(errno.EIO, reason)
 
 
+def unreachable(reason: str) -> RepofsError:
+    """Storage behind a connection cannot be reached (a Gluster server down)."""
+    return RepofsError(errno.EHOSTUNREACH, reason)
+
+
 def conflict(reason: str) -> RepofsError:
     """A record changed under us (generation compare-and-swap failed)."""
     return RepofsError(errno.ESTALE, reason)

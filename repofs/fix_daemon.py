@@ -25,8 +25,26 @@ from repofs.registry import ConnectedRepository, Registry
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
+# How often this host looks whether its own heartbeats stall: a stall is acted
+# on at most this long after LEASE_S / 2.
+STALL_CHECK_S = 0.5
 MAX_RUNNING = 4
 STOPPED_BY_USER = "stopped by the user"
+
+
+@dataclass
+class Heartbeat:
+    """This host's heartbeat in one repository."""
+
+    renewed: float  # time.monotonic() when a write of it last returned
+    writing: bool = False  # a write is under way (it may hang: storage stalled)
+    stopped: bool = False  # its tasks were stopped for a stall
+    fenced_at: float | None = None  # when the driver cut the host off the storage
+    rejoining: bool = False
+
+    @property
+    def stalled(self) -> bool:
+        return time.monotonic() - self.renewed > leases.LEASE_S / 2
 
 
 @dataclass
@@ -43,7 +61,7 @@ class FixDaemon:
         self.host = registry.host_id
         self.max_running = max_running
         self._counter = 0
-        self._last_renewed = time.monotonic()
+        self._heartbeats: dict[str, Heartbeat] = {}  # by repository name
         self._runs: dict[tuple[str, str], Run] = {}
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -51,7 +69,6 @@ class FixDaemon:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._beat()
             nursery.start_soon(self._heartbeat_loop)
             task_status.started()
             while True:
@@ -67,27 +84,75 @@ class FixDaemon:
     # Heartbeats and leases
 
     async def _beat(self) -> None:
+        """One heartbeat into every repository. A repository whose last write has
+        not returned (its storage stalls) gets none: the stall shows as its
+        `renewed` growing old, and the other repositories go on."""
         self._counter += 1
-        renewed = True
         for repo in list(self.registry.repositories.values()):
-            beat = HostBeat(self.host, self._counter, time.time())
-            try:
-                await trio.to_thread.run_sync(repo.driver.write_heartbeat, beat)
-            except OSError as exc:
-                renewed = False
-                log.error("cannot write the heartbeat of %s in %s: %s", self.host, repo.name, exc)
-        if renewed:
-            self._last_renewed = time.monotonic()
+            beat = self._heartbeats.setdefault(repo.name, Heartbeat(time.monotonic()))
+            if beat.fenced_at is not None:
+                if not beat.rejoining and time.monotonic() - beat.fenced_at >= leases.LEASE_S:
+                    beat.rejoining = True
+                    self._nursery.start_soon(self._rejoin, repo, beat)
+            elif not beat.writing:
+                beat.writing = True
+                self._nursery.start_soon(self._write_heartbeat, repo, beat, self._counter)
+
+    async def _write_heartbeat(self, repo: ConnectedRepository, beat: "Heartbeat",
+                               counter: int) -> None:  # fmt: skip
+        try:
+            record = HostBeat(self.host, counter, time.time())
+            await trio.to_thread.run_sync(repo.driver.write_heartbeat, record)
+            beat.renewed = time.monotonic()
+            beat.stopped = False
+        except OSError as exc:
+            log.error("cannot write the heartbeat of %s in %s: %s", self.host, repo.name, exc)
+        finally:
+            beat.writing = False
 
     async def _heartbeat_loop(self) -> None:
+        next_beat = time.monotonic()
         while True:
-            await trio.sleep(leases.HEARTBEAT_S)
-            await self._beat()
-            if time.monotonic() - self._last_renewed > leases.LEASE_S / 2 and self._runs:
-                log.error("heartbeat not renewed for %.0fs: stopping this host's tasks",
-                          time.monotonic() - self._last_renewed)  # fmt: skip
-                for run in list(self._runs.values()):
-                    run.scope.cancel()
+            if time.monotonic() >= next_beat:
+                next_beat = max(next_beat + leases.HEARTBEAT_S, time.monotonic())
+                await self._beat()
+            for name, beat in list(self._heartbeats.items()):
+                repo = self.registry.repositories.get(name)
+                if repo is None:
+                    del self._heartbeats[name]  # disconnected
+                elif beat.stalled and not beat.stopped:
+                    await self._stop_stalled(repo, beat)
+            await trio.sleep(STALL_CHECK_S)
+
+    async def _stop_stalled(self, repo: ConnectedRepository, beat: "Heartbeat") -> None:
+        """Stops this host's tasks in a repository where it could not renew its
+        heartbeat for LEASE_S / 2, before another host may take them, and fences
+        the host off the storage where the driver can: what is still in flight
+        must not land after someone else took over."""
+        log.error("heartbeat of %s in %s not renewed for %.0fs: stopping this host's tasks there",
+                  self.host, repo.name, time.monotonic() - beat.renewed)  # fmt: skip
+        beat.stopped = True
+        for (name, _), run in list(self._runs.items()):
+            if name == repo.name:
+                run.scope.cancel()
+        if await trio.to_thread.run_sync(repo.driver.fence):
+            beat.fenced_at = time.monotonic()
+        else:
+            log.error("%s cannot be fenced off: what this host has in flight there lands "
+                      "when its storage comes back", repo.name)  # fmt: skip
+
+    async def _rejoin(self, repo: ConnectedRepository, beat: "Heartbeat") -> None:
+        """Reconnects a fenced repository, LEASE_S after fencing: by then every
+        other host has taken this one's leases there for dead, so coming back
+        resumes only tasks that no one took."""
+        try:
+            await trio.to_thread.run_sync(repo.driver.rejoin)
+        except errors.RepofsError as exc:
+            log.error("%s: cannot rejoin yet: %s", repo.name, exc.reason)
+            beat.fenced_at, beat.rejoining = time.monotonic(), False
+            return
+        log.info("%s: rejoined after fencing", repo.name)
+        self._heartbeats[repo.name] = Heartbeat(time.monotonic())
 
     def _runnable(self, repo: ConnectedRepository, task: Task) -> bool:
         if (repo.name, task.id) in self._runs:
@@ -104,18 +169,33 @@ class FixDaemon:
 
     async def _schedule(self) -> None:
         for repo in list(self.registry.repositories.values()):
-            try:
-                tasks = await trio.to_thread.run_sync(repo.driver.list_tasks)
-                beats = await trio.to_thread.run_sync(repo.driver.read_heartbeats)
-            except OSError as exc:
-                log.error("cannot read the tasks of %s: %s", repo.name, exc)
+            beat = self._heartbeats.get(repo.name)
+            if beat is None or beat.stalled or beat.fenced_at is not None:
                 continue
+            found = await self._read_tasks(repo)
+            if found is None:
+                continue
+            tasks, beats = found
             self.registry.host_watch.observe(repo.name, beats)
             for task in tasks:
                 if len(self._runs) >= self.max_running:
                     return
                 if self._runnable(repo, task):
                     await self._start(repo, task)
+
+    async def _read_tasks(self, repo: ConnectedRepository):
+        """The repository's tasks and heartbeats, or None if they cannot be read
+        now. A read that hangs (the storage stalled) is left behind."""
+        with trio.move_on_after(leases.LEASE_S / 2):
+            try:
+                tasks = await trio.to_thread.run_sync(repo.driver.list_tasks,
+                                                      abandon_on_cancel=True)  # fmt: skip
+                beats = await trio.to_thread.run_sync(repo.driver.read_heartbeats,
+                                                      abandon_on_cancel=True)  # fmt: skip
+                return tasks, beats
+            except OSError as exc:
+                log.error("cannot read the tasks of %s: %s", repo.name, exc)
+        return None
 
     async def _start(self, repo: ConnectedRepository, task: Task) -> None:
         taken = task.evolve(
@@ -126,6 +206,9 @@ class FixDaemon:
             task = await trio.to_thread.run_sync(repo.driver.write_task, taken)
         except errors.RepofsError:
             return  # another host took it first
+        except OSError as exc:
+            log.error("cannot take task %s/%s: %s", repo.name, task.id, exc)
+            return
         run = self._runs[(repo.name, task.id)] = Run(repo, task.id)
         if task.image is not None:
             repo.running_tasks[task.image] = task.id
@@ -164,7 +247,7 @@ class FixDaemon:
                 await ctx.save(state=TaskState.FAILED, lease=None, last_error=reason)
                 if ctx.live_image:
                     await ctx.update_image(lambda r: r.evolve(last_error=reason, host=None))
-            except (LeaseLost, errors.RepofsError) as exc:
+            except (LeaseLost, errors.RepofsError, OSError) as exc:
                 log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)
 
     async def let_go(self, repo: ConnectedRepository) -> None:

@@ -18,6 +18,7 @@ from repofs.qemu import img
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
+CLAIM_POLL_S = 0.1
 RECORDS_REUSE_S = 1.0
 
 
@@ -174,13 +175,19 @@ class ConnectedRepository:
                 await image.closed.wait()
         if image_id in self.open_images:
             return False
-        if self.driver.shared:
-            try:
-                record = await trio.to_thread.run_sync(self.driver.read_image, image_id)
-            except errors.RepofsError:
-                return True  # gone: nobody has it open
-            return self.writer_elsewhere(record) is None
-        return True
+        if not self.driver.shared:
+            return True
+        # Another host's claim is cleared a moment after its close(2) returned.
+        with trio.move_on_after(RELEASE_GRACE_S):
+            while True:
+                try:
+                    record = await trio.to_thread.run_sync(self.driver.read_image, image_id)
+                except errors.RepofsError:
+                    return True  # gone: nobody has it open
+                if self.writer_elsewhere(record) is None:
+                    return True
+                await trio.sleep(CLAIM_POLL_S)
+        return False
 
     def writer_elsewhere(self, record: ImageRecord) -> str | None:
         """The other host that holds the image open for writing, unless its lease

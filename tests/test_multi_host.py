@@ -1,9 +1,13 @@
-"""Two hosts on one shared repository (posix-1.0): two repofs processes with their
-own host IDs, mount points, data dirs and storage daemons, connected to the same
-directory, cooperating only through it (DESIGN.md, "Tasks, leases and hosts")."""
+"""Two hosts on one shared repository: two repofs processes with their own host
+IDs, mount points, data dirs and storage daemons, connected to the same
+directory (posix-1.0) or the same Gluster volume, which each mounts itself
+(glusterfs-1.0), cooperating only through it (DESIGN.md, "Tasks, leases and
+hosts")."""
 
 import concurrent.futures
+import contextlib
 import errno
+import itertools
 import json
 import os
 import time
@@ -20,6 +24,7 @@ from conftest import (
     status,
     wait_for,
 )
+from gluster import ClientMount, GlusterServer, unmount_left_behind
 from test_fixes import assert_standalone_copy_of_gold, make_gold, overlay_under_performance
 
 from repofs.leases import HEARTBEAT_S, LEASE_S
@@ -35,15 +40,35 @@ VISIBLE_S = 2.0
 EARLIEST_S = LEASE_S - HEARTBEAT_S - 1
 
 
-class Hosts:
-    def __init__(self, tmp_path):
-        self.shared = tmp_path / "shared"
-        self.shared.mkdir()
-        self.a = self._host(tmp_path, "a")
-        self.b = self._host(tmp_path, "b")
+FORMATS = ("posix-1.0", "glusterfs-1.0")
+_volume_numbers = itertools.count()
 
-    def _host(self, tmp_path, name: str) -> Mount:
-        connect = f"shared posix-1.0 path={self.shared}"
+
+class Hosts:
+    """Hosts a and b on one repository: a directory both connect as posix-1.0,
+    or a Gluster volume each mounts itself (glusterfs-1.0). `shared` is the
+    repository as stored (for gluster, the test's own client mount of it)."""
+
+    def __init__(self, tmp_path, fmt: str, gluster: GlusterServer | None):
+        self.format = fmt
+        self.base = tmp_path
+        self.gluster = gluster
+        if fmt == "posix-1.0":
+            self.volume = self.view = None
+            self.shared = tmp_path / "shared"
+            self.shared.mkdir()
+            connect = f"shared posix-1.0 path={self.shared}"
+        else:
+            self.volume = gluster.create_volume(f"repofs-test-{next(_volume_numbers)}")
+            self.view = ClientMount(self.volume, tmp_path / "shared")
+            self.shared = self.view.path
+            connect = f"shared glusterfs-1.0 server=127.0.0.1 volume={self.volume}"
+        self.a = self._host(tmp_path, "a", connect)
+        self.b = self._host(tmp_path, "b", connect)
+
+    @staticmethod
+    def _host(tmp_path, name: str, connect: str) -> Mount:
+        (tmp_path / name).mkdir()
         host = Mount(tmp_path / name, ("--host-id", f"host-{name}", "--connect", connect))
         host.host_id = f"host-{name}"
         return host
@@ -51,12 +76,33 @@ class Hosts:
     def repo(self, host: Mount):
         return host.path / "shared"
 
+    def close(self) -> None:
+        """Ends what a test left: the hosts, their Gluster clients (killed hosts
+        leave theirs), the test's own client, the volume."""
+        try:
+            self.a.stop()
+            self.b.stop()
+        finally:
+            if self.volume is not None:
+                unmount_left_behind(self.base / "a")
+                unmount_left_behind(self.base / "b")
+                self.view.unmount()
+                self.gluster.delete_volume(self.volume)
 
-@pytest.fixture
-def hosts(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    h = Hosts(tmp_path)
+
+@pytest.fixture(scope="module")
+def gluster_server(tmp_path_factory):
+    server = GlusterServer(tmp_path_factory.mktemp("gluster"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def two_hosts(tmp_path, fmt: str, request):
+    gluster = request.getfixturevalue("gluster_server") if fmt == "glusterfs-1.0" else None
+    h = Hosts(tmp_path, fmt, gluster)
     try:
         h.a.start()
         h.b.start()
@@ -66,10 +112,21 @@ def hosts(tmp_path):
                 check_through_the_mount(m)
                 unexpected = m.unexpected_log_lines()
                 assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
+        assert_consistent(h.shared, garbage_expected=True)
     finally:
-        h.a.stop()
-        h.b.stop()
-    assert_consistent(h.shared, garbage_expected=True)
+        h.close()
+
+
+@pytest.fixture(params=FORMATS)
+def hosts(tmp_path, request):
+    with two_hosts(tmp_path, request.param, request) as h:
+        yield h
+
+
+@pytest.fixture
+def gluster_hosts(tmp_path, request):
+    with two_hosts(tmp_path, "glusterfs-1.0", request) as h:
+        yield h
 
 
 def within(seconds: float, check, what: str):

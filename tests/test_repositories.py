@@ -106,7 +106,12 @@ def test_connect_at_mount_time(tmp_path):
     [
         ("r2 localfs-1.0 path={nonempty}", errno.EINVAL),  # not empty, not a repository
         ("r2 zfs-9 path={empty}", errno.EINVAL),  # unknown format
-        ("r2 glusterfs-1.0 server=localhost volume=v", errno.EOPNOTSUPP),  # planned format
+        ("r2 clvm-1.2 vg=v", errno.EOPNOTSUPP),  # planned format
+        ("r2 glusterfs-1.0 server=-oops volume=v", errno.EINVAL),  # no option injection
+        ("r2 glusterfs-1.0 server=127.0.0.1 volume=../v", errno.EINVAL),
+        ("r2 glusterfs-1.0 server=127.0.0.1", errno.EINVAL),  # missing volume
+        ("r2 glusterfs-1.0 server=127.0.0.1 volume=v path=/x", errno.EINVAL),
+        ("r2 glusterfs-1.0 server=127.0.0.9 volume=nosuch", errno.EHOSTUNREACH),
         ("r2 posix-1.0 path=relative/dir", errno.EINVAL),  # paths are absolute
         ("r2 localfs-1.0", errno.EINVAL),  # missing path
         ("default localfs-1.0 path={empty}", errno.EEXIST),  # name taken

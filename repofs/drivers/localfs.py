@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "localfs-1.0"
 FORMAT_VERSION = 1
+HEARTBEAT_TEMP_AGE_S = 3600
 _DIRS = ("images", "trash", "volumes", "tasks", "locks", "hosts")
 
 
@@ -120,6 +122,16 @@ class LocalRepository:
         if self._connection_fd is not None:
             os.close(self._connection_fd)
             self._connection_fd = None
+
+    def fence(self) -> bool:
+        """Cuts this host's access to the storage after its heartbeat stalled, so
+        that nothing still in flight lands after another host took over. False:
+        a directory the admin mounted cannot be cut from here (its stalled
+        writes land when the storage comes back; docs/multi-host.md)."""
+        return False
+
+    def rejoin(self) -> None:
+        """Restores the access fence() cut (nothing to restore here)."""
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -334,8 +346,9 @@ class LocalRepository:
         return self._hosts / f"{urllib.parse.quote(host, safe='')}.json"
 
     def write_heartbeat(self, beat: HostBeat) -> None:
-        with self.lock():
-            atomic_write_json(self._host_path(beat.host), beat.to_json())
+        """Not under the repository lock: only this host writes its record, and a
+        host that stalls holding the lock must not stop the others' heartbeats."""
+        atomic_write_json(self._host_path(beat.host), beat.to_json())
 
     def read_heartbeats(self) -> dict[str, HostBeat]:
         beats = {}
@@ -432,11 +445,19 @@ class LocalRepository:
                 path.unlink(missing_ok=True)
 
     def temp_files(self) -> list[Path]:
-        """Leftovers of atomic writes that a crash interrupted."""
-        return [
-            p for d in (self.root, self._images, self._trash, self._tasks, self._hosts)
+        """Leftovers of atomic writes that a crash interrupted. Heartbeats are
+        written without the repository lock, so a temp file of one is a leftover
+        only once it is older than any write takes (by this host's clock: an
+        hour leaves room for clocks that disagree)."""
+        found = [
+            p for d in (self.root, self._images, self._trash, self._tasks)
             for p in d.glob(f"{TEMP_PREFIX}*")
         ]  # fmt: skip
+        for path in self._hosts.glob(f"{TEMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - path.stat().st_mtime > HEARTBEAT_TEMP_AGE_S:
+                    found.append(path)
+        return found
 
     def allocated_bytes(self, volume: Volume) -> int:
         """Space the volume takes here: none for a volume of another repository."""

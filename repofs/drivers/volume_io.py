@@ -8,6 +8,7 @@ Requests of any alignment are served, also for callers that opened the image wit
 O_DIRECT: the volume is opened buffered and fsync makes it durable.
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -22,6 +23,9 @@ class RawVolumeFile:
     def __init__(self, path: Path, writable: bool):
         self.path = path
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        # What the file system offers, learnt at the first refusal.
+        self._nowait = True
+        self._in_kernel_copy = True
 
     async def _submit(self, fn, *args):
         RawVolumeFile._in_flight += 1
@@ -46,14 +50,17 @@ class RawVolumeFile:
         # A range the page cache holds is read inline whatever else is in flight:
         # RWF_NOWAIT never waits for storage (EAGAIN instead), and a thread hop
         # costs more than the copy.
-        buf = bytearray(length)
-        try:
-            if os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT) == length:
-                return buf
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
+        if self._nowait:
+            buf = bytearray(length)
+            try:
+                if os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT) == length:
+                    return buf
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
+                self._nowait = False  # FUSE (a Gluster volume) has no RWF_NOWAIT
         data = await self._submit(os.pread, self._fd, length, offset)
         # The image record holds the size; a volume that a crash left shorter than
         # that reads as zeros beyond its end, like a hole.
@@ -71,15 +78,24 @@ class RawVolumeFile:
         def copy() -> None:
             done = 0
             while done < length:
-                moved = os.copy_file_range(
-                    self._fd, target._fd, length - done, offset + done, offset + done
-                )
+                moved = self._copy_range(target, length - done, offset + done)
                 if moved == 0:
                     return  # end of the source
                 done += moved
 
         # Milliseconds each, and copies run several at once.
         await self._in_thread(copy)
+
+    def _copy_range(self, target: "RawVolumeFile", length: int, offset: int) -> int:
+        if self._in_kernel_copy:
+            try:
+                return os.copy_file_range(self._fd, target._fd, length, offset, offset)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
+                    raise
+                self._in_kernel_copy = False  # a FUSE server without it
+        data = os.pread(self._fd, length, offset)
+        return os.pwrite(target._fd, data, offset) if data else 0
 
     async def fsync(self) -> None:
         # With a copy's data dirty it takes up to seconds.

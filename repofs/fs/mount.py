@@ -36,9 +36,21 @@ class MountConfig:
 
 async def _serve(config: MountConfig, run_dir: Path) -> None:
     daemon = StorageDaemon(run_dir, config.log_fd)
+    registry = Registry(config.data_dir, config.host_id, daemon)
+    try:
+        await _serve_registry(config, registry)
+    finally:
+        # Once the storage daemon and the fix daemon stopped: nothing holds a file
+        # of a repository open any more (a Gluster volume unmounts only then).
+        with trio.CancelScope(shield=True):
+            for repo in registry.repositories.values():
+                await trio.to_thread.run_sync(repo.driver.close)
+    log.info("unmounted %s", config.mountpoint)
+
+
+async def _serve_registry(config: MountConfig, registry: Registry) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        registry = Registry(config.data_dir, config.host_id, daemon)
+        await nursery.start(registry.daemon.run)
         await connect_data_dir(registry)
         for line in config.connections:
             await connect_repository(registry, *parse_connection(line))
@@ -56,10 +68,7 @@ async def _serve(config: MountConfig, run_dir: Path) -> None:
             await pyfuse3.main(max_tasks=MAX_CONCURRENT_REQUESTS)
         finally:
             pyfuse3.close(unmount=True)
-            for repo in registry.repositories.values():
-                repo.driver.close()
             nursery.cancel_scope.cancel()
-    log.info("unmounted %s", config.mountpoint)
 
 
 async def _terminate_on_signal() -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import trio
 
 from repofs import errors
-from repofs.drivers import localfs, posix
+from repofs.drivers import glusterfs, localfs, posix
+from repofs.drivers.glusterfs import GlusterRepository
 from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.names import check_name
@@ -18,8 +19,13 @@ from repofs.registry import ConnectedRepository, Registry
 log = logging.getLogger(__name__)
 
 DEFAULT_REPOSITORY = "default"
-DRIVERS = {localfs.FORMAT: LocalRepository, posix.FORMAT: SharedRepository}
-PLANNED_FORMATS = ("glusterfs-1.0", "clvm-1.2")
+DIRECTORY_DRIVERS = {localfs.FORMAT: LocalRepository, posix.FORMAT: SharedRepository}
+PARAMETERS = {localfs.FORMAT: ("path",), posix.FORMAT: ("path",),
+              glusterfs.FORMAT: ("server", "volume")}  # fmt: skip
+PLANNED_FORMATS = ("clvm-1.2",)
+# Where repofs mounts the Gluster volumes it connects, under the data directory
+# (a dot name: no repository is called that).
+GLUSTER_MOUNTS = ".glusterfs"
 # The mount root's own files: a repository of that name would be hidden.
 RESERVED_NAMES = ("README", "connect")
 
@@ -50,31 +56,43 @@ async def connect_repository(
         raise errors.exists(f"a repository named {name} is already connected")
     if fmt in PLANNED_FORMATS:
         raise errors.not_supported(f"format {fmt} is planned, not built yet")
-    driver_class = DRIVERS.get(fmt)
-    if driver_class is None:
+    if fmt not in PARAMETERS:
         raise errors.invalid(f"unknown repository format {fmt!r}")
-    if set(params) != {"path"}:
-        raise errors.invalid(f"{fmt} takes exactly one parameter, path=DIR; got {sorted(params)}")
-    root = Path(params["path"])
-    if not root.is_absolute():
-        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
+    if sorted(params) != sorted(PARAMETERS[fmt]):
+        wanted = " ".join(f"{key}=..." for key in PARAMETERS[fmt])
+        raise errors.invalid(f"{fmt} takes {wanted}; got {' '.join(sorted(params)) or 'nothing'}")
     for other in registry.repositories.values():
-        if other.driver.root == root:
-            raise errors.busy(f"{root} is already connected as {other.name}")
-    driver = await trio.to_thread.run_sync(driver_class.open, root)
+        if other.format == fmt and other.params == params:
+            raise errors.busy(f"{' '.join(f'{k}={v}' for k, v in params.items())} "
+                              f"is already connected as {other.name}")  # fmt: skip
+    driver = await trio.to_thread.run_sync(_attach, registry, name, fmt, params)
     repo = ConnectedRepository(
-        name, driver, fmt, {"path": str(root)}, transient, registry.host_id,
+        name, driver, fmt, params, transient, registry.host_id,
         registry.host_watch, registry.repositories,
     )  # fmt: skip
     if driver.shared:
         try:
             await write_claims.drop_stale_claims(repo)
         except BaseException:
-            driver.close()
+            await trio.to_thread.run_sync(driver.close)
             raise
     registry.repositories[name] = repo
-    log.info("connected %s: %s %s", name, fmt, root)
+    log.info("connected %s: %s %s", name, fmt, " ".join(f"{k}={v}" for k, v in params.items()))
     return repo
+
+
+def _attach(registry: Registry, name: str, fmt: str, params: dict[str, str]) -> LocalRepository:
+    """Opens the repository a connection names. Blocking."""
+    if fmt == glusterfs.FORMAT:
+        mountpoint = registry.data_dir / GLUSTER_MOUNTS / name
+        return GlusterRepository.attach(params["server"], params["volume"], mountpoint)
+    root = Path(params["path"])
+    if not root.is_absolute():
+        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
+    for other in registry.repositories.values():
+        if other.driver.root == root:
+            raise errors.busy(f"{root} is already connected as {other.name}")
+    return DIRECTORY_DRIVERS[fmt].open(root)
 
 
 async def create_local_repository(registry: Registry, name: str) -> ConnectedRepository:
@@ -113,5 +131,5 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         # Its running tasks stop where they are; a later connection resumes them.
         await registry.fix_daemon.let_go(repo)
     repo.driver.on_change = None
-    repo.driver.close()
+    await trio.to_thread.run_sync(repo.driver.close)
     log.info("disconnected %s", name)
