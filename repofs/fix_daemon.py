@@ -147,8 +147,8 @@ class FixDaemon:
         resumes only tasks that no one took."""
         try:
             await trio.to_thread.run_sync(repo.driver.rejoin)
-        except errors.RepofsError as exc:
-            log.error("%s: cannot rejoin yet: %s", repo.name, exc.reason)
+        except (errors.RepofsError, OSError) as exc:
+            log.error("%s: cannot rejoin yet: %s", repo.name, exc)
             beat.fenced_at, beat.rejoining = time.monotonic(), False
             return
         log.info("%s: rejoined after fencing", repo.name)
@@ -228,11 +228,16 @@ class FixDaemon:
                          time.monotonic() - started)  # fmt: skip
         except LeaseLost as exc:
             log.warning("task %s/%s lost its lease: %s", repo.name, task.id, exc)
-        except errors.RepofsError as exc:
-            await self._fail(ctx, exc.reason)
         except Exception as exc:
-            log.exception("task %s/%s failed unexpectedly", repo.name, task.id)
-            await self._fail(ctx, f"internal error: {exc!r}")
+            if run.scope.cancel_called:
+                # Stopped (a stall, a disconnect, the user) while a call was under
+                # way, which then failed: the task stays as it is, for whoever resumes it.
+                log.warning("task %s/%s stopped: %s", repo.name, task.id, exc)
+            elif isinstance(exc, errors.RepofsError):
+                await self._fail(ctx, exc.reason)
+            else:
+                log.exception("task %s/%s failed unexpectedly", repo.name, task.id)
+                await self._fail(ctx, f"internal error: {exc!r}")
         finally:
             del self._runs[(repo.name, task.id)]
             if repo.running_tasks.get(task.image) == task.id:

@@ -154,9 +154,9 @@ class ConnectedRepository:
             await trio.to_thread.run_sync(self.driver.volume_path(new_volume).unlink)
             raise
 
-    def check_free(self, image_id: str) -> None:
+    async def check_free(self, image_id: str) -> None:
         """EEXIST early, before volumes are made for an ID that is taken."""
-        if self.driver.has_image(image_id):
+        if await trio.to_thread.run_sync(self.driver.has_image, image_id):
             raise errors.exists(f"{image_id} already exists in {self.name}")
 
     async def preallocates(self) -> bool:

@@ -10,6 +10,8 @@ import errno
 import itertools
 import json
 import os
+import random
+import signal
 import time
 
 import pytest
@@ -27,6 +29,7 @@ from conftest import (
 from gluster import ClientMount, GlusterServer, unmount_left_behind
 from test_fixes import assert_standalone_copy_of_gold, make_gold, overlay_under_performance
 
+from repofs.fix_daemon import STALL_CHECK_S
 from repofs.leases import HEARTBEAT_S, LEASE_S
 
 pytestmark = pytest.mark.mount
@@ -285,3 +288,73 @@ def _running(task) -> dict | None:
     except FileNotFoundError:
         return None
     return view if view["state"] == "running" and view["rate"] > 0 else None
+
+
+def test_a_host_whose_storage_stalls_stops_its_task_and_the_other_takes_it(gluster_hosts):
+    """SIGSTOP of the Gluster client of the host running an optimize, at a random
+    moment: its storage stalls, the other host's does not. The stalled host stops
+    its task within LEASE_S / 2 and fences itself off (kills its client, so
+    nothing it had in flight lands later); the other host takes the task after
+    LEASE_S and finishes it with the right bytes; SIGCONT afterwards changes
+    nothing; the stalled host rejoins and leaves the task alone."""
+    hosts = gluster_hosts
+    make_gold(hosts.repo(hosts.a), "1G", 1024, layered=True)
+    overlay_under_performance(hosts.repo(hosts.a))
+    view = wait_for(lambda: _running(hosts.repo(hosts.a) / "tasks/optimize-vm2"), 60,
+                    "the optimize to report progress")  # fmt: skip
+    victim, rescuer = (hosts.a, hosts.b) if view["host"] == "host-a" else (hosts.b, hosts.a)
+    rescued = hosts.repo(rescuer)
+    [client] = _gluster_clients_of(victim)
+    remaining_s = (view["bytes_total"] - view["bytes_done"]) / view["rate"]
+    time.sleep(random.uniform(0, 0.5 * remaining_s))
+    os.kill(client, signal.SIGSTOP)
+    stalled = time.monotonic()
+    try:
+        wait_for(lambda: "stopping this host's tasks" in victim.log_text(), LEASE_S, "the stop")
+        stopped = time.monotonic() - stalled
+        # Its last heartbeat was written before the SIGSTOP.
+        assert stopped <= LEASE_S / 2 + STALL_CHECK_S + 0.5, stopped
+
+        def taken() -> bool:
+            view = _running(rescued / "tasks/optimize-vm2")
+            return view is not None and view["host"] == rescuer.host_id
+
+        wait_for(taken, LEASE_S + 5, "the other host to take the task")
+        took = time.monotonic() - stalled
+        assert took >= EARLIEST_S, took
+    finally:
+        if _command(client) == "glusterfs":  # the fence should have ended it
+            os.kill(client, signal.SIGCONT)
+    assert _command(client) is None, "the stalled host did not kill its client"
+    wait_for(lambda: status(rescued, "vm2")["state"] == "optimized", 120, "vm2 optimized")
+    assert_standalone_copy_of_gold(rescued, "vm2")
+    wait_for(lambda: "rejoined after fencing" in victim.log_text(), 2 * LEASE_S, "the rejoin")
+    assert status(hosts.repo(victim), "vm2")["state"] == "optimized"
+    assert victim.log_text().count("optimize-vm2 started") <= 1  # before the stall only
+    victim.expect_log("rejoined after fencing")  # forgives the stall's errors
+    for m in (hosts.a, hosts.b):
+        m.expected_fixes.add("clean-volumes")
+    print(f"stopped after {stopped:.1f} s, taken over after {took:.1f} s (LEASE_S {LEASE_S})")
+
+
+def _gluster_clients_of(host: Mount) -> list[int]:
+    """The glusterfs client processes mounting volumes in the host's data dir."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+            continue
+        if cmdline[0] == b"glusterfs" and f"{host.data}/".encode() in cmdline[-2]:
+            found.append(int(entry))
+    return found
+
+
+def _command(pid: int) -> str | None:
+    """The command name of a live process (None once it is gone)."""
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return None
+    state = text.rpartition(")")[2].split()[0]
+    return None if state == "Z" else text[text.index("(") + 1 : text.rindex(")")]

@@ -63,8 +63,9 @@ class GlusterClient:
     def mount(self) -> None:
         """Starts the client and waits until the volume answers at the mount
         point; EHOSTUNREACH, with the client's reason, if it cannot be reached."""
+        # A dead mount: this client's after a fence, or one of a repofs that was killed.
+        clear_dead_mount(self.mountpoint)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        clear_dead_mount(self.mountpoint)  # a client of a repofs that was killed
         if mount_state(self.mountpoint) == MountState.LIVE:
             fusermount("-u", "-z", str(self.mountpoint))  # its client still runs
         start = self.log_file.stat().st_size if self.log_file.exists() else 0
@@ -89,6 +90,7 @@ class GlusterClient:
                 return
             time.sleep(0.05)
         self.kill()
+        clear_dead_mount(self.mountpoint)
         raise errors.unreachable(f"cannot mount gluster volume {self.server}:{self.volume}: "
                                  f"{self._reason(start)}")  # fmt: skip
 
@@ -117,11 +119,12 @@ class GlusterClient:
             self.kill()
 
     def kill(self) -> None:
-        """Ends the client at once (a stopped one too) and detaches its dead mount."""
+        """Ends the client at once (a stopped one too). Its mount stays, dead:
+        every access fails (ENOTCONN) instead of reaching the empty directory
+        below, until the next mount() replaces it."""
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
-        clear_dead_mount(self.mountpoint)
 
 
 class GlusterRepository(SharedRepository):

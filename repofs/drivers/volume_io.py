@@ -1,9 +1,13 @@
 """Reads and writes of a raw volume file, without stalling the trio loop.
 
-A request runs inline when it is the only one in flight (an uncontended pread or
-pwrite costs microseconds, less than a thread handoff), and so does a read of a
-range in the page cache; when requests queue up they go to worker threads, so
-several are in flight at once (DESIGN.md, Data path).
+On a local file system, a request runs inline when it is the only one in flight
+(an uncontended pread or pwrite costs microseconds, less than a thread handoff),
+and so does a read of a range in the page cache; when requests queue up they go
+to worker threads, so several are in flight at once (DESIGN.md, Data path).
+A file system that cannot promise not to block (no RWF_NOWAIT: FUSE, so a
+Gluster volume) is only ever touched from worker threads: a stall there must
+not stop the trio loop, which serves every other repository and writes the
+heartbeats that notice the stall.
 Requests of any alignment are served, also for callers that opened the image with
 O_DIRECT: the volume is opened buffered and fsync makes it durable.
 """
@@ -23,14 +27,13 @@ class RawVolumeFile:
     def __init__(self, path: Path, writable: bool):
         self.path = path
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        # What the file system offers, learnt at the first refusal.
-        self._nowait = True
-        self._in_kernel_copy = True
+        self._local = _never_blocks_unasked(self._fd)
+        self._in_kernel_copy = True  # until the file system refuses copy_file_range
 
     async def _submit(self, fn, *args):
         RawVolumeFile._in_flight += 1
         try:
-            if RawVolumeFile._in_flight == 1:
+            if RawVolumeFile._in_flight == 1 and self._local:
                 return fn(*args)
             return await trio.to_thread.run_sync(fn, *args)
         except OSError as exc:
@@ -50,7 +53,7 @@ class RawVolumeFile:
         # A range the page cache holds is read inline whatever else is in flight:
         # RWF_NOWAIT never waits for storage (EAGAIN instead), and a thread hop
         # costs more than the copy.
-        if self._nowait:
+        if self._local:
             buf = bytearray(length)
             try:
                 if os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT) == length:
@@ -58,9 +61,7 @@ class RawVolumeFile:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                if exc.errno != errno.EOPNOTSUPP:
-                    raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
-                self._nowait = False  # FUSE (a Gluster volume) has no RWF_NOWAIT
+                raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
         data = await self._submit(os.pread, self._fd, length, offset)
         # The image record holds the size; a volume that a crash left shorter than
         # that reads as zeros beyond its end, like a hole.
@@ -105,4 +106,20 @@ class RawVolumeFile:
         await self._submit(os.ftruncate, self._fd, size)
 
     async def close(self) -> None:
-        os.close(self._fd)
+        if self._local:
+            os.close(self._fd)
+        else:  # FUSE sends a flush, which waits for the storage
+            await trio.to_thread.run_sync(os.close, self._fd)
+
+
+def _never_blocks_unasked(fd: int) -> bool:
+    """Whether the file system takes RWF_NOWAIT (local ones do; FUSE does not)."""
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            return False
+        raise
+    return True

@@ -149,7 +149,7 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
         raise errors.invalid(f"{source.id} is a {source.kind}; this copies snapshots")
     if source.state is ImageState.BROKEN:
         raise errors.invalid(f"snapshot {source.id} is broken: {source.last_error}")
-    target_repo.check_free(source.id)
+    await target_repo.check_free(source.id)
     driver = target_repo.driver
     holder, ancestor = await trio.to_thread.run_sync(
         nearest_ancestor, source_repo, source, target_repo

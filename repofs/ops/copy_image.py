@@ -51,7 +51,7 @@ async def back_up_disk(
 
     Durable steps: those of createSnapshot, then those of copy_snapshot. A crash
     between leaves snapshot B in r1 only: repeat the ln as a copy of B."""
-    target_repo.check_free(backup_id)
+    await target_repo.check_free(backup_id)
     await create_snapshot(source_repo, disk_id, backup_id)
     return await copy_snapshot(registry, source_repo, backup_id, target_repo)
 
@@ -68,7 +68,7 @@ async def clone_disk(registry: Registry, source_repo: ConnectedRepository, disk_
     it (it may predate writes to D): `ln` it into r2/disks/D2 to finish, or
     remove it and clone again."""
     check_name(clone_id)
-    target_repo.check_free(clone_id)
+    await target_repo.check_free(clone_id)
     snapshot_id = f"{disk_id}.to-{target_repo.name}.{clone_id}"
     await create_snapshot(source_repo, disk_id, snapshot_id)
     return await create_virtual_disk_from_snapshot(

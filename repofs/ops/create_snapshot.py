@@ -51,7 +51,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
         await repo.ensure_no_task(disk_id, "snapshot")
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
-        repo.check_free(snapshot_id)
+        await repo.check_free(snapshot_id)
         max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
         writer = repo.writer_elsewhere(disk)
         if writer is not None:

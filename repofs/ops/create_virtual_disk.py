@@ -27,7 +27,7 @@ async def create_virtual_disk(
     check_name(image_id)
     driver = repo.driver
     async with repo.changing:
-        repo.check_free(image_id)
+        await repo.check_free(image_id)
         preallocate = await repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, size, preallocate)
         record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, size, (volume,), owner=owner)
@@ -67,7 +67,7 @@ async def create_virtual_disk_from_snapshot(
     driver = repo.driver
     base_repo = base_repo or repo
     async with repo.changing:
-        repo.check_free(image_id)
+        await repo.check_free(image_id)
         base = await trio.to_thread.run_sync(base_repo.driver.read_image, base_id)
         if base.kind is not ImageKind.SNAPSHOT:
             raise errors.invalid(f"{base_id} is not a snapshot; a disk is based on a snapshot")

@@ -38,8 +38,8 @@ async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKin
             raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")
         # A base in the trash is fine: the image reads through its layer, and a
         # merge fix folds that layer in so the base can be cleaned.
-        if record.base is not None and not (
-            repo.driver.has_image(record.base) or repo.driver.has_image(record.base, True)
+        if record.base is not None and not await trio.to_thread.run_sync(
+            lambda: repo.driver.has_image(record.base) or repo.driver.has_image(record.base, True)
         ):
             raise errors.not_found(f"cannot restore {image_id}: its base {record.base} is gone")
         await trio.to_thread.run_sync(repo.driver.restore_image, image_id)

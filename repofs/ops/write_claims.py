@@ -16,14 +16,27 @@ import trio
 
 from repofs import errors
 from repofs.model import ImageRecord
-from repofs.registry import ConnectedRepository
+from repofs.registry import CLAIM_POLL_S, RELEASE_GRACE_S, ConnectedRepository
 
 log = logging.getLogger(__name__)
 
 
 async def claim(repo: ConnectedRepository, image_id: str) -> ImageRecord:
     """Durable step: the record names this host as its writer; EBUSY if another
-    live host does."""
+    live host still does after RELEASE_GRACE_S (its claim is cleared a moment
+    after its close(2) returned)."""
+    with trio.move_on_after(RELEASE_GRACE_S):
+        while True:
+            try:
+                return await _claim_now(repo, image_id)
+            except errors.RepofsError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+            await trio.sleep(CLAIM_POLL_S)
+    return await _claim_now(repo, image_id)
+
+
+async def _claim_now(repo: ConnectedRepository, image_id: str) -> ImageRecord:
 
     def change(record: ImageRecord) -> ImageRecord:
         holder = repo.writer_elsewhere(record)
