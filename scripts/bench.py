@@ -421,6 +421,102 @@ def copies(mnt: Path, data: Path, size: int, changed: int, rounds: int = 3) -> d
     return result
 
 
+GLUSTER_JOBS = ("seq-read-1M-qd4", "seq-write-1M-qd4", "rand-read-4k-qd16", "rand-write-4k-qd16")
+
+
+def gluster(tmp: Path, size: int, takeovers: int) -> dict:
+    """Two repofs hosts on one glusterfs-1.0 repository (a single-brick volume on
+    loopback, as the tests make it): fio on a raw disk through host a against
+    the same job on a file of the plain gluster mount; then kill -9 of the host
+    running an optimize, and the time until the other host runs it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from gluster import ClientMount, GlusterServer, unmount_left_behind
+
+    server = GlusterServer(tmp / "gluster").start()
+    hosts = {name: (tmp / f"g{name}/mnt", tmp / f"g{name}/data") for name in "ab"}
+    try:
+        volume = server.create_volume("bench")
+        view = ClientMount(volume, tmp / "gluster-view")
+        connect = f"g glusterfs-1.0 server=127.0.0.1 volume={volume}"
+        for name, (mnt, data) in hosts.items():
+            run(f"{REPOFS} mount {mnt} --data-dir {data} --host-id host-{name} "
+                f"--connect '{connect}'")  # fmt: skip
+        try:
+            return {"data_path": _gluster_data_path(hosts["a"][0] / "g", view.path, size),
+                    "takeover": _takeovers(hosts, size, takeovers)}  # fmt: skip
+        finally:
+            for mnt, data in hosts.values():
+                run(f"{REPOFS} umount {mnt}")
+                unmount_left_behind(data)
+            view.unmount()
+    finally:
+        server.stop()
+
+
+def _gluster_data_path(repo: Path, plain: Path, size: int) -> list[dict]:
+    peer = plain / "peer.raw"
+    run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
+    run(f"cp {peer} {repo}/disks/raw")
+    results = []
+    for name in GLUSTER_JOBS:
+        through = fio(repo / "disks/raw", JOBS[name], size)
+        direct = fio(peer, JOBS[name], size)
+        # repofs serves O_DIRECT requests through the page cache of its own
+        # gluster mount: the buffered file is a peer too.
+        cached = fio(peer, JOBS[name], size, direct=False)
+        results.append({"job": name, "repofs_mib_s": round(through, 1),
+                        "gluster_direct_mib_s": round(direct, 1),
+                        "gluster_buffered_mib_s": round(cached, 1),
+                        "ratio_to_direct": round(through / direct, 3),
+                        "ratio_to_buffered": round(through / cached, 3)})  # fmt: skip
+        print(f"gluster raw {name:18} repofs {through:7.1f}  gluster mount O_DIRECT "
+              f"{direct:7.1f} ({through / direct:.2f}x)  buffered {cached:7.1f} "
+              f"({through / cached:.2f}x) MiB/s")  # fmt: skip
+    os.unlink(repo / "disks/raw")
+    return results
+
+
+def _takeovers(hosts: dict, size: int, rounds: int) -> list[float]:
+    """Seconds from kill -9 of the host running an optimize to the other host
+    running it (the lease: 10 s from the dead host's last heartbeat)."""
+    repo_a = hosts["a"][0] / "g"
+    run(f"truncate -s {size}M {repo_a}/disks/src")
+    run(f"ln {repo_a}/disks/src {repo_a}/snapshots/src-0")
+    run(f"dd if=/dev/urandom of={repo_a}/disks/src bs=1M count={size} conv=notrunc status=none")
+    run(f"ln {repo_a}/disks/src {repo_a}/snapshots/src-1")
+    run(f"setfattr -n user.repofs.strategy -v performance {repo_a}")
+    took = []
+    for i in range(rounds):
+        run(f"ln {repo_a}/snapshots/src-1 {repo_a}/disks/copy{i}")
+        deadline = time.monotonic() + 120
+        while not (view := _task_view(repo_a / f"tasks/optimize-copy{i}")).get("rate"):
+            assert time.monotonic() < deadline, "the optimize made no progress"
+            time.sleep(0.02)
+        victim = view["host"].removeprefix("host-")
+        rescuer = "b" if victim == "a" else "a"
+        mnt, data = hosts[victim]
+        os.kill(int(os.getxattr(mnt, "user.repofs.pid")), signal.SIGKILL)
+        killed = time.monotonic()
+        rescued = hosts[rescuer][0] / "g"
+        while _task_view(rescued / f"tasks/optimize-copy{i}").get("host") != f"host-{rescuer}":
+            assert time.monotonic() - killed < 60, "no takeover"
+            time.sleep(0.05)
+        took.append(round(time.monotonic() - killed, 2))
+        print(f"takeover of optimize-copy{i} by host-{rescuer}: {took[-1]:.1f} s after the kill")
+        wait_optimized(rescued, f"copy{i}")
+        run(f"{REPOFS} mount {mnt} --data-dir {data} --host-id host-{victim} "
+            f"--connect 'g glusterfs-1.0 server=127.0.0.1 volume=bench'")  # fmt: skip
+    return took
+
+
+def _task_view(path: Path) -> dict:
+    """A task's view, or {} before it is queued (the check queues it after `ln`)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
 def main() -> None:
     global FIO_RUNTIME_S
     parser = argparse.ArgumentParser()
@@ -449,6 +545,7 @@ def main() -> None:
                 "latency": lambda: latency(mnt / "default", sizes["latency_rounds"]),
                 "scale": lambda: scale(mnt, sizes["scale_images"]),
                 "resume": lambda: resume(mnt, data, sizes["resume_mib"], sizes["kills"]),
+                "gluster": lambda: gluster(Path(tmp), sizes["gluster_mib"], sizes["kills"]),
             }
             if args.only and args.results.exists():  # one section again: keep the others
                 report = {**json.loads(args.results.read_text()), **report}
@@ -463,14 +560,15 @@ def main() -> None:
             run(f"{REPOFS} umount {mnt}")
 
 
-SECTIONS = ("data_path", "copy", "latency", "resume", "scale")  # scale last: the longest
+SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "scale")  # scale last: the longest
 # 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
 # the list of live records that it rereads each second grows with them
 # (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
-        "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5}  # fmt: skip
+        "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5,
+        "gluster_mib": 1024}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
-         "scale_images": [100], "resume_mib": 256, "kills": 1}  # fmt: skip
+         "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 import errno
 import json
+import time
 
 import pytest
 
 from repofs.drivers.localfs import LocalRepository
+from repofs.drivers import posix
+from repofs.drivers.posix import SharedRepository
+from repofs.fixes.check import check_repository
 from repofs.errors import RepofsError
 from repofs.model import ImageKind, ImageRecord, VolumeFormat
 
@@ -98,3 +102,27 @@ def test_growing_a_raw_volume_drops_unrecorded_bytes(driver):
     path.write_bytes(b"s" * 8192)  # a crash left growth the record does not know
     driver.grow_raw_volume(record.top, 4096, 12288, preallocate=False)
     assert path.read_bytes()[4096:] == bytes(8192)
+
+
+def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, monkeypatch):
+    """posix-1.0: another host may be between making a volume and writing the
+    record that names it, so a volume no record names is garbage only once it
+    is SETTLE_S old by the storage's clock (its mtime and ctime against a probe
+    file's); localfs-1.0 (one host) cleans it at once."""
+    monkeypatch.setattr(posix, "SETTLE_S", 1.0)
+    for name in ("shared", "local"):
+        (tmp_path / name).mkdir()
+    shared = SharedRepository.open(tmp_path / "shared")
+    local = LocalRepository.open(tmp_path / "local")
+    try:
+        for driver in (shared, local):
+            driver.create_raw_volume(4096, preallocate=False)
+        assert [f.kind for f in check_repository(local)] == ["clean"]
+        assert check_repository(shared) == []
+        time.sleep(posix.SETTLE_S + 0.1)
+        [volume] = shared.list_volumes()
+        [fix] = check_repository(shared)
+        assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
+    finally:
+        shared.close()
+        local.close()

@@ -233,6 +233,29 @@ def test_a_disk_open_for_writing_on_one_host_is_busy_for_writers_elsewhere(hosts
     hosts.a.expect_log("is open for writing on host host-b")
 
 
+def test_a_qcow2_disk_written_on_one_host_is_read_on_the_other(hosts):
+    """A disk over a snapshot (a qcow2 top) open for writing on host a, whose
+    storage daemon holds QEMU's image locks on it: host b still reads it,
+    with a's flushed writes, and a fresh read after a's next flush sees those."""
+    a, b = hosts.repo(hosts.a), hosts.repo(hosts.b)
+    sh(f"truncate -s 4M {a}/disks/vm1")
+    sh(f"ln {a}/disks/vm1 {a}/snapshots/s1")
+    within(VISIBLE_S, lambda: status(b, "vm1")["base"] == "s1", "the snapshot on host b")
+    fd = os.open(a / "disks/vm1", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"first", 0)
+        os.fsync(fd)
+        with open(b / "disks/vm1", "rb") as reader:
+            assert reader.read(5) == b"first"
+        os.pwrite(fd, b"again", 1 * MiB)
+        os.fsync(fd)
+        with open(b / "disks/vm1", "rb") as reader:
+            reader.seek(1 * MiB)
+            assert reader.read(5) == b"again"
+    finally:
+        os.close(fd)
+
+
 def test_a_dead_writer_s_claim_lapses_with_its_lease(hosts):
     a, b = hosts.repo(hosts.a), hosts.repo(hosts.b)
     sh(f"truncate -s 1M {a}/disks/vm1")
