@@ -175,11 +175,18 @@ class FixDaemon:
             found = await self._read_tasks(repo)
             if found is None:
                 continue
+            # This loop visits every repository each second: the one place to
+            # relay other hosts' changes to this host's `events` readers.
+            with trio.move_on_after(leases.LEASE_S / 2):
+                try:
+                    await repo.publish_changes_elsewhere()
+                except (OSError, errors.RepofsError) as exc:
+                    log.warning("cannot look for changes in %s: %s", repo.name, exc)
             tasks, beats = found
             self.registry.host_watch.observe(repo.name, beats)
             for task in tasks:
                 if len(self._runs) >= self.max_running:
-                    return
+                    break
                 if self._runnable(repo, task):
                     await self._start(repo, task)
 

@@ -54,6 +54,10 @@ class ConnectedRepository:
     _records: list[ImageRecord] | None = field(default=None, init=False)
     _records_read: float = field(default=0.0, init=False)
     _records_generation: int = field(default=0, init=False)
+    # In a shared repository, while `events` has readers: the generation of each
+    # live record as last published. A record that differs was changed by
+    # another host (publish_changes_elsewhere).
+    _published: dict[str, int] | None = field(default=None, init=False)
 
     def __post_init__(self):
         self.events = EventBus(self.name)
@@ -78,6 +82,11 @@ class ConnectedRepository:
         return records
 
     def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
+        if self._published is not None:
+            if record is None:
+                self._published.pop(image_id, None)
+            else:
+                self._published[image_id] = record.generation
         facts = {"event": event, "id": image_id}
         if record is not None:
             facts.update(
@@ -90,6 +99,26 @@ class ConnectedRepository:
             )
         facts["task"] = self.running_tasks.get(image_id)
         self.events.publish(facts)
+
+    async def publish_changes_elsewhere(self) -> None:
+        """Publishes on `events` the changes other hosts made to the live records
+        of a shared repository since the last call: `created`, `updated`,
+        `removed` (a rename shows as both). Only while someone reads `events`."""
+        if not self.driver.shared or not self.events.subscribers:
+            self._published = None
+            return
+        # A read that hangs (a stall) is left behind when the caller gives up.
+        records = await trio.to_thread.run_sync(self.live_records, abandon_on_cancel=True)
+        known = self._published
+        self._published = {r.id: r.generation for r in records}
+        if known is None:
+            return  # the first look: the reader came now
+        for record in records:
+            if known.get(record.id) != record.generation:
+                self._publish("created" if record.id not in known else "updated", record.id,
+                              record)  # fmt: skip
+        for image_id in known.keys() - self._published.keys():
+            self._publish("removed", image_id, None)
 
     def volume_path(self, volume: Volume) -> Path:
         """Where a volume of one of this repository's records is: here, or, for a

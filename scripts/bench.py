@@ -459,10 +459,15 @@ def _gluster_data_path(repo: Path, plain: Path, size: int) -> list[dict]:
     run(f"cp {peer} {repo}/disks/raw")
     results = []
     for name in GLUSTER_JOBS:
+        # Each side from the bricks: repofs reads through the page cache of its
+        # own gluster mount, which the `cp` above filled.
+        cold()
         through = fio(repo / "disks/raw", JOBS[name], size)
+        cold()
         direct = fio(peer, JOBS[name], size)
-        # repofs serves O_DIRECT requests through the page cache of its own
-        # gluster mount: the buffered file is a peer too.
+        # repofs serves O_DIRECT requests through that page cache: the buffered
+        # file is a peer too.
+        cold()
         cached = fio(peer, JOBS[name], size, direct=False)
         results.append({"job": name, "repofs_mib_s": round(through, 1),
                         "gluster_direct_mib_s": round(direct, 1),

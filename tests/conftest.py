@@ -33,8 +33,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 def qemu_accel() -> list[str]:
-    """qemu-system arguments for KVM where this machine has it, TCG otherwise."""
-    return ["-enable-kvm", "-cpu", "host"] if os.access("/dev/kvm", os.W_OK) else ["-accel", "tcg"]
+    """qemu-system arguments for KVM where this machine has it, TCG otherwise.
+    Without arch-capabilities: some KVMs (gVisor's) refuse that MSR, and QEMU
+    aborts at the first vCPU reset ("failed to set MSR 0x10a")."""
+    if os.access("/dev/kvm", os.W_OK):
+        return ["-enable-kvm", "-cpu", "host,-arch-capabilities"]
+    return ["-accel", "tcg"]
 
 
 def sh(cmd: str, check: bool = True, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from repofs.drivers.localfs import LocalRepository
 from repofs.drivers import posix
+from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
-from repofs.fixes.check import check_repository
 from repofs.errors import RepofsError
+from repofs.fixes.check import check_repository
 from repofs.model import ImageKind, ImageRecord, VolumeFormat
 
 pytestmark = pytest.mark.unit

@@ -26,7 +26,7 @@ from conftest import (
     status,
     wait_for,
 )
-from gluster import ClientMount, GlusterServer, unmount_left_behind
+from gluster import ClientMount, GlusterServer, gluster_mounts_under, unmount_left_behind
 from test_fixes import assert_standalone_copy_of_gold, make_gold, overlay_under_performance
 
 from repofs.fix_daemon import STALL_CHECK_S
@@ -139,11 +139,16 @@ def within(seconds: float, check, what: str):
 def test_what_one_host_does_the_other_sees_within_two_seconds(hosts):
     a, b = hosts.repo(hosts.a), hosts.repo(hosts.b)
     data = pattern(b"from-a", 3 * MiB)
+    events = open(b / "events", "rb")
+    time.sleep(1.5)  # b's fix daemon has looked once since the reader came
     sh(f"truncate -s 4M {a}/disks/vm1")
     with open(a / "disks/vm1", "r+b") as f:
         f.write(data)
     started = time.monotonic()
     within(VISIBLE_S, lambda: (b / "disks/vm1").exists(), "vm1 on host b")
+    with events:  # b's readers of `events` hear of a's changes too
+        seen = _events_until(events, lambda e: e.get("id") == "vm1", 2 * VISIBLE_S)
+    assert seen["event"] == "created" and seen["repo"] == "shared"
     assert (b / "disks/vm1").read_bytes()[: len(data)] == data
     assert status(b, "vm1")["state"] == status(a, "vm1")["state"] == "optimized"
     assert time.monotonic() - started < VISIBLE_S
@@ -160,6 +165,16 @@ def test_what_one_host_does_the_other_sees_within_two_seconds(hosts):
     hosts_seen = json.loads((a / "repository").read_text())["hosts"]
     assert [h["host"] for h in hosts_seen] == ["host-a", "host-b"]
     assert all(h["alive"] for h in hosts_seen) and hosts_seen[0]["this_host"]
+
+
+def _events_until(events, wanted, timeout: float) -> dict:
+    """Reads `events` lines (an empty one each idle second) until one is wanted."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = events.readline().strip()
+        if line and wanted(event := json.loads(line)):
+            return event
+    raise TimeoutError(f"no wanted event within {timeout}s")
 
 
 def _outcome(call, *args) -> int:
@@ -381,3 +396,19 @@ def _command(pid: int) -> str | None:
         return None
     state = text.rpartition(")")[2].split()[0]
     return None if state == "Z" else text[text.index("(") + 1 : text.rindex(")")]
+
+
+def test_repofs_mounts_the_gluster_volume_at_connect_and_unmounts_it_at_disconnect(
+    gluster_hosts,
+):
+    hosts = gluster_hosts
+    b = hosts.b
+    where = b.data / ".glusterfs/shared"
+    assert gluster_mounts_under(b.data) == [where]
+    sh(f"truncate -s 1M {hosts.repo(hosts.a)}/disks/vm1")
+    os.rmdir(hosts.repo(b))
+    assert gluster_mounts_under(b.data) == []
+    with open(b.path / "connect", "w") as f:
+        f.write(f"shared glusterfs-1.0 server=127.0.0.1 volume={hosts.volume}\n")
+    assert gluster_mounts_under(b.data) == [where]
+    assert os.listdir(hosts.repo(b) / "disks") == ["vm1"]

@@ -284,4 +284,9 @@ def _qcow2_node(name: str, path: Path, read_only: bool, alone: bool = False) -> 
     }
     if alone:
         args["backing"] = None
+    if read_only:
+        # Without it QEMU's image locks refuse a reader while a writer has the
+        # file: another host's daemon writing the disk (a reader there sees it
+        # as of that writer's last flush), or a copy's source in use.
+        args["force-share"] = True
     return args
