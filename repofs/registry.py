@@ -11,7 +11,7 @@ import trio
 
 from repofs import errors
 from repofs.drivers.localfs import LocalRepository
-from repofs.events import EventBus
+from repofs.events import EventBus, Subscription
 from repofs.leases import HostWatch
 from repofs.model import ImageRecord, Strategy, Task, Volume, VolumeFormat
 from repofs.qemu import img
@@ -100,6 +100,19 @@ class ConnectedRepository:
         facts["task"] = self.running_tasks.get(image_id)
         self.events.publish(facts)
 
+    async def subscribe_events(self) -> Subscription:
+        """A new reader of `events`. In a shared repository, other hosts' changes
+        are published from now on: what the records are now is the baseline."""
+        subscription = self.events.subscribe()
+        if self.driver.shared and self._published is None:
+            try:
+                records = await trio.to_thread.run_sync(self.live_records)
+            except BaseException:
+                subscription.close()
+                raise
+            self._published = {r.id: r.generation for r in records}
+        return subscription
+
     async def publish_changes_elsewhere(self) -> None:
         """Publishes on `events` the changes other hosts made to the live records
         of a shared repository since the last call: `created`, `updated`,
@@ -112,7 +125,7 @@ class ConnectedRepository:
         known = self._published
         self._published = {r.id: r.generation for r in records}
         if known is None:
-            return  # the first look: the reader came now
+            return  # the first look, if the reader came before a baseline could be read
         for record in records:
             if known.get(record.id) != record.generation:
                 self._publish("created" if record.id not in known else "updated", record.id,

@@ -309,6 +309,19 @@ def _equal_bytes_from(a: Path, b: Path, offset: int, piece: int = 4 << 20) -> in
     return equal
 
 
+def _optimize_source(repo: Path, source: Path, size: int) -> None:
+    """Snapshot src-1 of `size` MiB of random data (kept in `source`) in a qcow2
+    layer: a disk made on it under strategy performance is optimized by a copy
+    that reads through the storage daemon, slow enough (seconds) to be killed
+    at a random moment."""
+    run(f"truncate -s {size}M {repo}/disks/src")
+    run(f"ln {repo}/disks/src {repo}/snapshots/src-0")
+    run(f"dd if=/dev/urandom of={source} bs=1M count={size} status=none")
+    run(f"dd if={source} of={repo}/disks/src bs=1M conv=notrunc status=none")
+    run(f"ln {repo}/disks/src {repo}/snapshots/src-1")
+    run(f"setfattr -n user.repofs.strategy -v performance {repo}")
+
+
 def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
     """kill -9 during an optimize of a `size` MiB image (a qcow2 chain), remount,
     let it finish: how much of the copy was done twice, as a share of the
@@ -316,15 +329,8 @@ def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
     beyond the last checkpoint: the 4 MiB pieces there already equal to the
     source's (random data, so none by chance)."""
     repo = mnt / "default"
-    run(f"truncate -s {size}M {repo}/disks/src")
-    # The data in a qcow2 layer: the copy reads through the storage daemon, slow
-    # enough (seconds) to be killed at a random moment.
-    run(f"ln {repo}/disks/src {repo}/snapshots/src-0")
     source = data / "resume-source.raw"
-    run(f"dd if=/dev/urandom of={source} bs=1M count={size} status=none")
-    run(f"dd if={source} of={repo}/disks/src bs=1M conv=notrunc status=none")
-    run(f"ln {repo}/disks/src {repo}/snapshots/src-1")
-    run(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    _optimize_source(repo, source, size)
     results = []
     for i in range(kills):
         run(f"ln {repo}/snapshots/src-1 {repo}/disks/copy{i}")
@@ -485,11 +491,7 @@ def _takeovers(hosts: dict, size: int, rounds: int) -> list[float]:
     """Seconds from kill -9 of the host running an optimize to the other host
     running it (the lease: 10 s from the dead host's last heartbeat)."""
     repo_a = hosts["a"][0] / "g"
-    run(f"truncate -s {size}M {repo_a}/disks/src")
-    run(f"ln {repo_a}/disks/src {repo_a}/snapshots/src-0")
-    run(f"dd if=/dev/urandom of={repo_a}/disks/src bs=1M count={size} conv=notrunc status=none")
-    run(f"ln {repo_a}/disks/src {repo_a}/snapshots/src-1")
-    run(f"setfattr -n user.repofs.strategy -v performance {repo_a}")
+    _optimize_source(repo_a, hosts["a"][1] / "takeover-source.raw", size)
     took = []
     for i in range(rounds):
         run(f"ln {repo_a}/snapshots/src-1 {repo_a}/disks/copy{i}")

@@ -53,6 +53,21 @@ def durable_rename(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
+def open_or_create(path: Path) -> int:
+    """A read-write descriptor of `path`, created if missing. Two Gluster
+    clients creating the same file at once may see EEXIST from O_CREAT without
+    O_EXCL (which POSIX never gives): then the file is there, open it."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # removed in between: create it again
+
+
 def read_json(path: Path) -> dict:
     with open(path, "rb") as f:
         return json.load(f)

@@ -35,6 +35,7 @@ from repofs.drivers.atomic import (
     atomic_write_json,
     durable_rename,
     fsync_dir,
+    open_or_create,
     read_json,
 )
 from repofs.model import HostBeat, ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
@@ -110,7 +111,7 @@ class LocalRepository:
 
     def _take_connection_lock(self) -> None:
         """localfs-1.0 is for one host: a second process connecting it is refused."""
-        fd = os.open(self._locks / "connection.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_or_create(self._locks / "connection.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,7 +145,7 @@ class LocalRepository:
         any descriptor of it would drop the lock).
         """
         with self._thread_lock:
-            fd = os.open(self._locks / "repository.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_or_create(self._locks / "repository.lock")
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX)
                 yield

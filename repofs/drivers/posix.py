@@ -14,6 +14,7 @@ state for long.
 
 import os
 
+from repofs.drivers.atomic import open_or_create
 from repofs.drivers.localfs import LocalRepository
 
 FORMAT = "posix-1.0"
@@ -34,8 +35,8 @@ class SharedRepository(LocalRepository):
         """Those changed in the last SETTLE_S, by the storage's clock (which all
         hosts see alike, unlike their own)."""
         probe = self._locks / "clock"
-        with open(probe, "a"):
-            os.utime(probe)
+        os.close(open_or_create(probe))
+        os.utime(probe)
         now = os.stat(probe).st_mtime
         young = set()
         for name in names:

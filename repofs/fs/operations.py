@@ -318,6 +318,17 @@ class RepofsOperations(pyfuse3.Operations):
         await disconnect_repository(self.registry, _name(name))
         self.inodes.detach(Node(NodeKind.REPOSITORY, _name(name)))
 
+    @boundary
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        kind = "file" if stat.S_ISREG(mode) else "device node, FIFO or socket"
+        raise errors.RepofsError(errno.EPERM, f"{_name(name)}: only images live in repofs, "
+                                 f"not a {kind} made by mknod")  # fmt: skip
+
+    @boundary
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise errors.RepofsError(errno.EPERM, f"{_name(name)}: only images live in repofs, "
+                                 "not symbolic links")  # fmt: skip
+
     # Images: create, remove, rename, link
 
     @boundary
@@ -453,7 +464,7 @@ class RepofsOperations(pyfuse3.Operations):
             handle = ConnectHandle() if write else TextHandle(await self._text(node))
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True)
         if node.kind is NodeKind.EVENTS and not write:
-            handle = EventsHandle(self._repo(node).events.subscribe())
+            handle = EventsHandle(await self._repo(node).subscribe_events())
             return pyfuse3.FileInfo(fh=self._add_handle(handle), direct_io=True, nonseekable=True)
         if write:
             raise errors.RepofsError(errno.EACCES, f"{node} is read-only")

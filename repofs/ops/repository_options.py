@@ -58,7 +58,7 @@ def _parse(options: RepositoryOptions, name: str, value: str) -> RepositoryOptio
 
 def _check(name: str) -> None:
     if name not in NAMES:
-        raise errors.not_supported(f"a repository has only the attributes {', '.join(NAMES)}")
+        raise errors.not_supported(f"no repository attribute {name}: there are {', '.join(NAMES)}")
 
 
 async def get_options(repo: ConnectedRepository) -> dict[str, str]:
