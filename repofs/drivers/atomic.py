@@ -1,11 +1,15 @@
 """Durable file updates: the only place repofs writes metadata files."""
 
+import errno
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"
+STALE_RETRIES = 4
+STALE_PAUSE_S = 0.005
 
 
 def fsync_dir(path: Path) -> None:
@@ -68,6 +72,23 @@ def open_or_create(path: Path) -> int:
             continue  # removed in between: create it again
 
 
+def read_record(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of a metadata file and its stat, tried again on ESTALE and
+    ENOENT. On Gluster, a read of a name another host has just replaced by
+    rename fails with ENOENT or ESTALE for a few milliseconds although the name
+    never stopped existing (the client found the old file, which is gone by
+    the time it opens it). Writers hold the repository lock, under which no one
+    else renames a record, so they never see that; a name that is really gone
+    is reported after STALE_RETRIES tries."""
+    for attempt in range(1, STALE_RETRIES + 1):
+        try:
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.ESTALE, errno.ENOENT) or attempt == STALE_RETRIES:
+                raise
+        time.sleep(STALE_PAUSE_S * attempt)  # let the rename under way end
+
+
 def read_json(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return json.load(f)
+    return json.loads(read_record(path)[0])

@@ -37,6 +37,7 @@ from repofs.drivers.atomic import (
     fsync_dir,
     open_or_create,
     read_json,
+    read_record,
 )
 from repofs.model import HostBeat, ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
 
@@ -175,12 +176,12 @@ class LocalRepository:
     def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
         path = self._record_path(image_id, trashed)
         try:
-            with open(path, "rb") as f:
-                identity = _file_identity(os.fstat(f.fileno()))
-                parsed = self._parsed.get(path)
-                if parsed is not None and parsed[0] == identity:
-                    return parsed[1]
-                record = ImageRecord.from_json(image_id, json.load(f))
+            data, st = read_record(path)
+            identity = _file_identity(st)
+            parsed = self._parsed.get(path)
+            if parsed is not None and parsed[0] == identity:
+                return parsed[1]
+            record = ImageRecord.from_json(image_id, json.loads(data))
         except FileNotFoundError:
             where = "trash" if trashed else "repository"
             raise errors.not_found(f"no image {image_id} in {where} {self.root}") from None
