@@ -142,6 +142,11 @@ class ConnectedRepository:
                                    "which is not connected")  # fmt: skip
         return holder.driver.volume_path(volume.seen_from(self.name, holder.name))
 
+    async def verify_chain(self, chain: tuple[Volume, ...]) -> None:
+        """EIO unless the qcow2 headers of a record's chain name exactly its
+        volumes (img.verify_chain): before QEMU opens the chain."""
+        await img.verify_chain([(self.volume_path(v), v.format) for v in chain])
+
     def dependents(self, image_id: str) -> list[str]:
         """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in
         other connected repositories. Blocking."""

@@ -5,7 +5,8 @@ What differs from localfs-1.0 (docs/multi-host.md):
 - no connection lock: every host connects it;
 - a volume that no record names is garbage only once it is SETTLE_S old,
   since another host may be between making a volume and writing the record
-  that names it (this host's `changing` lock does not reach there).
+  that names it (this host's `changing` lock does not reach there); so is a
+  temp file, which another host's atomic write under way shows.
 Every metadata change already happens under the repository's fcntl lock with a
 generation compare-and-swap, and record caches are bounded by file identity
 and age (drivers/localfs.py, registry.py), so no host shows another's stale
@@ -13,6 +14,7 @@ state for long.
 """
 
 import os
+from pathlib import Path
 
 from repofs.drivers.atomic import open_or_create
 from repofs.drivers.localfs import LocalRepository
@@ -34,16 +36,27 @@ class SharedRepository(LocalRepository):
     def unsettled_volumes(self, names: list[str]) -> set[str]:
         """Those changed in the last SETTLE_S, by the storage's clock (which all
         hosts see alike, unlike their own)."""
+        now = self._storage_now()
+        return {name for name in names if self._changed_since(self._volumes / name, now)}
+
+    def temp_files(self) -> list[Path]:
+        """Another host's atomic write under way shows a temp file too (the check
+        lists them without the repository lock): only those SETTLE_S old are
+        leftovers."""
+        now = self._storage_now()
+        return [path for path in super().temp_files() if not self._changed_since(path, now)]
+
+    def _storage_now(self) -> float:
         probe = self._locks / "clock"
         os.close(open_or_create(probe))
         os.utime(probe)
-        now = os.stat(probe).st_mtime
-        young = set()
-        for name in names:
-            try:
-                st = (self._volumes / name).stat()
-            except FileNotFoundError:
-                continue
-            if now - max(st.st_mtime, st.st_ctime) < SETTLE_S:
-                young.add(name)
-        return young
+        return os.stat(probe).st_mtime
+
+    @staticmethod
+    def _changed_since(path: Path, now: float) -> bool:
+        """Whether `path` changed in the SETTLE_S before `now` (False once gone)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        return now - max(st.st_mtime, st.st_ctime) < SETTLE_S

@@ -186,6 +186,7 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
         above_depth = await trio.to_thread.run_sync(
             _layers_above, source_repo.driver, source, image.base
         )
+    await source_repo.verify_chain(source.chain)
     await copy_chain(
         ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
         ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,

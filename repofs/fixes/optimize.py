@@ -72,6 +72,7 @@ async def run(ctx: TaskContext) -> None:
         await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
     target_path = driver.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
+    await ctx.repo.verify_chain(image.chain[1:])
     await copy_chain(ctx, "copy", ctx.repo.volume_path(base_top), base_top.format,
                      target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
@@ -102,6 +103,7 @@ async def _commit(ctx: TaskContext, target: str) -> None:
 async def _commit_locked(ctx: TaskContext, target: str) -> None:
     await ctx.enter_stage("commit")
     image = await ctx.read_image()
+    await ctx.repo.verify_chain(image.chain)
     await img.commit(ctx.driver.volume_path(image.top))
     ctx.crash_point("done")
     await ctx.update_image(

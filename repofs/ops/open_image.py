@@ -242,6 +242,7 @@ async def _first_open(
 async def _open_io(
     daemon: StorageDaemon, repo: ConnectedRepository, record: ImageRecord, writable: bool
 ):
+    await repo.verify_chain(record.chain)
     chain = [repo.volume_path(v) for v in record.chain]
     io = await open_chain(daemon, chain, record.top.format, record.size, writable)
     if writable and record.is_raw:
