@@ -10,6 +10,7 @@ A task of this host that no run of this process holds (the process before it
 died) is taken back at once.
 """
 
+import errno
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ POLL_S = 1.0
 STALL_CHECK_S = 0.5
 MAX_RUNNING = 4
 STOPPED_BY_USER = "stopped by the user"
+NO_SPACE = "no space left: waiting for space"
+NO_SPACE_RETRY_S = 5
 
 
 @dataclass
@@ -229,7 +232,7 @@ class FixDaemon:
         started = time.monotonic()
         try:
             with run.scope:
-                await fix.run(ctx)
+                await self._run_while_space_lacks(ctx, fix)
                 await trio.to_thread.run_sync(repo.driver.delete_task, ctx.task)
                 log.info("task %s/%s done in %.1fs", repo.name, task.id,
                          time.monotonic() - started)  # fmt: skip
@@ -251,6 +254,37 @@ class FixDaemon:
                 del repo.running_tasks[task.image]
             run.done.set()
             self.wake()
+
+    async def _run_while_space_lacks(self, ctx: TaskContext, fix) -> None:
+        """Runs the fix. When the storage is full it waits, saying so in the task
+        and the image, and then goes on from its checkpoint: a clean, a removal or
+        a bigger file system gives it the space (nothing is lost meanwhile)."""
+        while True:
+            try:
+                return await fix.run(ctx)
+            except errors.RepofsError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                log.warning("task %s/%s: %s; trying again every %ds", ctx.repo.name,
+                            ctx.task.id, exc.reason, NO_SPACE_RETRY_S)  # fmt: skip
+            # The image's own error (a copy's "copy not finished") comes back after.
+            before = (await ctx.read_image()).last_error if ctx.live_image else None
+            await self._say(ctx, NO_SPACE, NO_SPACE)
+            await trio.sleep(NO_SPACE_RETRY_S)
+            await self._say(ctx, None, before)
+
+    @staticmethod
+    async def _say(ctx: TaskContext, task_error: str | None, image_error: str | None) -> None:
+        """Best effort: a full file system may refuse even these few bytes."""
+        try:
+            await ctx.save(last_error=task_error)
+            if ctx.live_image:
+                await ctx.update_image(lambda r: r.evolve(last_error=image_error))
+        except (errors.RepofsError, OSError) as exc:
+            if getattr(exc, "errno", None) != errno.ENOSPC:
+                raise
+            log.warning("task %s/%s: cannot record that it waits: %s", ctx.repo.name,
+                        ctx.task.id, exc)  # fmt: skip
 
     async def _fail(self, ctx: TaskContext, reason: str) -> None:
         log.warning("task %s/%s failed: %s", ctx.repo.name, ctx.task.id, reason)

@@ -7,7 +7,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import Mount, assert_consistent, errno_of, pattern, sh, wait_for
+from conftest import Mount, assert_consistent, errno_of, pattern, sh, status, wait_for
+
+from repofs.fix_daemon import NO_SPACE
 
 pytestmark = pytest.mark.mount
 
@@ -83,8 +85,8 @@ def test_everything_persists_across_remount(repo, mount):
     mount.remount()
     for name, data in before.items():
         assert (repo / name).read_bytes() == data
-    for image_id, status in statuses.items():
-        assert json.loads((repo / "status" / image_id).read_text()) == status
+    for image_id, seen in statuses.items():
+        assert json.loads((repo / "status" / image_id).read_text()) == seen
     assert os.listdir(repo / "trash") == ["gone"]
     assert os.getxattr(repo / "disks/vm2", "user.owner") == b"alice"
 
@@ -116,3 +118,25 @@ def test_kill_9_while_writing_a_qcow2_disk_then_remount(tmp_path):
     finally:
         m.stop()
     assert_consistent(m.data / "default")
+
+
+def test_a_copy_that_runs_out_of_space_waits_and_goes_on_when_space_is_freed(mount, tmpfs):
+    sh(f"echo 'small localfs-1.0 path={tmpfs}' > {mount.path}/connect")
+    small, r1 = mount.path / "small", mount.default
+    sh(f"truncate -s 16M {small}/disks/filler")
+    sh(f"dd if=/dev/urandom of={small}/disks/filler bs=1M count=16 conv=notrunc status=none")
+    sh(f"truncate -s 24M {r1}/disks/src")
+    sh(f"dd if=/dev/urandom of={r1}/disks/src bs=1M count=24 conv=notrunc status=none")
+    sh(f"ln {r1}/disks/src {r1}/snapshots/gold")
+    sh(f"ln {r1}/snapshots/gold {small}/snapshots/gold")  # 24 MiB into the 16 left
+    wait_for(lambda: status(small, "gold")["last_error"] == NO_SPACE, 30, "the wait for space")
+    task = json.loads((small / "tasks/mend-gold").read_text())
+    assert (task["state"], task["last_error"]) == ("running", NO_SPACE)
+    assert status(small, "gold")["state"] == "broken"  # not usable yet, nothing lost
+    sh(f"rm {small}/disks/filler")
+    sh(f"mv {small}/fixes/clean-filler {small}/tasks/")
+    wait_for(lambda: status(small, "gold")["state"] == "optimized", 60, "the copy to go on")
+    sh(f"cmp {r1}/snapshots/gold {small}/snapshots/gold")
+    assert status(small, "gold")["last_error"] is None
+    mount.expect_log("No space left on device; trying again every")
+    os.rmdir(small)  # before the tmpfs goes away

@@ -9,6 +9,7 @@ about a second of work and the persisted percent never goes back.
 """
 
 import bisect
+import errno
 import itertools
 import logging
 from dataclasses import replace
@@ -75,6 +76,13 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await _move_chunks(ctx, step, move, out, extents, copied, bytes_below, total)
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
+    except errors.RepofsError as exc:
+        if exc.errno == errno.ENOSPC and isinstance(out, RawVolumeFile):
+            # What lies past the checkpoint is redone anyway: give its space back,
+            # so that the records saying the copy waits for space can be written.
+            await out.truncate(ctx.checkpoint.get("copied", 0))
+            await out.truncate(size)
+        raise
     finally:
         with trio.CancelScope(shield=True):  # a stopped task still closes its nodes
             await out.close()
@@ -96,15 +104,19 @@ async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: 
         in_flight.discard(offset)
         slots.release()
 
-    async with trio.open_nursery() as nursery:
-        for offset, length, zero in _chunks(extents, copied):
-            await slots.acquire()
-            if ctx.progress_due():
-                below = min(in_flight, default=offset)
-                await out.fsync()  # the checkpoint promises this data
-                await ctx.report(step, bytes_below(below), total, checkpoint={"copied": below})
-            in_flight.add(offset)
-            nursery.start_soon(mover, offset, length, zero)
+    try:
+        async with trio.open_nursery() as nursery:
+            for offset, length, zero in _chunks(extents, copied):
+                await slots.acquire()
+                if ctx.progress_due():
+                    below = min(in_flight, default=offset)
+                    await out.fsync()  # the checkpoint promises this data
+                    await ctx.report(step, bytes_below(below), total, checkpoint={"copied": below})
+                in_flight.add(offset)
+                nursery.start_soon(mover, offset, length, zero)
+    except* errors.RepofsError as group:
+        # The first refusal (ENOSPC, EIO) stands for the copy, as if it ran alone.
+        raise group.exceptions[0] from None
 
 
 def _bytes_below(extents):
