@@ -63,11 +63,11 @@ class GlusterClient:
     def mount(self) -> None:
         """Starts the client and waits until the volume answers at the mount
         point; EHOSTUNREACH, with the client's reason, if it cannot be reached."""
-        # A dead mount: this client's after a fence, or one of a repofs that was killed.
-        clear_dead_mount(self.mountpoint)
+        # Whatever is mounted there is stale: this client's dead mount after a
+        # fence, or the mount of a repofs that was killed (its client may live on).
+        if mount_state(self.mountpoint) != MountState.ABSENT:
+            fusermount("-u", "-z", str(self.mountpoint))
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        if mount_state(self.mountpoint) == MountState.LIVE:
-            fusermount("-u", "-z", str(self.mountpoint))  # its client still runs
         start = self.log_file.stat().st_size if self.log_file.exists() else 0
         # Kernel attribute and entry caches off: records are replaced by rename on
         # other hosts, and each host must see that within 2 s (Gluster's own

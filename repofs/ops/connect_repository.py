@@ -61,10 +61,10 @@ async def connect_repository(
     if sorted(params) != sorted(PARAMETERS[fmt]):
         wanted = " ".join(f"{key}=..." for key in PARAMETERS[fmt])
         raise errors.invalid(f"{fmt} takes {wanted}; got {' '.join(sorted(params)) or 'nothing'}")
+    place = _place(fmt, params)
     for other in registry.repositories.values():
-        if other.format == fmt and other.params == params:
-            raise errors.busy(f"{' '.join(f'{k}={v}' for k, v in params.items())} "
-                              f"is already connected as {other.name}")  # fmt: skip
+        if _place(other.format, other.params) == place:
+            raise errors.busy(f"{place} is already connected as {other.name}")
     driver = await trio.to_thread.run_sync(_attach, registry, name, fmt, params)
     repo = ConnectedRepository(
         name, driver, fmt, params, transient, registry.host_id,
@@ -81,18 +81,23 @@ async def connect_repository(
     return repo
 
 
+def _place(fmt: str, params: dict[str, str]) -> Path | str:
+    """Where a connection's repository is stored, which no two connections may
+    share: a directory (whatever its format), or a Gluster volume."""
+    if fmt == glusterfs.FORMAT:
+        return f"{params['server']}:{params['volume']}"
+    root = Path(params["path"])
+    if not root.is_absolute():
+        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
+    return root
+
+
 def _attach(registry: Registry, name: str, fmt: str, params: dict[str, str]) -> LocalRepository:
     """Opens the repository a connection names. Blocking."""
     if fmt == glusterfs.FORMAT:
         mountpoint = registry.data_dir / GLUSTER_MOUNTS / name
         return GlusterRepository.attach(params["server"], params["volume"], mountpoint)
-    root = Path(params["path"])
-    if not root.is_absolute():
-        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
-    for other in registry.repositories.values():
-        if other.driver.root == root:
-            raise errors.busy(f"{root} is already connected as {other.name}")
-    return DIRECTORY_DRIVERS[fmt].open(root)
+    return DIRECTORY_DRIVERS[fmt].open(Path(params["path"]))
 
 
 async def create_local_repository(registry: Registry, name: str) -> ConnectedRepository:
