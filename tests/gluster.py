@@ -7,6 +7,7 @@ stopped (which ends their brick processes) and deleted, the test's own client
 mounts are unmounted, and glusterd is terminated."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,7 @@ class GlusterServer:
         self.cli("volume", "stop", name, "force", check=False)
         self.cli("volume", "delete", name, check=False)
         self.volumes.remove(name)
+        shutil.rmtree(self.base / "bricks" / name, ignore_errors=True)
 
     def stop(self) -> None:
         for name in list(self.volumes):
