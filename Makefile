@@ -3,7 +3,7 @@ MOUNT := mnt
 DATA := data
 REPOFS := .venv/bin/repofs
 
-.PHONY: run stop test bench deps lint
+.PHONY: run stop test bench model deps lint
 
 deps:
 	@scripts/install-deps
@@ -22,6 +22,13 @@ test: deps
 # Every measurement against its peer, full sizes (minutes): bench/results.json.
 bench: deps
 	.venv/bin/python scripts/bench.py
+
+# The model test (tests/test_model.py) at length, a fresh seed each run.
+MODEL_EXAMPLES ?= 100
+MODEL_STEPS ?= 60
+model: deps
+	REPOFS_MODEL_EXAMPLES=$(MODEL_EXAMPLES) REPOFS_MODEL_STEPS=$(MODEL_STEPS) \
+		.venv/bin/python -m pytest -q -s --timeout=0 tests/test_model.py
 
 lint: deps
 	.venv/bin/ruff check repofs tests scripts

@@ -1,6 +1,7 @@
 """The `repofs` command and the README's `make run` / `make stop`."""
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -119,3 +120,17 @@ def test_sigterm_unmounts_cleanly(tmp_path):
         m.expect_log("signal 15: unmounting")
     finally:
         m.stop()
+
+
+@pytest.mark.unit
+def test_a_reply_the_kernel_dropped_is_not_an_error():
+    """pyfuse3 logs an ERROR when a reply finds no request (an unmount right
+    after a close); repofs says it at debug level. Other reply failures stay."""
+    from repofs.fs.mount import UndeliveredReplies
+
+    def record(reason: str) -> logging.LogRecord:
+        message = "fuse_release(): fuse_reply_* failed with %s"
+        return logging.LogRecord("pyfuse3", logging.ERROR, "", 1, message, (reason,), None)
+
+    assert not UndeliveredReplies().filter(record("No such file or directory"))
+    assert UndeliveredReplies().filter(record("Invalid argument"))

@@ -1,6 +1,7 @@
 """Running one repofs mount: the storage daemon, the connected repositories and
 the FUSE session, all in one trio run, until unmounted or terminated."""
 
+import errno
 import logging
 import os
 import signal
@@ -71,6 +72,20 @@ async def _serve_registry(config: MountConfig, registry: Registry) -> None:
             nursery.cancel_scope.cancel()
 
 
+class UndeliveredReplies(logging.Filter):
+    """pyfuse3 logs an ERROR when the kernel no longer waits for a reply (ENOENT):
+    the caller was interrupted, or the mount went away while a release was under
+    way (an unmount right after a close). The operation itself ran; nothing is
+    wrong, so it is said at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.endswith(f"fuse_reply_* failed with {os.strerror(errno.ENOENT)}"):
+            log.debug("%s (the kernel dropped the request)", message)
+            return False
+        return True
+
+
 async def _terminate_on_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -82,6 +97,7 @@ async def _terminate_on_signal() -> None:
 def serve(config: MountConfig) -> None:
     """Mounts and serves in the foreground until unmounted."""
     run_dir = Path(tempfile.mkdtemp(prefix="repofs-"))
+    logging.getLogger("pyfuse3").addFilter(UndeliveredReplies())
     try:
         trio.run(_serve, config, run_dir)
     except* errors.RepofsError as group:
