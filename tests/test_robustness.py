@@ -140,3 +140,53 @@ def test_a_copy_that_runs_out_of_space_waits_and_goes_on_when_space_is_freed(mou
     assert status(small, "gold")["last_error"] is None
     mount.expect_log("No space left on device; trying again every")
     os.rmdir(small)  # before the tmpfs goes away
+
+
+def fill(disk) -> None:
+    """Writes random data into `disk` until its repository's storage is full."""
+    result = sh(f"dd if=/dev/urandom of={disk} bs=1M conv=notrunc status=none", check=False)
+    assert "No space left on device" in result.stderr, result.stderr
+
+
+def test_on_a_full_repository_every_operation_is_enospc_and_makes_nothing(mount, tmpfs, tmp_path):
+    sh(f"echo 'small localfs-1.0 path={tmpfs}' > {mount.path}/connect")
+    small = mount.path / "small"
+    sh(f"truncate -s 64M {small}/disks/filler")
+    sh(f"ln {small}/disks/filler {small}/snapshots/before")
+    fill(small / "disks/filler")
+    (tmp_path / "source").write_bytes(pattern(b"import", MiB))
+    refused = {
+        "create": f"truncate -s 1M {small}/disks/thin",
+        "import": f"cp {tmp_path}/source {small}/disks/imported",
+        "snapshot": f"ln {small}/disks/filler {small}/snapshots/after",
+        "disk on a snapshot": f"ln {small}/snapshots/before {small}/disks/child",
+        "option": f"setfattr -n user.repofs.strategy -v performance {small}",
+    }
+    for what, command in refused.items():
+        result = sh(command, check=False)
+        assert "No space left on device" in result.stderr, f"{what}: {result.stderr}"
+    mount.expect_log("No space left on device")
+    # Nothing half-made is visible, nothing is left on storage to clean, and the
+    # images that were there still read.
+    assert os.listdir(small / "disks") == ["filler"]
+    assert os.listdir(small / "snapshots") == ["before"]
+    assert os.listdir(small / "fixes") == []
+    assert_consistent(tmpfs)
+    sh(f"cmp -n {MiB} {small}/snapshots/before /dev/zero")
+    sh(f"dd if={small}/disks/filler of=/dev/null bs=1M status=none")
+    # Space freed: the same operations work.
+    sh(f"rm {small}/disks/filler {small}/snapshots/before")
+
+    def clean() -> bool:  # filler first: it builds on before
+        for fix in os.listdir(small / "fixes"):
+            sh(f"mv {small}/fixes/{fix} {small}/tasks/")
+        return not os.listdir(small / "trash")
+
+    wait_for(clean, 30, "the cleans", interval=0.5)
+    # Queueing the first clean took the repository's reserve; the clean put it back.
+    assert (tmpfs / "reserve").stat().st_blocks * 512 >= MiB
+    for what in ("create", "import", "option"):
+        sh(refused[what])
+    sh(f"ln {small}/disks/thin {small}/snapshots/after")
+    sh(f"cmp {tmp_path}/source {small}/disks/imported")
+    os.rmdir(small)  # before the tmpfs goes away

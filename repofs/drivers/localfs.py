@@ -47,6 +47,9 @@ FORMAT = "localfs-1.0"
 FORMAT_VERSION = 1
 HEARTBEAT_TEMP_AGE_S = 3600
 _DIRS = ("images", "trash", "volumes", "tasks", "locks", "hosts")
+# Space kept allocated for the record writes that free space: on a full
+# storage, queueing a clean still needs a task record (about 250 such writes).
+RESERVE_BYTES = 1 << 20
 
 
 class LocalRepository:
@@ -108,6 +111,7 @@ class LocalRepository:
             log.info("formatted %s as %s", root, cls.format)
         repo = cls(root)
         repo._take_connection_lock()
+        repo.keep_reserve()
         return repo
 
     def _take_connection_lock(self) -> None:
@@ -119,6 +123,36 @@ class LocalRepository:
             os.close(fd)
             raise errors.busy(f"{self.root} is connected by another repofs process") from None
         self._connection_fd = fd
+
+    def keep_reserve(self) -> None:
+        """Allocates ROOT/reserve again if it is missing or short, as far as the
+        storage has room. Durable step: posix_fallocate of the reserve file."""
+        path = self.root / "reserve"
+        try:
+            if path.stat().st_blocks * 512 >= RESERVE_BYTES:
+                return
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warning("%s: no room for the reserve of free space yet", self.root)
+        finally:
+            os.close(fd)
+
+    def release_reserve(self) -> bool:
+        """Frees the reserve, so that writes that free space can go on; whether
+        there was one. Durable step: unlink of the reserve file."""
+        try:
+            (self.root / "reserve").unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("%s is full: released its reserve of free space", self.root)
+        return True
 
     def close(self) -> None:
         if self._connection_fd is not None:

@@ -11,7 +11,9 @@ Durable steps, and what a crash after each leaves:
 2. free: under the repository's `changing` lock (so no create is between making
    a volume and writing its record), forget the stale tasks, then unlink each
    volume that no record and no other task names, and every temp file. Each
-   unlink is final; a crash leaves fewer to do.
+   unlink is final; a crash leaves fewer to do. Then the repository's reserve
+   of free space is allocated again if queueing this clean on a full storage
+   used it (drivers/localfs.py).
 """
 
 import logging
@@ -45,6 +47,7 @@ async def run(ctx: TaskContext) -> None:
     await ctx.enter_stage("free")
     async with ctx.repo.changing:
         freed = await trio.to_thread.run_sync(_free, driver)
+    await trio.to_thread.run_sync(driver.keep_reserve)
     await ctx.report("free", freed, freed, force=True)
     log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
 

@@ -1,8 +1,9 @@
 """The one errno boundary around every FUSE handler.
 
 pyfuse3 lets only FUSEError out of a handler: anything else kills the mount.
-RepofsError becomes its errno, and its reason is logged; anything unexpected
-becomes EIO with its traceback in the log, and the mount stays up.
+RepofsError becomes its errno, and its reason is logged; a full storage is
+ENOSPC (EDQUOT); any other storage error is EIO; anything unexpected becomes
+EIO with its traceback in the log, and the mount stays up.
 """
 
 import errno
@@ -19,6 +20,10 @@ log = logging.getLogger("repofs.fs")
 # completion, security.* lookups): logged at debug level when a probe gets them.
 ROUTINE = frozenset({errno.ENOENT, errno.ENODATA, errno.EOPNOTSUPP})
 
+# Storage failures the caller can act on, passed through as they are: a full
+# repository is ENOSPC (`cp` and QEMU say "No space left"), not an I/O error.
+STORAGE_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 def _wrap(handler, quiet: frozenset[int]):
     @functools.wraps(handler)
@@ -32,6 +37,10 @@ def _wrap(handler, quiet: frozenset[int]):
             log.log(level, "%s refused: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
+            if exc.errno in STORAGE_FULL:
+                log.warning("%s refused: the repository's storage is full: %s",
+                            handler.__name__, exc)  # fmt: skip
+                raise pyfuse3.FUSEError(exc.errno) from None
             # Storage failed under us (a repository directory vanished, a disk
             # error): EIO, with what failed; no traceback, it is not a bug.
             log.error("%s failed: storage error: %s", handler.__name__, exc)
