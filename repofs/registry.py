@@ -157,7 +157,7 @@ class ConnectedRepository:
         Blocking."""
         found = defaultdict(list)
         for record in self.live_records():
-            if record.base is not None:
+            if record.base is not None and record.base_repository is None:
                 found[record.base].append(record.id)
         for other, record in self._records_elsewhere():
             if record.base is not None and record.base_repository == self.name:

@@ -319,3 +319,23 @@ def test_mv_across_repositories_falls_back_to_copy_and_remove(mount):
     assert (r2 / "disks/vm1").read_bytes() == expected
     assert sh(f"getfattr --only-values -n user.owner {r2}/disks/vm1").stdout == "alice"
     assert os.listdir(r1 / "disks") == [] and os.listdir(r1 / "trash") == ["vm1"]
+
+
+def test_a_base_in_another_repository_is_not_this_repositorys_image_of_that_id(mount):
+    """r2/vm builds on r1's gold; r2's own copy of gold is another image (found
+    by the model test: it could not be removed, nor cleaned once removed)."""
+    r1, r2 = copy_of_gold(mount, "64M", 1)
+    wait_copied(r2, "gold")
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
+    assert status(r2, "vm")["chain"][1].startswith(str(mount.data / "default"))
+    assert sh(f"getfattr --only-values -n user.repofs.dependents {r1}/snapshots/gold").stdout == (
+        "g,r2/vm"
+    )
+    sh(f"rm {r2}/snapshots/gold")
+    assert "clean-gold" in os.listdir(r2 / "fixes")
+    sh(f"mv {r2}/fixes/clean-gold {r2}/tasks/")
+    wait_for(lambda: not os.listdir(r2 / "trash"), 30, "the clean")
+    sh(f"rm {r2}/disks/vm")
+    sh(f"mv {r2}/trash/vm {r2}/disks/")  # its base is r1's gold, which is there
+    sh(f"cmp {r1}/snapshots/gold {r2}/disks/vm")
+    sh(f"rm {r2}/disks/vm")  # so that r1 can be disconnected

@@ -190,3 +190,36 @@ def test_on_a_full_repository_every_operation_is_enospc_and_makes_nothing(mount,
     sh(f"ln {small}/disks/thin {small}/snapshots/after")
     sh(f"cmp {tmp_path}/source {small}/disks/imported")
     os.rmdir(small)  # before the tmpfs goes away
+
+
+def queue(repo, fix: str) -> None:
+    sh(f"mv {repo}/fixes/{fix} {repo}/tasks/")
+
+
+def test_an_optimize_that_runs_out_of_space_waits_and_goes_on_when_space_is_freed(mount, tmpfs):
+    sh(f"echo 'small localfs-1.0 path={tmpfs}' > {mount.path}/connect")
+    small = mount.path / "small"
+    sh(f"setfattr -n user.repofs.autofix -v false {small}")
+    sh(f"setfattr -n user.repofs.strategy -v performance {small}")
+    sh(f"truncate -s 8M {small}/disks/src")
+    sh(f"dd if=/dev/urandom of={small}/disks/src bs=1M count=8 conv=notrunc status=none")
+    sh(f"ln {small}/disks/src {small}/snapshots/gold")
+    sh(f"ln {small}/snapshots/gold {small}/disks/vm")  # degraded: an overlay
+    sh(f"truncate -s 3M {small}/disks/room")  # preallocated: what will be left
+    sh(f"truncate -s 0 {small}/disks/filler")
+    fill(small / "disks/filler")
+    sh(f"rm {small}/disks/room")
+    queue(small, "clean-room")
+    wait_for(lambda: not os.listdir(small / "trash"), 30, "the clean of room")
+    queue(small, "optimize-vm")  # 8 MiB to copy into the 2 left
+    wait_for(lambda: status(small, "vm")["last_error"] == NO_SPACE, 30, "the wait for space")
+    task = json.loads((small / "tasks/optimize-vm").read_text())
+    assert (task["state"], task["last_error"]) == ("running", NO_SPACE)
+    sh(f"cmp {small}/snapshots/gold {small}/disks/vm")  # still usable meanwhile
+    sh(f"rm {small}/disks/filler")
+    queue(small, "clean-filler")
+    wait_for(lambda: status(small, "vm")["state"] == "optimized", 60, "the optimize to go on")
+    assert len(status(small, "vm")["chain"]) == 1 and status(small, "vm")["last_error"] is None
+    sh(f"cmp {small}/snapshots/gold {small}/disks/vm")
+    mount.expect_log("optimize-vm: no space for .*; trying again every")
+    os.rmdir(small)  # before the tmpfs goes away

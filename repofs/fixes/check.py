@@ -64,10 +64,12 @@ class Inventory:
         return named
 
     def references(self, image: ImageRecord) -> list[str]:
-        """Images (live or trashed) whose chain builds on `image`'s top volume."""
+        """Images (live or trashed) whose chain builds on `image`'s top volume (a
+        base of the same ID in another repository is another image)."""
         return [
-            r.id for r in self.live + self.trashed
-            if r.id != image.id and (r.base == image.id or image.top in r.chain[1:])
+            r.id for r in self.live + self.trashed if r.id != image.id and (
+                (r.base == image.id and r.base_repository is None) or image.top in r.chain[1:]
+            )
         ]  # fmt: skip
 
 

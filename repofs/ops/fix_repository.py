@@ -26,13 +26,18 @@ async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
 
 
 async def get_fix(repo: ConnectedRepository, fix_id: str, reuse_s: float = CHECK_REUSE_S) -> Fix:
-    """A fix of a check at most `reuse_s` old."""
+    """A fix of a check at most `reuse_s` old; one the reused check lacks is
+    looked for in a new check (`rm disks/X && mv fixes/clean-X tasks/` right
+    after an `ls fixes/`)."""
     checked, fixes = repo.last_check
-    if time.monotonic() - checked > reuse_s:
+    fresh = time.monotonic() - checked > reuse_s
+    if fresh:
         fixes = await list_fixes(repo)
     for fix in fixes:
         if fix.id == fix_id:
             return fix
+    if not fresh:
+        return await get_fix(repo, fix_id, reuse_s=0)
     raise errors.not_found(f"no fix {fix_id} in {repo.name}")
 
 

@@ -38,9 +38,14 @@ async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKin
             raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")
         # A base in the trash is fine: the image reads through its layer, and a
         # merge fix folds that layer in so the base can be cleaned.
-        if record.base is not None and not await trio.to_thread.run_sync(
-            lambda: repo.driver.has_image(record.base) or repo.driver.has_image(record.base, True)
-        ):
-            raise errors.not_found(f"cannot restore {image_id}: its base {record.base} is gone")
+        holder = repo.peers.get(record.base_repository or repo.name)
+        if record.base is not None and not (holder and await trio.to_thread.run_sync(
+            lambda: holder.driver.has_image(record.base)
+            or holder.driver.has_image(record.base, True)
+        )):  # fmt: skip
+            where = record.base_repository or repo.name
+            raise errors.not_found(
+                f"cannot restore {image_id}: its base {record.base} is gone from {where}"
+            )
         await trio.to_thread.run_sync(repo.driver.restore_image, image_id)
     log.info("restored %s/%s from the trash", repo.name, image_id)
