@@ -62,8 +62,22 @@ def test_corrupt_record_is_eio_and_the_others_still_work(repo, mount):
     # Listings reuse the records read within the last second (docs/behaviour.md).
     wait_for(lambda: os.listdir(repo / "disks") == ["ok"], 5, "the listing without bad")
     mount.expect_log("record .*bad.json is unreadable")
+    # The check asks a person; nothing is freed meanwhile (what bad names is
+    # unknown), not even by the clean of another image.
+    volume = json.loads(original)["chain"][0]
+    sh(f"truncate -s 1M {repo}/disks/gone")
+    sh(f"rm {repo}/disks/gone")
+    assert sorted(os.listdir(repo / "fixes")) == ["clean-gone", "mend-bad"]
+    fix = json.loads((repo / "fixes/mend-bad").read_text())
+    assert "needs a decision" in fix["description"] and "unreadable" in fix["description"]
+    sh(f"mv {repo}/fixes/clean-gone {repo}/tasks/")
+    wait_for(lambda: not os.listdir(repo / "trash"), 30, "the clean of gone")
+    assert (mount.data / "default/volumes" / volume).exists()
+    mount.expect_log("skipping bad: record .* is unreadable")
     record.write_text(original)  # behind repofs's back: seen within a second
     wait_for(lambda: os.listdir(repo / "disks") == ["bad", "ok"], 5, "the record back")
+    assert os.listdir(repo / "fixes") == ["clean-volumes"]  # gone's volume, kept meanwhile
+    sh(f"mv {repo}/fixes/clean-volumes {repo}/tasks/")
 
 
 def test_everything_persists_across_remount(repo, mount):

@@ -240,7 +240,11 @@ class LocalRepository:
         )
 
     def list_images(self, trashed: bool = False) -> list[ImageRecord]:
-        records = []
+        return self.read_images(trashed)[0]
+
+    def read_images(self, trashed: bool = False) -> tuple[list[ImageRecord], dict[str, str]]:
+        """The readable records, and why each unreadable one is not (by ID)."""
+        records, unreadable = [], {}
         ids = self.list_image_ids(trashed)
         for image_id in ids:
             try:
@@ -248,13 +252,14 @@ class LocalRepository:
             except errors.RepofsError as exc:
                 if exc.errno != errno.ENOENT:  # else removed while we listed
                     log.error("skipping %s: %s", image_id, exc.reason)
+                    unreadable[image_id] = exc.reason
         # Forget the parses of records gone from this directory (over a copy of
         # the keys: other threads may add entries meanwhile).
         listed = {self._record_path(image_id, trashed) for image_id in ids}
         directory = self._trash if trashed else self._images
         for path in [p for p in list(self._parsed) if p.parent == directory and p not in listed]:
             self._parsed.pop(path, None)
-        return records
+        return records, unreadable
 
     def create_image(self, record: ImageRecord) -> ImageRecord:
         """Writes the record of a new image (generation 1); EEXIST if the ID is taken."""

@@ -31,16 +31,20 @@ class Inventory:
     tasks: list[Task]
     volumes: list[str]  # file names in volumes/
     unsettled: set[str]  # of those, the ones that may be being made (drivers/posix.py)
+    unreadable: dict[str, str]  # records (live or trashed) that cannot be read: why
 
     @classmethod
     def read(cls, driver: LocalRepository) -> "Inventory":
         volumes = [v.file_name for v in driver.list_volumes()]
+        live, unreadable = driver.read_images()
+        trashed, unreadable_trashed = driver.read_images(trashed=True)
         return cls(
-            driver.list_images(),
-            driver.list_images(trashed=True),
+            live,
+            trashed,
             driver.list_tasks(),
             volumes,
             driver.unsettled_volumes(volumes),
+            unreadable | unreadable_trashed,
         )
 
     def stale_tasks(self) -> list[Task]:
@@ -55,6 +59,9 @@ class Inventory:
     def named_volumes(self) -> set[str]:
         """Volumes that a record (live or trashed) or a task that may go on names,
         or that may be being made for one."""
+        if self.unreadable:
+            # What an unreadable record names is unknown: every volume may be its.
+            return set(self.volumes)
         named = {v.file_name for r in self.live + self.trashed for v in r.chain if v.repo is None}
         named |= self.unsettled
         stale = {t.id for t in self.stale_tasks()}
@@ -128,12 +135,26 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, options: Reposito
 def check_repository(driver: LocalRepository) -> list[Fix]:
     inventory = Inventory.read(driver)
     fixes = [
+        *_unreadable_fixes(inventory),
         *_live_image_fixes(driver, inventory, driver.read_options()),
         *_merge_fixes(driver, inventory),
         *_clean_fixes(driver, inventory),
     ]
     active = {t.id for t in inventory.tasks if t.active}
     return [f for f in fixes if f.id not in active]
+
+
+def _unreadable_fixes(inventory: Inventory) -> list[Fix]:
+    """A record that cannot be read: a person must repair or remove the file. Until
+    then nothing is freed (its volumes are unknown) and the rest works."""
+    return [
+        Fix(
+            fix_id(FixKind.MEND, image_id), FixKind.MEND, image_id,
+            f"{image_id} needs a decision: {reason}; no volume is freed until it is "
+            "repaired or removed", 0, {"decision": [reason]},
+        )
+        for image_id, reason in sorted(inventory.unreadable.items())
+    ]  # fmt: skip
 
 
 def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) -> list[Fix]:
