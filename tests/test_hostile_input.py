@@ -2,10 +2,11 @@
 the reason, and leaves nothing behind (docs/behaviour.md, "Bad input")."""
 
 import errno
+import json
 import os
 
 import pytest
-from conftest import errno_of, sh
+from conftest import errno_of, sh, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -102,3 +103,29 @@ def test_absurd_sizes(repo, mount):
         assert errno_of(os.ftruncate, fd, -1) == errno.EINVAL  # refused by the kernel
     finally:
         os.close(fd)
+
+
+def test_damaged_volumes_are_eio_and_reported_and_the_rest_works(repo, mount, tmp_path):
+    """Volume files damaged behind repofs's back: a qcow2 layer cut short, a
+    volume gone. Opening either is EIO naming it, the check asks a person, and
+    the other images work."""
+    sh(f"truncate -s 4M {repo}/disks/cut {repo}/disks/lost {repo}/disks/fine")
+    for name in ("cut", "lost"):
+        sh(f"ln {repo}/disks/{name} {repo}/snapshots/{name}-base")
+        sh(f"dd if=/dev/urandom of={repo}/disks/{name} bs=1M count=2 conv=notrunc status=none")
+    cut, lost = (json.loads((repo / "status" / n).read_text())["chain"][0] for n in ("cut", "lost"))
+    os.truncate(cut, 4096)  # the qcow2 top: its header only
+    os.rename(lost, tmp_path / "lost.qcow2")
+    for name in ("cut", "lost"):
+        assert errno_of((repo / "disks" / name).read_bytes) == errno.EIO
+    mount.expect_log(f"{os.path.basename(cut)}")
+    mount.expect_log(f"{os.path.basename(lost)}")
+    assert "missing" in json.loads((repo / "fixes/mend-lost").read_text())["description"]
+    sh(f"dd if=/dev/urandom of={repo}/disks/fine bs=1M count=1 conv=notrunc status=none")
+    sh(f"cmp -n 1M {repo}/disks/fine {repo}/disks/fine")
+    # What a person decides: `lost` comes back; `cut` is given up.
+    os.rename(tmp_path / "lost.qcow2", lost)
+    sh(f"dd if={repo}/disks/lost of=/dev/null bs=1M status=none")
+    sh(f"rm {repo}/disks/cut")
+    sh(f"mv {repo}/fixes/clean-cut {repo}/tasks/")
+    wait_for(lambda: not os.listdir(repo / "trash"), 30, "the clean of cut")
