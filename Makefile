@@ -3,7 +3,7 @@ MOUNT := mnt
 DATA := data
 REPOFS := .venv/bin/repofs
 
-.PHONY: run stop test bench model deps lint
+.PHONY: run stop test bench model soak deps lint
 
 deps:
 	@scripts/install-deps
@@ -29,6 +29,11 @@ MODEL_STEPS ?= 60
 model: deps
 	REPOFS_MODEL_EXAMPLES=$(MODEL_EXAMPLES) REPOFS_MODEL_STEPS=$(MODEL_STEPS) \
 		.venv/bin/python -m pytest -q -s --timeout=0 tests/test_model.py
+
+# The soak test (tests/test_soak.py) at length: four loops for SOAK_S seconds.
+SOAK_S ?= 600
+soak: deps
+	REPOFS_SOAK_S=$(SOAK_S) .venv/bin/python -m pytest -q -s --timeout=0 tests/test_soak.py
 
 lint: deps
 	.venv/bin/ruff check repofs tests scripts

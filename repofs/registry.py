@@ -13,7 +13,7 @@ from repofs import errors
 from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus, Subscription
 from repofs.leases import HostWatch
-from repofs.model import ImageRecord, Strategy, Task, Volume, VolumeFormat
+from repofs.model import ImageRecord, Pending, Strategy, Task, Volume, VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.storage_daemon import StorageDaemon
 
@@ -170,6 +170,14 @@ class ConnectedRepository:
         return [
             f"{other}/{r.id}" for other, r in self._records_elsewhere()
             if any(v.repo == self.name for v in r.chain)
+        ]  # fmt: skip
+
+    def copies_elsewhere(self, image_id: str) -> list[str]:
+        """Other connected repositories whose copy of snapshot `image_id` still
+        waits for its data (which this one may be the only source of). Blocking."""
+        return [
+            other for other, r in self._records_elsewhere()
+            if r.id == image_id and r.pending is Pending.COPY
         ]  # fmt: skip
 
     def _records_elsewhere(self):

@@ -339,3 +339,20 @@ def test_a_base_in_another_repository_is_not_this_repositorys_image_of_that_id(m
     sh(f"mv {r2}/trash/vm {r2}/disks/")  # its base is r1's gold, which is there
     sh(f"cmp {r1}/snapshots/gold {r2}/disks/vm")
     sh(f"rm {r2}/disks/vm")  # so that r1 can be disconnected
+
+
+def test_the_source_of_an_unfinished_copy_cannot_be_removed(mount):
+    """Found by the soak: removing the source while its copy was queued left the
+    copy broken for good (and the clean then freed the only data)."""
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"setfattr -n user.repofs.autofix -v false {r2}")  # the copy waits in fixes/
+    make_snapshot(r1, "128M", 8)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    sh(f"rm {r1}/disks/g")  # nothing else keeps gold
+    assert errno_of(os.unlink, r1 / "snapshots/gold") == errno.EBUSY
+    mount.expect_log("cannot remove gold: its copy into r2 is not finished")
+    sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
+    wait_copied(r2, "gold")
+    sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
+    sh(f"rm {r1}/snapshots/gold")

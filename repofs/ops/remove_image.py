@@ -26,6 +26,12 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
         dependents = await trio.to_thread.run_sync(repo.dependents, image_id)
         if dependents:
             raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
+        copies = await trio.to_thread.run_sync(repo.copies_elsewhere, image_id)
+        if copies:
+            raise errors.busy(
+                f"cannot remove {image_id}: its copy into {', '.join(copies)} is not finished "
+                "(wait for it, or remove the copy)"
+            )
         await trio.to_thread.run_sync(repo.driver.trash_image, image_id)
     log.info("removed %s/%s (in trash until cleaned)", repo.name, image_id)
 
