@@ -172,6 +172,35 @@ class ConnectedRepository:
             if any(v.repo == self.name for v in r.chain)
         ]  # fmt: skip
 
+    def volumes_used_elsewhere(self) -> dict[str, list[str]]:
+        """Volumes of this repository that records (live or trashed) of other
+        connected repositories read through: file name -> their `REPO/ID`s, which
+        keep them from being freed here. Blocking."""
+        used = defaultdict(list)
+        for other in list(self.peers.values()):
+            if other is not self:
+                for record in other.live_records() + other.driver.list_images(trashed=True):
+                    for volume in record.chain:
+                        if volume.repo == self.name:
+                            used[volume.file_name].append(f"{other.name}/{record.id}")
+        return used
+
+    def trashed_dependents(self, image_id: str) -> list[str]:
+        """Trashed images based on snapshot `image_id` (here, or `REPO/ID` in
+        other connected repositories): restoring them needs it under its ID.
+        Blocking."""
+        found = [
+            r.id for r in self.driver.list_images(trashed=True)
+            if r.base == image_id and r.base_repository is None
+        ]  # fmt: skip
+        for other in list(self.peers.values()):
+            if other is not self:
+                found += [
+                    f"{other.name}/{r.id}" for r in other.driver.list_images(trashed=True)
+                    if r.base == image_id and r.base_repository == self.name
+                ]  # fmt: skip
+        return found
+
     def copies_elsewhere(self, image_id: str) -> list[str]:
         """Other connected repositories whose copy of snapshot `image_id` still
         waits for its data (which this one may be the only source of). Blocking."""
@@ -210,9 +239,12 @@ class ConnectedRepository:
             raise
 
     async def check_free(self, image_id: str) -> None:
-        """EEXIST early, before volumes are made for an ID that is taken."""
+        """EEXIST early, before volumes are made for an ID that is taken (by a
+        live image, or one in the trash)."""
         if await trio.to_thread.run_sync(self.driver.has_image, image_id):
             raise errors.exists(f"{image_id} already exists in {self.name}")
+        if await trio.to_thread.run_sync(self.driver.has_image, image_id, True):
+            raise errors.exists(f"{image_id} is in the trash of {self.name}: restore or clean it")
 
     async def preallocates(self) -> bool:
         """New space of raw volumes is allocated at once under strategy performance."""

@@ -356,3 +356,36 @@ def test_the_source_of_an_unfinished_copy_cannot_be_removed(mount):
     wait_copied(r2, "gold")
     sh(f"cmp {r1}/snapshots/gold {r2}/snapshots/gold")
     sh(f"rm {r1}/snapshots/gold")
+
+
+def test_a_trashed_image_elsewhere_keeps_its_base_from_being_cleaned(mount):
+    """Found by the model test: r2's trashed disk on r1's snapshot did not keep
+    r1's clean from freeing the snapshot's volume (the restore would break)."""
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "64M", 1)
+    sh(f"rm {r1}/disks/g")
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
+    digest = sh(f"sha1sum < {r2}/disks/vm").stdout
+    sh(f"rm {r2}/disks/vm")
+    sh(f"rm {r1}/snapshots/gold")  # nothing live builds on it
+    assert "clean-gold" not in os.listdir(r1 / "fixes")
+    sh(f"mv {r2}/trash/vm {r2}/disks/")
+    assert sh(f"sha1sum < {r2}/disks/vm").stdout == digest
+    sh(f"rm {r2}/disks/vm")
+
+
+def test_a_copy_back_into_the_repository_of_its_base_is_whole(mount):
+    """Found by the model test: a snapshot of r2's disk on r1's gold, copied
+    into r1, failed ("gold is no longer under snap"); it is now a whole copy."""
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "64M", 1)
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
+    sh(f"printf mine | dd of={r2}/disks/vm conv=notrunc status=none")
+    sh(f"ln {r2}/disks/vm {r2}/snapshots/snap")
+    sh(f"ln {r2}/snapshots/snap {r1}/snapshots/snap")
+    wait_copied(r1, "snap")
+    sh(f"cmp {r2}/snapshots/snap {r1}/snapshots/snap")
+    assert len(status(r1, "snap")["chain"]) == 1
+    mount.expected_fixes |= {"optimize-snap", "optimize-vm"}  # r2's, on r1's gold

@@ -68,6 +68,10 @@ class Model:
     def any_live(self, kind: str | None = None) -> bool:
         return any(kind in (None, img.kind) for r in REPOS for img in self.live[r].values())
 
+    def taken(self, repo: str, image_id: str) -> bool:
+        """An ID names one image: a new one may not take an ID the trash holds."""
+        return image_id in self.live[repo] or image_id in self.trash[repo]
+
     def image(self, repo: str, image_id: str) -> Image:
         return self.live[repo].get(image_id) or self.trash[repo][image_id]
 
@@ -90,9 +94,9 @@ class Model:
 
     def nearest_copy(self, src: str, snap: str, dst: str) -> tuple[str, str] | None:
         """The nearest ancestor of src's `snap` that `dst` holds, which a copy of
-        it into dst builds on."""
+        it into dst builds on; a base in yet another repository ends the walk."""
         base = self.image(src, snap).base
-        while base is not None:
+        while base is not None and base[0] == src:
             if self.live[dst].get(base[1], Image("", b"")).kind == "snapshots":
                 return (dst, base[1])
             base = self.image(*base).base
@@ -202,7 +206,8 @@ class MountMachine(RuleBasedStateMachine):
         name = self.draw_name(data, repo)
         img = self.model.live[repo].get(name)
         if img is None:
-            expected, new = None, Image("disks", bytes(size))
+            expected = errno.EEXIST if self.model.taken(repo, name) else None
+            new = Image("disks", bytes(size))
         elif img.kind == "snapshots":
             expected, new = errno.EEXIST, img
         elif size < len(img.data):
@@ -234,7 +239,9 @@ class MountMachine(RuleBasedStateMachine):
         source = self.base / "import"
         source.write_bytes(content)
         img = self.model.live[repo].get(name)
-        if img is None or (img.kind == "disks" and not img.data):
+        if img is None:
+            expected = errno.EEXIST if self.model.taken(repo, name) else None
+        elif img.kind == "disks" and not img.data:
             expected = None
         else:
             expected = errno.EEXIST if img.kind == "snapshots" else errno.EINVAL
@@ -275,7 +282,7 @@ class MountMachine(RuleBasedStateMachine):
         snap = self.draw_name(data, repo)
         if self.kind_of(repo, disk) != "disks":
             expected = errno.ENOENT
-        elif snap in self.model.live[repo]:
+        elif self.model.taken(repo, snap):
             expected = errno.EEXIST
         else:
             expected = None
@@ -293,7 +300,7 @@ class MountMachine(RuleBasedStateMachine):
         disk = self.draw_name(data, dst)
         if self.kind_of(src, snap) != "snapshots":
             expected = errno.ENOENT
-        elif disk in self.model.live[dst]:
+        elif self.model.taken(dst, disk):
             expected = errno.EEXIST
         else:
             expected = None
@@ -312,7 +319,7 @@ class MountMachine(RuleBasedStateMachine):
         dst = REPOS[1 - REPOS.index(src)]
         if self.kind_of(src, snap) != "snapshots":
             expected = errno.ENOENT
-        elif snap in self.model.live[dst]:
+        elif self.model.taken(dst, snap):
             expected = errno.EEXIST
         else:
             expected = None
@@ -369,7 +376,7 @@ class MountMachine(RuleBasedStateMachine):
             expected = None
         elif self.model.builders(repo, old, trashed=True):
             expected = errno.EBUSY
-        elif new in self.model.live[repo]:
+        elif self.model.taken(repo, new):
             expected = errno.EEXIST
         else:
             expected = None

@@ -77,14 +77,6 @@ def test_rm_snapshot_with_dependents_is_ebusy_and_names_them(repo, mount):
     sh(f"rm {repo}/snapshots/s1")
 
 
-def test_same_id_in_trash_twice_is_eexist(repo):
-    sh(f"truncate -s 1M {repo}/disks/vm1")
-    sh(f"rm {repo}/disks/vm1")
-    sh(f"truncate -s 1M {repo}/disks/vm1")
-    assert errno_of(os.unlink, repo / "disks/vm1") == errno.EEXIST
-    assert errno_of(os.rename, repo / "trash/vm1", repo / "disks/vm1") == errno.EEXIST
-
-
 def test_rename_within_a_repository(repo, mount):
     sh(f"truncate -s 1M {repo}/disks/a")
     sh(f"printf data | dd of={repo}/disks/a conv=notrunc status=none")
@@ -123,3 +115,30 @@ def test_mv_across_repositories_is_exdev_and_falls_back(repo, mount):
     assert (mount.path / "r2/disks/vm1").read_bytes()[:5] == b"moved"
     assert os.stat(mount.path / "r2/disks/vm1").st_size == MiB
     assert listing(repo / "disks") == [] and listing(repo / "trash") == ["vm1"]
+
+
+def test_an_id_in_the_trash_is_not_taken_again(repo, mount):
+    """Found by the model test: a new image under a trashed image's ID made the
+    trashed one's dependents ambiguous (and its restore impossible)."""
+    sh(f"truncate -s 1M {repo}/disks/vm1 {repo}/disks/vm2")
+    sh(f"rm {repo}/disks/vm1")
+    assert errno_of(os.truncate, repo / "disks/vm1", 0) == errno.ENOENT  # no open: no create
+    for make in (
+        lambda: open(repo / "disks/vm1", "wb").close(),
+        lambda: os.link(repo / "disks/vm2", repo / "snapshots/vm1"),
+        lambda: os.rename(repo / "disks/vm2", repo / "disks/vm1"),
+    ):
+        assert errno_of(make) == errno.EEXIST
+    mount.expect_log("vm1 is in the trash")
+    sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+    assert listing(repo / "disks") == ["vm1", "vm2"]
+
+
+def test_a_snapshot_that_trashed_images_build_on_keeps_its_name(repo, mount):
+    """They name their base by ID: a rename would leave them nothing to restore onto."""
+    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"rm {repo}/disks/vm1")
+    assert errno_of(os.rename, repo / "snapshots/s1", repo / "snapshots/s2") == errno.EBUSY
+    mount.expect_log("cannot rename s1: vm1 depend on it")
+    sh(f"mv {repo}/trash/vm1 {repo}/disks/")

@@ -262,11 +262,11 @@ class LocalRepository:
         return records, unreadable
 
     def create_image(self, record: ImageRecord) -> ImageRecord:
-        """Writes the record of a new image (generation 1); EEXIST if the ID is taken."""
+        """Writes the record of a new image (generation 1); EEXIST if the ID is
+        taken, by a live image or one in the trash."""
         with self.lock():
             path = self._record_path(record.id)
-            if path.exists():
-                raise errors.exists(f"image {record.id} already exists")
+            self._check_unused(record.id)
             record = record.evolve(generation=1)
             self._write_record(path, record)
         self._notify("created", record.id, record)
@@ -321,11 +321,18 @@ class LocalRepository:
 
     def rename_image(self, old_id: str, new_id: str) -> None:
         with self.lock():
-            if self._record_path(new_id).exists():
-                raise errors.exists(f"image {new_id} already exists")
+            self._check_unused(new_id)
             self._rename(self._record_path(old_id), self._record_path(new_id))
         self._notify("removed", old_id, None)
         self._notify("renamed", new_id, self.read_image(new_id))
+
+    def _check_unused(self, image_id: str) -> None:
+        """EEXIST if a live or trashed image has this ID: an ID names one image
+        (what builds on it names it by ID, and restoring it needs it free)."""
+        if self._record_path(image_id).exists():
+            raise errors.exists(f"image {image_id} already exists")
+        if self._record_path(image_id, trashed=True).exists():
+            raise errors.exists(f"{image_id} is in the trash: restore or clean it first")
 
     @staticmethod
     def _rename(src: Path, dst: Path) -> None:

@@ -32,9 +32,12 @@ class Inventory:
     volumes: list[str]  # file names in volumes/
     unsettled: set[str]  # of those, the ones that may be being made (drivers/posix.py)
     unreadable: dict[str, str]  # records (live or trashed) that cannot be read: why
+    # This repository's volumes that records (live or trashed) of other connected
+    # repositories read through: file name -> their `REPO/ID`s.
+    used_elsewhere: dict[str, list[str]]
 
     @classmethod
-    def read(cls, driver: LocalRepository) -> "Inventory":
+    def read(cls, driver: LocalRepository, used_elsewhere: dict[str, list[str]]) -> "Inventory":
         volumes = [v.file_name for v in driver.list_volumes()]
         live, unreadable = driver.read_images()
         trashed, unreadable_trashed = driver.read_images(trashed=True)
@@ -45,6 +48,7 @@ class Inventory:
             volumes,
             driver.unsettled_volumes(volumes),
             unreadable | unreadable_trashed,
+            used_elsewhere,
         )
 
     def stale_tasks(self) -> list[Task]:
@@ -63,7 +67,7 @@ class Inventory:
             # What an unreadable record names is unknown: every volume may be its.
             return set(self.volumes)
         named = {v.file_name for r in self.live + self.trashed for v in r.chain if v.repo is None}
-        named |= self.unsettled
+        named |= self.unsettled | set(self.used_elsewhere)
         stale = {t.id for t in self.stale_tasks()}
         for task in self.tasks:
             if task.id not in stale:
@@ -71,13 +75,14 @@ class Inventory:
         return named
 
     def references(self, image: ImageRecord) -> list[str]:
-        """Images (live or trashed) whose chain builds on `image`'s top volume (a
-        base of the same ID in another repository is another image)."""
+        """Images (live or trashed, here or in another connected repository) whose
+        chain builds on `image`'s top volume (a base of the same ID in another
+        repository is another image)."""
         return [
             r.id for r in self.live + self.trashed if r.id != image.id and (
                 (r.base == image.id and r.base_repository is None) or image.top in r.chain[1:]
             )
-        ]  # fmt: skip
+        ] + self.used_elsewhere.get(image.top.file_name, [])  # fmt: skip
 
 
 def fix_id(kind: FixKind, image: str | None) -> str:
@@ -132,8 +137,9 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, options: Reposito
     )  # fmt: skip
 
 
-def check_repository(driver: LocalRepository) -> list[Fix]:
-    inventory = Inventory.read(driver)
+def check_repository(driver: LocalRepository, used_elsewhere: dict[str, list[str]]) -> list[Fix]:
+    """checkStorageRepository of one repository; `used_elsewhere`: see Inventory."""
+    inventory = Inventory.read(driver, used_elsewhere)
     fixes = [
         *_unreadable_fixes(inventory),
         *_live_image_fixes(driver, inventory, driver.read_options()),

@@ -36,7 +36,9 @@ async def run(ctx: TaskContext) -> None:
     image_id = ctx.task.image
     if image_id is not None:
         await ctx.enter_stage("purge")
-        inventory = await trio.to_thread.run_sync(Inventory.read, driver)
+        inventory = await trio.to_thread.run_sync(
+            lambda: Inventory.read(driver, ctx.repo.volumes_used_elsewhere())
+        )
         record = next((r for r in inventory.trashed if r.id == image_id), None)
         if record is not None:
             references = inventory.references(record)
@@ -46,14 +48,14 @@ async def run(ctx: TaskContext) -> None:
             ctx.crash_point("free")
     await ctx.enter_stage("free")
     async with ctx.repo.changing:
-        freed = await trio.to_thread.run_sync(_free, driver)
+        freed = await trio.to_thread.run_sync(_free, driver, ctx.repo.volumes_used_elsewhere)
     await trio.to_thread.run_sync(driver.keep_reserve)
     await ctx.report("free", freed, freed, force=True)
     log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
 
 
-def _free(driver) -> int:
-    inventory = Inventory.read(driver)
+def _free(driver, used_elsewhere) -> int:
+    inventory = Inventory.read(driver, used_elsewhere())
     named = inventory.named_volumes()
     for task in inventory.stale_tasks():
         driver.delete_task(task)

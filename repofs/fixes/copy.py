@@ -230,8 +230,10 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
         if name in target_repo.peers and name != target_repo.name
     ]
     source_driver = source_repo.driver
-    base = snapshot.base
-    while base is not None:
+    record = snapshot
+    # A base in yet another repository ends the walk: the copy is then whole.
+    while record.base is not None and record.base_repository is None:
+        base = record.base
         for holder in holders:
             if holder.driver.has_image(base):
                 held = holder.driver.read_image(base)
@@ -240,7 +242,7 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
         trashed = not source_driver.has_image(base)
         if trashed and not source_driver.has_image(base, trashed=True):
             break
-        base = source_driver.read_image(base, trashed).base
+        record = source_driver.read_image(base, trashed)
     return None, None
 
 

@@ -59,7 +59,7 @@ async def run(ctx: TaskContext) -> None:
 
 async def _users(ctx: TaskContext, layer: Volume) -> list:
     """Records (live or trashed) that read through `layer` from above."""
-    inventory = await trio.to_thread.run_sync(Inventory.read, ctx.driver)
+    inventory = await trio.to_thread.run_sync(Inventory.read, ctx.driver, {})
     return [r for r in inventory.live + inventory.trashed if layer in r.chain[1:]]
 
 

@@ -20,7 +20,9 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
-    fixes = await trio.to_thread.run_sync(check_repository, repo.driver)
+    fixes = await trio.to_thread.run_sync(
+        lambda: check_repository(repo.driver, repo.volumes_used_elsewhere())
+    )
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 

@@ -15,14 +15,17 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
     """Durable step: one rename of the record.
 
     Refused while the image is open (a running VM keeps using the old path), and
-    for a snapshot that images depend on: they name their base by ID.
+    for a snapshot that images (live or in the trash) depend on: they name their
+    base by ID.
     """
     check_name(new_id)
     async with repo.changing:
         await trio.to_thread.run_sync(repo.driver.read_image, old_id)
         await repo.ensure_closed(old_id, "rename")
         await repo.ensure_no_task(old_id, "rename")
-        dependents = await trio.to_thread.run_sync(repo.dependents, old_id)
+        dependents = await trio.to_thread.run_sync(
+            lambda: repo.dependents(old_id) + repo.trashed_dependents(old_id)
+        )
         if dependents:
             raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
         await trio.to_thread.run_sync(repo.driver.rename_image, old_id, new_id)
