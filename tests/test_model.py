@@ -178,14 +178,15 @@ class MountMachine(RuleBasedStateMachine):
         fresh = st.just(next(self.model.ids))
         return data.draw(fresh | st.sampled_from(known) if known else fresh)
 
-    def draw_existing(self, data, area: str, repo: str | None = None) -> tuple[str, str]:
-        """A repository (`repo`, else one with images in `area`) and, three times
-        in four, an image of its `area`; else any name it knows (a refusal)."""
-        names = self.model.trash if area == "trash" else {
-            r: {i for i, img in self.model.live[r].items() if img.kind == area} for r in REPOS
+    def draw_existing(self, data, area: str, wanted=lambda repo, name: True) -> tuple[str, str]:
+        """A repository with images in `area` (that are `wanted`) and, three
+        times in four, one of them; else any name it knows (a refusal)."""
+        names = {
+            r: {i for i in (self.model.trash[r] if area == "trash" else self.model.live[r])
+                if (area == "trash" or self.model.live[r][i].kind == area) and wanted(r, i)}
+            for r in REPOS
         }  # fmt: skip
-        if repo is None:
-            repo = data.draw(st.sampled_from([r for r in REPOS if names[r]] or REPOS))
+        repo = data.draw(st.sampled_from([r for r in REPOS if names[r]] or REPOS))
         known = sorted({*self.model.live[repo], *self.model.trash[repo]}) or ["none"]
         hits = st.sampled_from(sorted(names[repo]) or known)
         return repo, data.draw(st.one_of(hits, hits, hits, st.sampled_from(known)))
@@ -315,8 +316,14 @@ class MountMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def copy(self, data):
         """`ln SRC/snapshots/S OTHER/snapshots/S`: copyImage (a mend task)."""
-        src, snap = self.draw_existing(data, "snapshots")
-        dst = REPOS[1 - REPOS.index(src)]
+
+        def other(repo: str) -> str:
+            return REPOS[1 - REPOS.index(repo)]
+
+        src, snap = self.draw_existing(
+            data, "snapshots", lambda r, i: not self.model.taken(other(r), i)
+        )
+        dst = other(src)
         if self.kind_of(src, snap) != "snapshots":
             expected = errno.ENOENT
         elif self.model.taken(dst, snap):
