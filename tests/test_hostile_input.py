@@ -4,9 +4,10 @@ the reason, and leaves nothing behind (docs/behaviour.md, "Bad input")."""
 import errno
 import json
 import os
+import subprocess
 
 import pytest
-from conftest import errno_of, sh, wait_for
+from conftest import errno_of, pattern, sh, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -129,3 +130,32 @@ def test_damaged_volumes_are_eio_and_reported_and_the_rest_works(repo, mount, tm
     sh(f"rm {repo}/disks/cut")
     sh(f"mv {repo}/fixes/clean-cut {repo}/tasks/")
     wait_for(lambda: not os.listdir(repo / "trash"), 30, "the clean of cut")
+
+
+@pytest.mark.parametrize("top", ["raw", "qcow2"])
+def test_two_writers_of_one_disk_both_land(repo, mount, tmp_path, top):
+    """Two processes writing one disk at once (docs/behaviour.md: like two
+    writers of a file; QEMU's own image locks keep two VMs apart)."""
+    sh(f"truncate -s 8M {repo}/disks/vm1")
+    if top == "qcow2":
+        sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    halves = [pattern(f"writer {i} ".encode(), 4 << 20) for i in (0, 1)]
+    for i, half in enumerate(halves):
+        (tmp_path / f"half{i}").write_bytes(half)
+    writers = [
+        subprocess.Popen(
+            [
+                "dd",
+                f"if={tmp_path}/half{i}",
+                f"of={repo}/disks/vm1",
+                "bs=4k",
+                f"seek={1024 * i}",
+                "conv=notrunc",
+                "status=none",
+            ]
+        )  # fmt: skip
+        for i in (0, 1)
+    ]
+    for writer in writers:
+        assert writer.wait(60) == 0
+    assert (repo / "disks/vm1").read_bytes() == halves[0] + halves[1]
