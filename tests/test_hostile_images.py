@@ -2,13 +2,14 @@
 format of every volume it hands to QEMU, so a guest cannot make it read a
 header of its own making and open a host file through it."""
 
+import ast
 import errno
 import os
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import active_tasks, errno_of, sh, status, wait_for
+from conftest import REPO, active_tasks, errno_of, sh, status, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -141,3 +142,23 @@ def test_a_header_naming_a_backing_file_out_of_its_record_is_refused(repo, mount
         opened = watch.stop()
     assert not opened, "a backing file out of the record was opened"
     assert data[:4] == b"mine" and data[4096:4100] == b"MINE" and len(data) == MiB
+
+
+@pytest.mark.unit
+def test_every_subprocess_gets_an_argv_list_never_a_shell():
+    """No shell ever parses a name, a path or a parameter repofs passes on."""
+    calls = 0
+    for path in (REPO / "repofs").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            if node.func.attr not in ("run", "Popen", "run_process", "check_output", "call"):
+                continue
+            if getattr(node.func.value, "id", None) not in ("subprocess", "trio"):
+                continue
+            calls += 1
+            where = f"{path.name}:{node.lineno}"
+            assert not any(k.arg == "shell" for k in node.keywords), f"{where}: shell="
+            first = node.args[0]
+            assert not isinstance(first, ast.Constant | ast.JoinedStr), f"{where}: a string"
+    assert calls >= 4  # fusermount, the background mount, qemu-img, the storage daemon
