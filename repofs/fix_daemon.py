@@ -267,11 +267,21 @@ class FixDaemon:
                     raise
                 log.warning("task %s/%s: %s; trying again every %ds", ctx.repo.name,
                             ctx.task.id, exc.reason, NO_SPACE_RETRY_S)  # fmt: skip
+            free = await trio.to_thread.run_sync(ctx.driver.space_beyond_reserve)
             # The image's own error (a copy's "copy not finished") comes back after.
             before = (await ctx.read_image()).last_error if ctx.live_image else None
             await self._say(ctx, NO_SPACE, NO_SPACE)
+            # Saying so may take the repository's reserve. The task goes on once
+            # more is free beyond the reserve than when it stopped (space someone
+            # freed, not the reserve's own) and the reserve is whole again.
             await trio.sleep(NO_SPACE_RETRY_S)
+            while not await trio.to_thread.run_sync(self._space_came_back, ctx.driver, free):
+                await trio.sleep(NO_SPACE_RETRY_S)
             await self._say(ctx, None, before)
+
+    @staticmethod
+    def _space_came_back(driver, free: int) -> bool:
+        return driver.space_beyond_reserve() > free and driver.keep_reserve()
 
     @staticmethod
     async def _say(ctx: TaskContext, task_error: str | None, image_error: str | None) -> None:

@@ -237,3 +237,34 @@ def test_an_optimize_that_runs_out_of_space_waits_and_goes_on_when_space_is_free
     sh(f"cmp {small}/snapshots/gold {small}/disks/vm")
     mount.expect_log("optimize-vm: no space for .*; trying again every")
     os.rmdir(small)  # before the tmpfs goes away
+
+
+def test_a_merge_that_runs_out_of_space_waits_and_goes_on_when_space_is_freed(mount, tmpfs):
+    sh(f"echo 'small localfs-1.0 path={tmpfs}' > {mount.path}/connect")
+    small = mount.path / "small"
+    sh(f"truncate -s 8M {small}/disks/vm")
+    sh(f"dd if=/dev/urandom of={small}/disks/vm bs=1M count=8 conv=notrunc status=none")
+    before = (small / "disks/vm").read_bytes()
+    sh(f"ln {small}/disks/vm {small}/snapshots/s")
+    sh(f"rm {small}/disks/vm {small}/snapshots/s")
+    sh(f"mv {small}/trash/vm {small}/disks/")  # reads through the trashed s: a merge
+    sh(f"setfattr -n user.repofs.strategy -v performance {small}")
+    sh(f"truncate -s 3M {small}/disks/room")  # preallocated: what will be left
+    sh(f"setfattr -x user.repofs.strategy {small}")
+    sh(f"truncate -s 0 {small}/disks/filler")
+    fill(small / "disks/filler")
+    sh(f"rm {small}/disks/room")
+    queue(small, "clean-room")
+    wait_for(lambda: "room" not in os.listdir(small / "trash"), 30, "the clean of room")
+    queue(small, "merge-s")  # 8 MiB of s into vm's layer, 2 MiB left
+    task = small / "tasks/merge-s"
+    wait_for(lambda: json.loads(task.read_text())["last_error"] == NO_SPACE, 30, "the wait")
+    assert json.loads(task.read_text())["state"] == "running"
+    assert (small / "disks/vm").read_bytes() == before  # usable meanwhile
+    sh(f"rm {small}/disks/filler")
+    queue(small, "clean-filler")
+    wait_for(lambda: "clean-s" in os.listdir(small / "fixes"), 60, "the merge to go on")
+    assert (small / "disks/vm").read_bytes() == before
+    assert status(small, "vm")["last_error"] is None and len(status(small, "vm")["chain"]) == 1
+    mount.expect_log("merge-s: .*; trying again every")
+    os.rmdir(small)  # before the tmpfs goes away

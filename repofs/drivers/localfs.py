@@ -124,35 +124,52 @@ class LocalRepository:
             raise errors.busy(f"{self.root} is connected by another repofs process") from None
         self._connection_fd = fd
 
-    def keep_reserve(self) -> None:
-        """Allocates ROOT/reserve again if it is missing or short, as far as the
-        storage has room. Durable step: posix_fallocate of the reserve file."""
+    def keep_reserve(self) -> bool:
+        """Allocates ROOT/reserve again if it is missing or short; whether it is
+        whole (a full storage may not have the room yet). Durable step:
+        posix_fallocate of the reserve file."""
         path = self.root / "reserve"
         try:
             if path.stat().st_blocks * 512 >= RESERVE_BYTES:
-                return
+                return True
         except FileNotFoundError:
             pass
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.posix_fallocate(fd, 0, RESERVE_BYTES)
             os.fsync(fd)
+            return True
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            log.warning("%s: no room for the reserve of free space yet", self.root)
+            return False
         finally:
             os.close(fd)
 
-    def release_reserve(self) -> bool:
-        """Frees the reserve, so that writes that free space can go on; whether
-        there was one. Durable step: unlink of the reserve file."""
+    def space_beyond_reserve(self) -> int:
+        """Free bytes of the storage, less what the reserve lacks of its size."""
+        st = os.statvfs(self.root)
         try:
-            (self.root / "reserve").unlink()
+            held = (self.root / "reserve").stat().st_blocks * 512
         except FileNotFoundError:
-            return False
-        log.warning("%s is full: released its reserve of free space", self.root)
-        return True
+            held = 0
+        return st.f_bavail * st.f_frsize - max(0, RESERVE_BYTES - held)
+
+    def _write_bookkeeping(self, path: Path, data: dict) -> None:
+        """Writes a task record or a heartbeat, on a full storage in the space of
+        the reserve: queueing the clean that frees space, saying that a task
+        waits for space, and staying alive must not fail for want of it."""
+        try:
+            atomic_write_json(path, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            try:
+                (self.root / "reserve").unlink()
+            except FileNotFoundError:
+                raise exc from None
+            log.warning("%s is full: released its reserve of free space", self.root)
+            atomic_write_json(path, data)
 
     def close(self) -> None:
         if self._connection_fd is not None:
@@ -379,7 +396,7 @@ class LocalRepository:
                 current = self.read_task(task.id)
                 _check_generation(f"task {task.id}", current.generation, task.generation)
             task = task.evolve(generation=task.generation + 1)
-            atomic_write_json(path, task.to_json())
+            self._write_bookkeeping(path, task.to_json())
             return task
 
     def delete_task(self, task: Task) -> None:
@@ -396,7 +413,7 @@ class LocalRepository:
     def write_heartbeat(self, beat: HostBeat) -> None:
         """Not under the repository lock: only this host writes its record, and a
         host that stalls holding the lock must not stop the others' heartbeats."""
-        atomic_write_json(self._host_path(beat.host), beat.to_json())
+        self._write_bookkeeping(self._host_path(beat.host), beat.to_json())
 
     def read_heartbeats(self) -> dict[str, HostBeat]:
         beats = {}

@@ -9,7 +9,7 @@ import trio
 
 from repofs import errors
 from repofs.fixes.check import check_repository
-from repofs.model import Fix, FixKind, Task, TaskState
+from repofs.model import Fix, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
@@ -60,19 +60,7 @@ async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> 
             task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)
         )
 
-    def queue_on_full_storage() -> Task:
-        # A clean is how a full repository gets space back: it may use the
-        # reserve (the clean allocates it again once it freed space).
-        try:
-            return queue()
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC or fix.kind is not FixKind.CLEAN:
-                raise
-            if not repo.driver.release_reserve():
-                raise
-            return queue()
-
-    task = await trio.to_thread.run_sync(queue_on_full_storage)
+    task = await trio.to_thread.run_sync(queue)
     log.info("queued task %s/%s: %s", repo.name, task.id, fix.description)
     if registry.fix_daemon is not None:
         registry.fix_daemon.wake()
