@@ -138,6 +138,10 @@ class MountMachine(RuleBasedStateMachine):
         # Admin steps since the last restart and the last run of the fixes: those
         # are rarer than the steps themselves, and worth more after many.
         self.since_restart = self.since_fixes = 0
+        # The last example run is kept: when a run fails, hypothesis runs the
+        # failing example last.
+        for earlier in base.parent.glob("example-*"):
+            shutil.rmtree(earlier)
         base.mkdir()
         self.mount = Mount(base)
         self.mount.start()
@@ -151,7 +155,6 @@ class MountMachine(RuleBasedStateMachine):
             self.mount.stop()
         for repo in REPOS:
             assert_consistent(self.mount.data / repo, garbage_expected=True)
-        shutil.rmtree(self.base)
 
     # Helpers
 
@@ -474,7 +477,9 @@ class MountMachine(RuleBasedStateMachine):
             explained.add("clean-volumes")
         assert expected <= offered, f"{repo}: the check misses {sorted(expected - offered)}"
         unexplained = offered - expected - explained
-        assert not unexplained, f"{repo}: the check offers {sorted(unexplained)}"
+        assert not unexplained, f"{repo}: the check offers " + "; ".join(
+            (root / "fixes" / fix).read_text() for fix in sorted(unexplained)
+        )
         for fix in offered & explained - {"clean-volumes"}:
             image_id = fix.partition("-")[2]
             state = json.loads((root / "status" / image_id).read_text())["state"]
