@@ -194,6 +194,20 @@ class MountMachine(RuleBasedStateMachine):
         hits = st.sampled_from(sorted(names[repo]) or known)
         return repo, data.draw(st.one_of(hits, hits, hits, st.sampled_from(known)))
 
+    def ln(self, what: str, source: tuple[str, str, str], target: tuple[str, str, str]) -> bool:
+        """`ln REPO/AREA/NAME REPO/AREA/NAME`: ENOENT unless the source is an image
+        of its area, EEXIST if the target's ID is taken; whether it worked."""
+        (repo, area, name), (new_repo, _, new) = source, target
+        if self.kind_of(repo, name) != area:
+            expected = errno.ENOENT
+        elif self.model.taken(new_repo, new):
+            expected = errno.EEXIST
+        else:
+            expected = None
+        source_path, target_path = self.path(*source), self.path(*target)
+        return self.attempt(expected, f"{what}: ln {source_path} {target_path}", os.link,
+                            source_path, target_path)  # fmt: skip
+
     def kind_of(self, repo: str, name: str) -> str | None:
         img = self.model.live[repo].get(name)
         return img.kind if img else None
@@ -284,14 +298,7 @@ class MountMachine(RuleBasedStateMachine):
         """`ln disks/D snapshots/S`."""
         repo, disk = self.draw_existing(data, "disks")
         snap = self.draw_name(data, repo)
-        if self.kind_of(repo, disk) != "disks":
-            expected = errno.ENOENT
-        elif self.model.taken(repo, snap):
-            expected = errno.EEXIST
-        else:
-            expected = None
-        source, target = self.path(repo, "disks", disk), self.path(repo, "snapshots", snap)
-        if self.attempt(expected, f"snapshot: ln {source} {target}", os.link, source, target):
+        if self.ln("snapshot", (repo, "disks", disk), (repo, "snapshots", snap)):
             img = self.model.live[repo][disk]
             self.model.live[repo][snap] = Image("snapshots", img.data, img.base)
             self.model.live[repo][disk] = replace(img, base=(repo, snap))
@@ -302,16 +309,7 @@ class MountMachine(RuleBasedStateMachine):
         """`ln SRC/snapshots/S DST/disks/D` (in one repository or across two)."""
         src, snap = self.draw_existing(data, "snapshots")
         disk = self.draw_name(data, dst)
-        if self.kind_of(src, snap) != "snapshots":
-            expected = errno.ENOENT
-        elif self.model.taken(dst, disk):
-            expected = errno.EEXIST
-        else:
-            expected = None
-        source, target = self.path(src, "snapshots", snap), self.path(dst, "disks", disk)
-        if self.attempt(
-            expected, f"disk-on-snapshot: ln {source} {target}", os.link, source, target
-        ):
+        if self.ln("disk-on-snapshot", (src, "snapshots", snap), (dst, "disks", disk)):
             data = self.model.live[src][snap].data
             self.model.live[dst][disk] = Image("disks", data, (src, snap))
 
@@ -327,14 +325,7 @@ class MountMachine(RuleBasedStateMachine):
             data, "snapshots", lambda r, i: not self.model.taken(other(r), i)
         )
         dst = other(src)
-        if self.kind_of(src, snap) != "snapshots":
-            expected = errno.ENOENT
-        elif self.model.taken(dst, snap):
-            expected = errno.EEXIST
-        else:
-            expected = None
-        source, target = self.path(src, "snapshots", snap), self.path(dst, "snapshots", snap)
-        if self.attempt(expected, f"copy: ln {source} {target}", os.link, source, target):
+        if self.ln("copy", (src, "snapshots", snap), (dst, "snapshots", snap)):
             base = self.model.nearest_copy(src, snap, dst)
             self.model.live[dst][snap] = Image("snapshots", self.model.live[src][snap].data, base)
 
