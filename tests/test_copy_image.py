@@ -389,3 +389,21 @@ def test_a_copy_back_into_the_repository_of_its_base_is_whole(mount):
     sh(f"cmp {r2}/snapshots/snap {r1}/snapshots/snap")
     assert len(status(r1, "snap")["chain"]) == 1
     mount.expected_fixes |= {"optimize-snap", "optimize-vm"}  # r2's, on r1's gold
+
+
+def test_a_copy_over_a_smaller_ancestor_has_the_snapshots_size(mount):
+    """Found by the model test: the overlay took its ancestor's size, and
+    writing the grown part failed (EINVAL)."""
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"truncate -s 1M {r1}/disks/vm")
+    sh(f"ln {r1}/disks/vm {r1}/snapshots/small")
+    sh(f"ln {r1}/snapshots/small {r2}/snapshots/small")
+    wait_copied(r2, "small")
+    sh(f"truncate -s 3M {r1}/disks/vm")
+    sh(f"printf grown | dd of={r1}/disks/vm bs=1 seek=2M conv=notrunc status=none")
+    sh(f"ln {r1}/disks/vm {r1}/snapshots/big")
+    sh(f"ln {r1}/snapshots/big {r2}/snapshots/big")  # over small, which r2 holds
+    wait_copied(r2, "big")
+    assert status(r2, "big")["base"] == "small"
+    sh(f"cmp {r1}/snapshots/big {r2}/snapshots/big")

@@ -171,7 +171,8 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
         chain = (volume,)
     else:
-        chain = await target_repo.new_overlay(ancestor, holder)
+        # The snapshot's size, not the ancestor's: its disk may have grown since.
+        chain = await target_repo.new_overlay(ancestor.evolve(size=source.size), holder)
         volume = chain[0]
     record = ImageRecord(
         source.id, ImageKind.SNAPSHOT, source.size, chain,
