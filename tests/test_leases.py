@@ -26,7 +26,7 @@ def driver(tmp_path, monkeypatch):
     monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
     driver = LocalRepository.open(tmp_path)
     (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
-    [fix] = check_repository(driver)
+    [fix] = check_repository(driver, {})
     driver.write_heartbeat(HostBeat("a", 1, time.time()))
     driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
     yield driver

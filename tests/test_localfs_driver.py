@@ -40,7 +40,7 @@ def test_formatting_writes_the_marker_last(tmp_path):
     marker = json.loads((tmp_path / "repofs.json").read_text())
     assert marker == {"format": "localfs-1.0", "version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "hosts", "images", "locks", "repofs.json", "tasks", "trash", "volumes",
+        "hosts", "images", "locks", "repofs.json", "reserve", "tasks", "trash", "volumes",
     ]  # fmt: skip
 
 
@@ -117,11 +117,11 @@ def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, 
     try:
         for driver in (shared, local):
             driver.create_raw_volume(4096, preallocate=False)
-        assert [f.kind for f in check_repository(local)] == ["clean"]
-        assert check_repository(shared) == []
+        assert [f.kind for f in check_repository(local, {})] == ["clean"]
+        assert check_repository(shared, {}) == []
         time.sleep(posix.SETTLE_S + 0.1)
         [volume] = shared.list_volumes()
-        [fix] = check_repository(shared)
+        [fix] = check_repository(shared, {})
         assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
     finally:
         shared.close()
