@@ -22,16 +22,17 @@ SOAK_S = int(os.environ.get("REPOFS_SOAK_S", "20"))
 def run_every_fix(repos) -> None:
     """Queues what the check offers until it offers nothing."""
     for _ in range(20):
-        offered = [(r, f) for r in repos for f in os.listdir(r / "fixes")]
-        if not offered:
-            return
-        for repo, fix in offered:
-            os.rename(repo / "fixes" / fix, repo / "tasks" / fix)
+        # The loops' last copies may still run: the check is asked once they ended.
         for repo in repos:
             wait_for(lambda r=repo: not active_tasks(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
             assert not os.listdir(repo / "tasks"), (
                 f"failed in {repo.name}: {os.listdir(repo / 'tasks')}"
             )
+        offered = [(r, f) for r in repos for f in os.listdir(r / "fixes")]
+        if not offered:
+            return
+        for repo, fix in offered:
+            os.rename(repo / "fixes" / fix, repo / "tasks" / fix)
     raise AssertionError(f"fixes still offered: {offered}")
 
 

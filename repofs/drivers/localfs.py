@@ -509,6 +509,13 @@ class LocalRepository:
             for path in self.temp_files():
                 path.unlink(missing_ok=True)
 
+    def leftover_temp_files(self) -> list[Path]:
+        """temp_files as the check reports them: seen under the repository lock,
+        so that a record or task write under way (this process's own fix daemon)
+        is not offered for cleaning."""
+        with self.lock():
+            return self.temp_files()
+
     def temp_files(self) -> list[Path]:
         """Leftovers of atomic writes that a crash interrupted. Heartbeats are
         written without the repository lock, so a temp file of one is a leftover

@@ -234,7 +234,7 @@ def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
             sum(driver.allocated_bytes(v) for v in freed),
         ))  # fmt: skip
     orphans = [v for v in inventory.volumes if v not in named]
-    temp_files = driver.temp_files()
+    temp_files = driver.leftover_temp_files()
     stale = inventory.stale_tasks()
     if orphans or temp_files or stale:
         fixes.append(Fix(
