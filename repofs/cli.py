@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from repofs import errors
+from repofs.client.wait import STATES, wait_for_state
 from repofs.mounts import MountState, clear_dead_mount, fusermount, mount_state
 from repofs.qemu.tools import require
 
@@ -144,6 +145,12 @@ def cmd_tour(args) -> int:
     return 0
 
 
+def cmd_wait(args) -> int:
+    status = wait_for_state(Path(args.image).absolute(), args.state, args.timeout)
+    print(f"{status['id']} is {status['state']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repofs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="print a short tour of a mount")
     tour.add_argument("mountpoint")
     tour.set_defaults(func=cmd_tour)
+    wait = sub.add_parser(
+        "wait",
+        help="wait until an image reaches a state (exit 1 on timeout, when a task on it "
+        "fails, when it becomes broken or is removed)",
+    )
+    wait.add_argument("image", help="MOUNT/REPO/disks/ID or MOUNT/REPO/snapshots/ID")
+    wait.add_argument("--state", choices=STATES, default="optimized")
+    wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+    wait.set_defaults(func=cmd_wait)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""`repofs wait PATH`: blocks until an image reaches a state.
+
+It reads the repository's `events` (opened before the image's status is first
+looked at, so no change falls between) and looks at the status again only when
+a line names the image: no polling. It gives up when the image is gone, when a
+task working on it failed, when it becomes broken, or at the timeout.
+"""
+
+import errno
+import json
+import os
+import time
+from pathlib import Path
+
+from repofs import errors
+
+STATES = ("optimized", "degraded", "broken")
+READ_SIZE = 1 << 16
+
+
+def wait_for_state(image: Path, state: str, timeout_s: float | None) -> dict:
+    """Returns the image's status once it is in `state`; raises RepofsError
+    (ETIMEDOUT, or EIO saying what went wrong) otherwise. `image` is
+    REPO/disks/ID or REPO/snapshots/ID in a mount."""
+    repo, image_id = image.parent.parent, image.name
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with open(repo / "events", "rb", buffering=0) as events:
+        status = _status(repo, image_id)
+        first_state = status["state"]
+        while status["state"] != state:
+            _give_up_if_hopeless(repo, image_id, status, first_state)
+            _next_line_about(events, image_id, deadline, f"{image_id} is {status['state']}")
+            status = _status(repo, image_id)
+        return status
+
+
+def _status(repo: Path, image_id: str) -> dict:
+    try:
+        return json.loads((repo / "status" / image_id).read_text())
+    except FileNotFoundError:
+        raise errors.not_found(f"{image_id} is not in {repo.name} (removed?)") from None
+
+
+def _give_up_if_hopeless(repo: Path, image_id: str, status: dict, first_state: str) -> None:
+    for task in _failed_tasks(repo, image_id):
+        raise errors.io_error(f"{image_id}: task {task['id']} failed: {task['last_error']}")
+    if status["state"] == "broken" and first_state != "broken":
+        raise errors.io_error(f"{image_id} became broken: {status['last_error']}")
+
+
+def _failed_tasks(repo: Path, image_id: str) -> list[dict]:
+    failed = []
+    for name in os.listdir(repo / "tasks"):
+        try:
+            task = json.loads((repo / "tasks" / name).read_text())
+        except FileNotFoundError:
+            continue  # it ended while we listed
+        if task["image"] == image_id and task["state"] == "failed":
+            failed.append(task)
+    return failed
+
+
+def _next_line_about(events, image_id: str, deadline: float | None, now: str) -> None:
+    """Reads `events` until a line names the image (or says lines were lost).
+    Reads end within a second when nothing happens (docs/fixes.md, "Events"),
+    which is when the deadline is looked at."""
+    pending = b""
+    while deadline is None or time.monotonic() < deadline:
+        *lines, pending = (pending + events.read(READ_SIZE)).split(b"\n")
+        for line in filter(None, lines):
+            event = json.loads(line)
+            if event.get("id") == image_id or event["event"] == "lost":
+                return
+    raise errors.RepofsError(errno.ETIMEDOUT, f"timed out: {now}")

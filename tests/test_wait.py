@@ -1,0 +1,74 @@
+"""`repofs wait`: returns when the image reaches the state, fails on timeout,
+when a task working on it fails, and when it becomes broken or is removed."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, sh, status, wait_for
+
+pytestmark = pytest.mark.mount
+
+
+def repofs_wait(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "repofs", "wait", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def finished(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def two_repositories(mount):
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    sh(f"setfattr -n user.repofs.autofix -v false {r2}")  # copies wait in fixes/
+    sh(f"truncate -s 64M {r1}/disks/g")
+    sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M count=8 conv=notrunc status=none")
+    sh(f"ln {r1}/disks/g {r1}/snapshots/gold")
+    return r1, r2
+
+
+def test_wait_returns_once_the_copy_is_in(mount):
+    r1, r2 = two_repositories(mount)
+    proc = repofs_wait(r1 / "snapshots/gold")
+    assert finished(proc) == (0, "gold is optimized\n")  # already
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    proc = repofs_wait(r2 / "snapshots/gold", "--timeout", 60)
+    time.sleep(1.5)
+    assert proc.poll() is None, "it did not wait for the copy"
+    sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
+    assert finished(proc) == (0, "gold is optimized\n")
+    assert status(r2, "gold")["state"] == "optimized"
+
+
+def test_wait_gives_up_at_the_timeout_and_when_a_task_fails(mount):
+    r1, r2 = two_repositories(mount)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    started = time.monotonic()
+    code, said = finished(repofs_wait(r2 / "snapshots/gold", "--timeout", 2))
+    assert code == 1 and "timed out: gold is broken" in said
+    assert 2 <= time.monotonic() - started < 10
+    proc = repofs_wait(r2 / "snapshots/gold")
+    sh(f"setfattr -n user.repofs.image_hints -v gold=r3 {r2}")  # r3 does not exist: it fails
+    sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
+    code, said = finished(proc)
+    assert code == 1 and "task mend-gold failed" in said, said
+    os.unlink(r2 / "tasks/mend-gold")
+    sh(f"rm {r2}/snapshots/gold")  # the half copy
+    mount.expected_fixes.add("clean-volumes")  # forgets the stopped task of a removed image
+    mount.expect_log("task r2/mend-gold failed")
+
+
+def test_wait_fails_when_the_image_is_removed_meanwhile(mount):
+    r1, _ = two_repositories(mount)
+    sh(f"ln {r1}/snapshots/gold {r1}/disks/vm")
+    proc = repofs_wait(r1 / "disks/vm", "--state", "degraded")
+    wait_for(lambda: proc.poll() is None and len(os.listdir(f"/proc/{proc.pid}/fd")) > 3, 10,
+             "the wait to open events")  # fmt: skip
+    sh(f"rm {r1}/disks/vm")
+    code, said = finished(proc)
+    assert code == 1 and "vm is not in default (removed?)" in said, said
