@@ -1,6 +1,7 @@
 """The `repofs` command: mount, umount, tour."""
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from repofs import errors
+from repofs.client.status import gather, render
 from repofs.client.wait import STATES, wait_for_state
 from repofs.mounts import MountState, clear_dead_mount, fusermount, mount_state
 from repofs.qemu.tools import require
@@ -145,6 +147,12 @@ def cmd_tour(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    repos = gather(Path(args.path))
+    print(json.dumps(repos, indent=1) + "\n" if args.json else render(repos), end="")
+    return 0
+
+
 def cmd_wait(args) -> int:
     status = wait_for_state(Path(args.image).absolute(), args.state, args.timeout)
     print(f"{status['id']} is {status['state']}")
@@ -183,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     tour = sub.add_parser("tour", help="print a short tour of a mount")
     tour.add_argument("mountpoint")
     tour.set_defaults(func=cmd_tour)
+    show = sub.add_parser("status", help="every image and task of a mount or a repository")
+    show.add_argument("path", help="MOUNT or MOUNT/REPO")
+    show.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    show.set_defaults(func=cmd_status)
     wait = sub.add_parser(
         "wait",
         help="wait until an image reaches a state (exit 1 on timeout, when a task on it "

@@ -1,0 +1,80 @@
+"""`repofs status [MOUNT | MOUNT/REPO]`: every image and task at a glance.
+
+It reads only the mount's files (`status/ID`, `tasks/T`), as any script would,
+so it works on every host that has the mount. `--json` prints the same for
+scripts: {"REPO": {"images": [status...], "tasks": [task...]}}.
+"""
+
+import json
+import os
+from pathlib import Path
+
+IMAGE_COLUMNS = ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "STAGE", "%",
+                 "LAST ERROR")  # fmt: skip
+TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RATE", "ETA",
+                "LAST ERROR")  # fmt: skip
+
+
+def gather(path: Path) -> dict[str, dict[str, list[dict]]]:
+    """The images and tasks of the repository at `path`, or of every repository
+    of the mount at `path`."""
+    if (path / "status").is_dir():
+        repos = [path]
+    else:
+        repos = sorted(p for p in path.iterdir() if (p / "status").is_dir())
+    return {repo.name: {"images": _read_all(repo / "status"), "tasks": _read_all(repo / "tasks")}
+            for repo in repos}  # fmt: skip
+
+
+def _read_all(directory: Path) -> list[dict]:
+    found = []
+    for name in sorted(os.listdir(directory)):
+        try:
+            found.append(json.loads((directory / name).read_text()))
+        except FileNotFoundError:
+            pass  # removed, or ended, while we listed
+    return found
+
+
+def render(repos: dict[str, dict[str, list[dict]]]) -> str:
+    """Plain-text tables, one pair per repository."""
+    parts = []
+    for name, seen in repos.items():
+        parts.append(f"{name}: {len(seen['images'])} images, {len(seen['tasks'])} tasks")
+        parts.append(_table(IMAGE_COLUMNS, [image_row(i) for i in seen["images"]]))
+        if seen["tasks"]:
+            parts.append(_table(TASK_COLUMNS, [task_row(t) for t in seen["tasks"]]))
+    return "\n\n".join(parts) + "\n"
+
+
+def image_row(image: dict) -> tuple[str, ...]:
+    percent = image["percent_complete"]
+    return (image["id"], "disk" if image["kind"] == "virtual-disk" else image["kind"],
+            image["state"], human(image["size"]), human(image["allocated"]),
+            image["base"] or "-", image["host"] or "-", image["stage"] or "-",
+            "-" if percent < 0 else str(percent), image["last_error"] or "-")  # fmt: skip
+
+
+def task_row(task: dict) -> tuple[str, ...]:
+    remaining = task["bytes_total"] - task["bytes_done"]
+    eta = f"{remaining / task['rate']:.0f}s" if task["rate"] > 0 and remaining > 0 else "-"
+    return (task["id"], task["image"] or "-", task["state"], task["host"] or "-",
+            task["stage"] or "-", human(task["bytes_done"]), human(task["bytes_total"]),
+            f"{human(task['rate'])}/s", eta, task["last_error"] or "-")  # fmt: skip
+
+
+def human(n: float) -> str:
+    """Bytes as `ls -lh` shows them."""
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [columns, *rows]
+    )
