@@ -177,29 +177,23 @@ class ConnectedRepository:
         connected repositories read through: file name -> their `REPO/ID`s, which
         keep them from being freed here. Blocking."""
         used = defaultdict(list)
-        for other in list(self.peers.values()):
-            if other is not self:
-                for record in other.live_records() + other.driver.list_images(trashed=True):
-                    for volume in record.chain:
-                        if volume.repo == self.name:
-                            used[volume.file_name].append(f"{other.name}/{record.id}")
+        for other, record in [*self._records_elsewhere(), *self._records_elsewhere(trashed=True)]:
+            for volume in record.chain:
+                if volume.repo == self.name:
+                    used[volume.file_name].append(f"{other}/{record.id}")
         return used
 
     def trashed_dependents(self, image_id: str) -> list[str]:
         """Trashed images based on snapshot `image_id` (here, or `REPO/ID` in
         other connected repositories): restoring them needs it under its ID.
         Blocking."""
-        found = [
+        return [
             r.id for r in self.driver.list_images(trashed=True)
             if r.base == image_id and r.base_repository is None
+        ] + [
+            f"{other}/{r.id}" for other, r in self._records_elsewhere(trashed=True)
+            if r.base == image_id and r.base_repository == self.name
         ]  # fmt: skip
-        for other in list(self.peers.values()):
-            if other is not self:
-                found += [
-                    f"{other.name}/{r.id}" for r in other.driver.list_images(trashed=True)
-                    if r.base == image_id and r.base_repository == self.name
-                ]  # fmt: skip
-        return found
 
     def copies_elsewhere(self, image_id: str) -> list[str]:
         """Other connected repositories whose copy of snapshot `image_id` still
@@ -209,11 +203,15 @@ class ConnectedRepository:
             if r.id == image_id and r.pending is Pending.COPY
         ]  # fmt: skip
 
-    def _records_elsewhere(self):
-        """(repository name, live record) of every other connected repository."""
+    def _records_elsewhere(self, trashed: bool = False):
+        """(repository name, live record, or trashed one) of every other
+        connected repository."""
         for other in list(self.peers.values()):
             if other is not self:
-                for record in other.live_records():
+                records = (
+                    other.driver.list_images(trashed=True) if trashed else other.live_records()
+                )
+                for record in records:
                     yield other.name, record
 
     async def new_overlay(
@@ -241,10 +239,7 @@ class ConnectedRepository:
     async def check_free(self, image_id: str) -> None:
         """EEXIST early, before volumes are made for an ID that is taken (by a
         live image, or one in the trash)."""
-        if await trio.to_thread.run_sync(self.driver.has_image, image_id):
-            raise errors.exists(f"{image_id} already exists in {self.name}")
-        if await trio.to_thread.run_sync(self.driver.has_image, image_id, True):
-            raise errors.exists(f"{image_id} is in the trash of {self.name}: restore or clean it")
+        await trio.to_thread.run_sync(self.driver.check_unused, image_id)
 
     async def preallocates(self) -> bool:
         """New space of raw volumes is allocated at once under strategy performance."""

@@ -218,6 +218,24 @@ def active_tasks(repo: Path) -> list[str]:
     return active
 
 
+def run_every_fix(repos) -> None:
+    """Queues what the check offers until it offers nothing."""
+    for _ in range(20):
+        # Tasks still running (copies) change what the check finds: it is asked
+        # once they ended.
+        for repo in repos:
+            wait_for(lambda r=repo: not active_tasks(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
+            assert not os.listdir(repo / "tasks"), (
+                f"failed in {repo.name}: {os.listdir(repo / 'tasks')}"
+            )
+        offered = [(r, f) for r in repos for f in os.listdir(r / "fixes")]
+        if not offered:
+            return
+        for repo, fix in offered:
+            os.rename(repo / "fixes" / fix, repo / "tasks" / fix)
+    raise AssertionError(f"fixes still offered: {offered}")
+
+
 def check_through_the_mount(m: Mount) -> None:
     """repofs's own check after a test (like s3ql's fsck after its tests): once the
     tasks the test queued are done, `fixes/` offers only cleans of what the test

@@ -55,8 +55,11 @@ class GlusterServer:
             assert result.returncode == 0, f"gluster {args}: {result.stdout}{result.stderr}"
         return result
 
+    def _brick(self, volume: str) -> Path:
+        return self.base / "bricks" / volume
+
     def create_volume(self, name: str) -> str:
-        brick = self.base / "bricks" / name
+        brick = self._brick(name)
         brick.mkdir(parents=True)
         # The CLI refuses a loopback address as a brick's host; the machine's
         # name is as local (and `force` lets one brick live on it).
@@ -74,7 +77,7 @@ class GlusterServer:
         self.cli("volume", "stop", name, "force", check=False)
         self.cli("volume", "delete", name, check=False)
         self.volumes.remove(name)
-        shutil.rmtree(self.base / "bricks" / name, ignore_errors=True)
+        shutil.rmtree(self._brick(name), ignore_errors=True)
 
     def stop(self) -> None:
         for name in list(self.volumes):

@@ -7,7 +7,16 @@ import subprocess
 import time
 
 import pytest
-from conftest import Mount, assert_consistent, errno_of, pattern, sh, status, wait_for
+from conftest import (
+    Mount,
+    assert_consistent,
+    errno_of,
+    pattern,
+    run_every_fix,
+    sh,
+    status,
+    wait_for,
+)
 
 from repofs.fix_daemon import NO_SPACE
 
@@ -190,13 +199,8 @@ def test_on_a_full_repository_every_operation_is_enospc_and_makes_nothing(mount,
     sh(f"dd if={small}/disks/filler of=/dev/null bs=1M status=none")
     # Space freed: the same operations work.
     sh(f"rm {small}/disks/filler {small}/snapshots/before")
-
-    def clean() -> bool:  # filler first: it builds on before
-        for fix in os.listdir(small / "fixes"):
-            sh(f"mv {small}/fixes/{fix} {small}/tasks/")
-        return not os.listdir(small / "trash")
-
-    wait_for(clean, 30, "the cleans", interval=0.5)
+    run_every_fix([small])  # the clean of filler, then of before, which it built on
+    assert not os.listdir(small / "trash")
     # Queueing the first clean took the repository's reserve; the clean put it back.
     assert (tmpfs / "reserve").stat().st_blocks * 512 >= MiB
     for what in ("create", "import", "option"):

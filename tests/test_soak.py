@@ -11,29 +11,12 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, TASKS_TIMEOUT_S, active_tasks, assert_consistent, sh, wait_for
+from conftest import REPO, assert_consistent, run_every_fix, sh
 
 pytestmark = pytest.mark.mount
 
 LOOPS = 4
 SOAK_S = int(os.environ.get("REPOFS_SOAK_S", "20"))
-
-
-def run_every_fix(repos) -> None:
-    """Queues what the check offers until it offers nothing."""
-    for _ in range(20):
-        # The loops' last copies may still run: the check is asked once they ended.
-        for repo in repos:
-            wait_for(lambda r=repo: not active_tasks(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
-            assert not os.listdir(repo / "tasks"), (
-                f"failed in {repo.name}: {os.listdir(repo / 'tasks')}"
-            )
-        offered = [(r, f) for r in repos for f in os.listdir(r / "fixes")]
-        if not offered:
-            return
-        for repo, fix in offered:
-            os.rename(repo / "fixes" / fix, repo / "tasks" / fix)
-    raise AssertionError(f"fixes still offered: {offered}")
 
 
 def test_four_loops_at_once_lose_nothing(mount, tmp_path):

@@ -22,11 +22,12 @@ def gather(path: Path) -> dict[str, dict[str, list[dict]]]:
         repos = [path]
     else:
         repos = sorted(p for p in path.iterdir() if (p / "status").is_dir())
-    return {repo.name: {"images": _read_all(repo / "status"), "tasks": _read_all(repo / "tasks")}
+    return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks")}
             for repo in repos}  # fmt: skip
 
 
-def _read_all(directory: Path) -> list[dict]:
+def read_all(directory: Path) -> list[dict]:
+    """The JSON files of a mount directory (`status/`, `tasks/`), by name."""
     found = []
     for name in sorted(os.listdir(directory)):
         try:

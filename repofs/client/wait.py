@@ -8,11 +8,11 @@ task working on it failed, when it becomes broken, or at the timeout.
 
 import errno
 import json
-import os
 import time
 from pathlib import Path
 
 from repofs import errors
+from repofs.client.status import read_all
 
 STATES = ("optimized", "degraded", "broken")
 READ_SIZE = 1 << 16
@@ -49,15 +49,10 @@ def _give_up_if_hopeless(repo: Path, image_id: str, status: dict, first_state: s
 
 
 def _failed_tasks(repo: Path, image_id: str) -> list[dict]:
-    failed = []
-    for name in os.listdir(repo / "tasks"):
-        try:
-            task = json.loads((repo / "tasks" / name).read_text())
-        except FileNotFoundError:
-            continue  # it ended while we listed
-        if task["image"] == image_id and task["state"] == "failed":
-            failed.append(task)
-    return failed
+    return [
+        task for task in read_all(repo / "tasks")
+        if task["image"] == image_id and task["state"] == "failed"
+    ]  # fmt: skip
 
 
 def _next_line_about(events, image_id: str, deadline: float | None, now: str) -> None:

@@ -47,8 +47,8 @@ FORMAT = "localfs-1.0"
 FORMAT_VERSION = 1
 HEARTBEAT_TEMP_AGE_S = 3600
 _DIRS = ("images", "trash", "volumes", "tasks", "locks", "hosts")
-# Space kept allocated for the record writes that free space: on a full
-# storage, queueing a clean still needs a task record (about 250 such writes).
+# Space kept allocated for the repository's bookkeeping (task records,
+# heartbeats) on a full storage: about 250 such writes.
 RESERVE_BYTES = 1 << 20
 
 
@@ -66,6 +66,7 @@ class LocalRepository:
         self._locks = root / "locks"
         self._tasks = root / "tasks"
         self._hosts = root / "hosts"
+        self._reserve = root / "reserve"
         self._thread_lock = threading.Lock()
         self._connection_fd: int | None = None
         # Told of every durable change of an image record: (event, image ID, record
@@ -128,13 +129,9 @@ class LocalRepository:
         """Allocates ROOT/reserve again if it is missing or short; whether it is
         whole (a full storage may not have the room yet). Durable step:
         posix_fallocate of the reserve file."""
-        path = self.root / "reserve"
-        try:
-            if path.stat().st_blocks * 512 >= RESERVE_BYTES:
-                return True
-        except FileNotFoundError:
-            pass
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        if self._reserve_held() >= RESERVE_BYTES:
+            return True
+        fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.posix_fallocate(fd, 0, RESERVE_BYTES)
             os.fsync(fd)
@@ -149,11 +146,13 @@ class LocalRepository:
     def space_beyond_reserve(self) -> int:
         """Free bytes of the storage, less what the reserve lacks of its size."""
         st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize - max(0, RESERVE_BYTES - self._reserve_held())
+
+    def _reserve_held(self) -> int:
         try:
-            held = (self.root / "reserve").stat().st_blocks * 512
+            return self._reserve.stat().st_blocks * 512
         except FileNotFoundError:
-            held = 0
-        return st.f_bavail * st.f_frsize - max(0, RESERVE_BYTES - held)
+            return 0
 
     def _write_bookkeeping(self, path: Path, data: dict) -> None:
         """Writes a task record or a heartbeat, on a full storage in the space of
@@ -165,7 +164,7 @@ class LocalRepository:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             try:
-                (self.root / "reserve").unlink()
+                self._reserve.unlink()
             except FileNotFoundError:
                 raise exc from None
             log.warning("%s is full: released its reserve of free space", self.root)
@@ -283,7 +282,7 @@ class LocalRepository:
         taken, by a live image or one in the trash."""
         with self.lock():
             path = self._record_path(record.id)
-            self._check_unused(record.id)
+            self.check_unused(record.id)
             record = record.evolve(generation=1)
             self._write_record(path, record)
         self._notify("created", record.id, record)
@@ -338,12 +337,12 @@ class LocalRepository:
 
     def rename_image(self, old_id: str, new_id: str) -> None:
         with self.lock():
-            self._check_unused(new_id)
+            self.check_unused(new_id)
             self._rename(self._record_path(old_id), self._record_path(new_id))
         self._notify("removed", old_id, None)
         self._notify("renamed", new_id, self.read_image(new_id))
 
-    def _check_unused(self, image_id: str) -> None:
+    def check_unused(self, image_id: str) -> None:
         """EEXIST if a live or trashed image has this ID: an ID names one image
         (what builds on it names it by ID, and restoring it needs it free)."""
         if self._record_path(image_id).exists():

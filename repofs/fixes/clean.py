@@ -12,8 +12,8 @@ Durable steps, and what a crash after each leaves:
    a volume and writing its record), forget the stale tasks, then unlink each
    volume that no record and no other task names, and every temp file. Each
    unlink is final; a crash leaves fewer to do. Then the repository's reserve
-   of free space is allocated again if queueing this clean on a full storage
-   used it (drivers/localfs.py).
+   of free space is allocated again if bookkeeping on a full storage used it
+   (drivers/localfs.py).
 """
 
 import logging
