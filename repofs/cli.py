@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -10,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from repofs import errors
+from repofs import errors, logs
 from repofs.client.status import gather, render
 from repofs.client.wait import STATES, wait_for_state
+from repofs.client.watch import watch
 from repofs.mounts import MountState, clear_dead_mount, fusermount, mount_state
 from repofs.qemu.tools import require
-
-log = logging.getLogger("repofs")
 
 MOUNT_TIMEOUT_S = 30
 UMOUNT_TIMEOUT_S = 30
@@ -41,14 +39,6 @@ def _check_environment(mountpoint: Path) -> None:
     mountpoint.mkdir(parents=True, exist_ok=True)
 
 
-def _setup_logging(log_file: str | None) -> int | None:
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
-    return handler.stream.fileno()
-
-
 def cmd_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
     data_dir = Path(args.data_dir).absolute()
@@ -60,7 +50,7 @@ def cmd_mount(args) -> int:
     if args.foreground:
         from repofs.fs.mount import MountConfig, serve  # pyfuse3 only where it mounts
 
-        log_fd = _setup_logging(args.log_file)
+        log_fd = logs.setup(args.log_file, args.log_level)
         host_id = args.host_id or f"{socket.gethostname()}:{data_dir}"
         serve(MountConfig(mountpoint, data_dir, args.connect, host_id, args.allow_other, log_fd))
         return 0
@@ -80,6 +70,8 @@ def _mount_in_background(args, mountpoint: Path, data_dir: Path) -> int:
         str(data_dir),
         "--log-file",
         str(log_file),
+        "--log-level",
+        args.log_level,
     ]
     for line in args.connect:
         cmd += ["--connect", line]
@@ -159,6 +151,10 @@ def cmd_wait(args) -> int:
     return 0
 
 
+def cmd_watch(args) -> int:
+    return watch(Path(args.path).absolute(), sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repofs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,7 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("--foreground", action="store_true")
     mount.add_argument("--host-id", help="this host's ID (default: hostname:data-dir)")
-    mount.add_argument("--log-file", help="log here (default: stderr, or DATA/repofs.log)")
+    mount.add_argument(
+        "--log-file",
+        help="log here (default: DATA/repofs.log; with --foreground, stderr, "
+        "in the journal's format when systemd connected it to the journal)",
+    )
+    mount.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        default="info",
+        help="info: a line per operation and per task state change; warning: only "
+        "refusals and failures; debug: also what probes were answered",
+    )
     mount.add_argument(
         "--allow-other",
         action="store_true",
@@ -195,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("path", help="MOUNT or MOUNT/REPO")
     show.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     show.set_defaults(func=cmd_status)
+    progress = sub.add_parser(
+        "watch",
+        help="progress bars of running tasks (plain lines when not on a terminal) until "
+        "none is queued or running; exit 1 if one failed or was stopped",
+    )
+    progress.add_argument("path", help="MOUNT or MOUNT/REPO")
+    progress.set_defaults(func=cmd_watch)
     wait = sub.add_parser(
         "wait",
         help="wait until an image reaches a state (exit 1 on timeout, when a task on it "

@@ -13,6 +13,8 @@ class RepofsError(Exception):
         super().__init__(reason)
         self.errno = errno_
         self.reason = reason
+        # Said in the log already, with the operation it refused (ops/logged.py).
+        self.logged = False
 
     def __str__(self) -> str:
         return f"{errno.errorcode.get(self.errno, self.errno)}: {self.reason}"

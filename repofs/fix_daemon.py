@@ -20,6 +20,7 @@ import trio
 from repofs import errors, leases
 from repofs.fixes import KINDS
 from repofs.fixes.context import LeaseLost, TaskContext
+from repofs.logs import task_line
 from repofs.model import HostBeat, Lease, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
 
@@ -178,14 +179,14 @@ class FixDaemon:
             found = await self._read_tasks(repo)
             if found is None:
                 continue
+            tasks, beats = found
             # This loop visits every repository each second: the one place to
             # relay other hosts' changes to this host's `events` readers.
             with trio.move_on_after(leases.LEASE_S / 2):
                 try:
-                    await repo.publish_changes_elsewhere()
+                    await repo.publish_shared_changes(tasks)
                 except (OSError, errors.RepofsError) as exc:
                     log.warning("cannot look for changes in %s: %s", repo.name, exc)
-            tasks, beats = found
             self.registry.host_watch.observe(repo.name, beats)
             for task in tasks:
                 if len(self._runs) >= self.max_running:
@@ -208,6 +209,7 @@ class FixDaemon:
         return None
 
     async def _start(self, repo: ConnectedRepository, task: Task) -> None:
+        previous = task.lease.host if task.lease and task.lease.host != self.host else None
         taken = task.evolve(
             state=TaskState.RUNNING, lease=Lease(self.host, self._counter),
             started=time.time(), last_error=None,
@@ -222,31 +224,39 @@ class FixDaemon:
         run = self._runs[(repo.name, task.id)] = Run(repo, task.id)
         if task.image is not None:
             repo.running_tasks[task.image] = task.id
+        log.info(task_line(repo.name, task.id, task.image, "running", taken_from=previous,
+                           resumed_at=f"{task.percent_complete}%" if task.percent_complete > 0
+                           else None, description=task.fix.description))  # fmt: skip
         self._nursery.start_soon(self._run, run, task)
 
     async def _run(self, run: Run, task: Task) -> None:
         repo = run.repo
         fix = KINDS[task.fix.kind]
         ctx = TaskContext(self.registry, repo, task, fix.STAGES, fix.PROGRESS_ON_IMAGE)
-        log.info("task %s/%s started (%s)", repo.name, task.id, task.fix.description)
         started = time.monotonic()
+
+        def say(level: int, state: str, reason: str | None = None) -> None:
+            log.log(level, task_line(repo.name, task.id, task.image, state,
+                                     time.monotonic() - started, reason=reason))  # fmt: skip
+
         try:
             with run.scope:
                 await self._run_while_space_lacks(ctx, fix)
                 await trio.to_thread.run_sync(repo.driver.delete_task, ctx.task)
-                log.info("task %s/%s done in %.1fs", repo.name, task.id,
-                         time.monotonic() - started)  # fmt: skip
+                say(logging.INFO, "done")
         except LeaseLost as exc:
-            log.warning("task %s/%s lost its lease: %s", repo.name, task.id, exc)
+            say(logging.WARNING, "lost", str(exc))
         except Exception as exc:
             if run.scope.cancel_called:
                 # Stopped (a stall, a disconnect, the user) while a call was under
                 # way, which then failed: the task stays as it is, for whoever resumes it.
-                log.warning("task %s/%s stopped: %s", repo.name, task.id, exc)
+                say(logging.WARNING, "stopped", str(exc))
             elif isinstance(exc, errors.RepofsError):
+                say(logging.WARNING, "failed", exc.reason)
                 await self._fail(ctx, exc.reason)
             else:
                 log.exception("task %s/%s failed unexpectedly", repo.name, task.id)
+                say(logging.ERROR, "failed", f"internal error: {exc!r}")
                 await self._fail(ctx, f"internal error: {exc!r}")
         finally:
             del self._runs[(repo.name, task.id)]
@@ -265,8 +275,9 @@ class FixDaemon:
             except errors.RepofsError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-                log.warning("task %s/%s: %s; trying again every %ds", ctx.repo.name,
-                            ctx.task.id, exc.reason, NO_SPACE_RETRY_S)  # fmt: skip
+                log.warning(task_line(ctx.repo.name, ctx.task.id, ctx.task.image, "waiting",
+                                      reason=f"{exc.reason}; trying again every "
+                                      f"{NO_SPACE_RETRY_S}s"))  # fmt: skip
             free = await trio.to_thread.run_sync(ctx.driver.space_beyond_reserve)
             # The image's own error (a copy's "copy not finished") comes back after.
             before = (await ctx.read_image()).last_error if ctx.live_image else None
@@ -297,7 +308,6 @@ class FixDaemon:
                         ctx.task.id, exc)  # fmt: skip
 
     async def _fail(self, ctx: TaskContext, reason: str) -> None:
-        log.warning("task %s/%s failed: %s", ctx.repo.name, ctx.task.id, reason)
         with trio.CancelScope(shield=True):
             try:
                 await ctx.save(state=TaskState.FAILED, lease=None, last_error=reason)
@@ -337,4 +347,4 @@ class FixDaemon:
                 repo.driver.change_image, task.image,
                 lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None),
             )  # fmt: skip
-        log.info("task %s/%s stopped by the user", repo.name, task_id)
+        log.info(task_line(repo.name, task_id, task.image, "stopped", reason=STOPPED_BY_USER))

@@ -306,6 +306,25 @@ class Task:
     def evolve(self, **changes) -> "Task":
         return replace(self, **changes)
 
+    def view(self) -> dict:
+        """What users see of the task: `cat tasks/T`, and its lines on `events`."""
+        return {
+            "id": self.id,
+            "image": self.image,
+            "kind": str(self.fix.kind),
+            "description": self.fix.description,
+            "state": str(self.state),
+            "host": self.lease.host if self.lease else None,
+            "stage": self.stage,
+            "step": self.step,
+            "percent_complete": self.percent_complete,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "rate": self.rate,
+            "started": self.started,
+            "last_error": self.last_error,
+        }
+
     def to_json(self) -> dict:
         return {
             "version": RECORD_VERSION,

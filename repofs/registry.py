@@ -58,6 +58,9 @@ class ConnectedRepository:
     # live record as last published. A record that differs was changed by
     # another host (publish_changes_elsewhere).
     _published: dict[str, int] | None = field(default=None, init=False)
+    # Likewise for tasks, whichever host wrote them (in a repository of one host,
+    # every task write is published as it is made).
+    _published_tasks: dict[str, int] | None = field(default=None, init=False)
 
     def __post_init__(self):
         self.events = EventBus(self.name)
@@ -68,7 +71,12 @@ class ConnectedRepository:
             self._records = None
             token.run_sync_soon(self._publish, event, image_id, record)
 
+        def on_task_change(task_id: str, task: Task | None) -> None:
+            if not self.driver.shared:
+                token.run_sync_soon(self._publish_task, task_id, task)
+
         self.driver.on_change = on_change
+        self.driver.on_task_change = on_task_change
 
     def live_records(self) -> list[ImageRecord]:
         """The repository's live image records. Blocking: call from a worker thread.
@@ -100,31 +108,43 @@ class ConnectedRepository:
         facts["task"] = self.running_tasks.get(image_id)
         self.events.publish(facts)
 
+    def _publish_task(self, task_id: str, task: Task | None) -> None:
+        if task is None:
+            self.events.publish({"event": "task-ended", "task": task_id})
+        else:
+            view = task.view()
+            self.events.publish({"event": "task", "task": view.pop("id"), **view})
+
     async def subscribe_events(self) -> Subscription:
         """A new reader of `events`. In a shared repository, other hosts' changes
-        are published from now on: what the records are now is the baseline."""
+        are published from now on: what the records and tasks are now is the baseline."""
         subscription = self.events.subscribe()
         if self.driver.shared and self._published is None:
             try:
                 records = await trio.to_thread.run_sync(self.live_records)
+                tasks = await trio.to_thread.run_sync(self.driver.list_tasks)
             except BaseException:
                 subscription.close()
                 raise
             self._published = {r.id: r.generation for r in records}
+            self._published_tasks = {t.id: t.generation for t in tasks}
         return subscription
 
-    async def publish_changes_elsewhere(self) -> None:
+    async def publish_shared_changes(self, tasks: list[Task]) -> None:
         """Publishes on `events` the changes other hosts made to the live records
         of a shared repository since the last call: `created`, `updated`,
-        `removed` (a rename shows as both). Only while someone reads `events`."""
+        `removed` (a rename shows as both); and every task change, from the
+        listing `tasks` the caller just read. Only while someone reads `events`."""
         if not self.driver.shared or not self.events.subscribers:
-            self._published = None
+            self._published = self._published_tasks = None
             return
         # A read that hangs (a stall) is left behind when the caller gives up.
         records = await trio.to_thread.run_sync(self.live_records, abandon_on_cancel=True)
         known = self._published
         self._published = {r.id: r.generation for r in records}
-        if known is None:
+        known_tasks = self._published_tasks
+        self._published_tasks = {t.id: t.generation for t in tasks}
+        if known is None or known_tasks is None:
             return  # the first look, if the reader came before a baseline could be read
         for record in records:
             if known.get(record.id) != record.generation:
@@ -132,6 +152,11 @@ class ConnectedRepository:
                               record)  # fmt: skip
         for image_id in known.keys() - self._published.keys():
             self._publish("removed", image_id, None)
+        for task in tasks:
+            if known_tasks.get(task.id) != task.generation:
+                self._publish_task(task.id, task)
+        for task_id in known_tasks.keys() - self._published_tasks.keys():
+            self._publish_task(task_id, None)
 
     def volume_path(self, volume: Volume) -> Path:
         """Where a volume of one of this repository's records is: here, or, for a

@@ -223,7 +223,7 @@ def test_hints_and_participating_choose_where_a_copy_comes_from(mount):
     sh(f"mv {r3}/fixes/mend-gold {r3}/tasks/")
     wait_copied(r3, "gold")
     sh(f"cmp {r1}/snapshots/gold {r3}/snapshots/gold")
-    mount.expect_log("task r3/mend-gold failed")
+    mount.expect_log("task=mend-gold repo=r3 .*state=failed")
 
 
 def test_crash_after_the_data_is_in_but_before_the_record_says_so(tmp_path):

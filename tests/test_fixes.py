@@ -319,7 +319,7 @@ def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
     assert "needs a decision" in json.loads(task.read_text())["last_error"]
     assert "needs a decision" in status(repo, "s1")["last_error"]
     os.unlink(task)
-    mount.expect_log("task default/mend-s1 failed")
+    mount.expect_log("task=mend-s1 repo=default .*state=failed")
     os.rename(tmp_path / "lost", top)  # what the person decided: bring it back
     assert os.listdir(repo / "fixes") == []
 

@@ -239,7 +239,7 @@ def test_an_optimize_that_runs_out_of_space_waits_and_goes_on_when_space_is_free
     wait_for(lambda: status(small, "vm")["state"] == "optimized", 60, "the optimize to go on")
     assert len(status(small, "vm")["chain"]) == 1 and status(small, "vm")["last_error"] is None
     sh(f"cmp {small}/snapshots/gold {small}/disks/vm")
-    mount.expect_log("optimize-vm: no space for .*; trying again every")
+    mount.expect_log('task=optimize-vm .*state=waiting reason="no space for .*; trying again every')
     os.rmdir(small)  # before the tmpfs goes away
 
 
@@ -270,5 +270,5 @@ def test_a_merge_that_runs_out_of_space_waits_and_goes_on_when_space_is_freed(mo
     wait_for(lambda: "clean-s" in os.listdir(small / "fixes"), 60, "the merge to go on")
     assert (small / "disks/vm").read_bytes() == before
     assert status(small, "vm")["last_error"] is None and len(status(small, "vm")["chain"]) == 1
-    mount.expect_log("merge-s: .*; trying again every")
+    mount.expect_log("task=merge-s .*state=waiting .*; trying again every")
     os.rmdir(small)  # before the tmpfs goes away

@@ -168,7 +168,7 @@ def test_live_snapshots_of_an_open_disk(repo, mount):
     assert read_at(repo / "disks/vm1", 0, 4096) == b"C" * 4096
     assert read_at(repo / "disks/vm1", 2 * MiB, 5) == b"grown"
     assert [status(repo, i)["state"] for i in ("vm1", "s1", "s2")] == ["optimized"] * 3
-    mount.expect_log("created snapshot default/s2 of vm1")
+    mount.expect_log("operation=create_snapshot repo=default image=s2 disk_id=vm1 outcome=ok")
 
 
 @pytest.mark.parametrize(

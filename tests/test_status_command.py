@@ -50,7 +50,7 @@ def test_status_shows_images_in_every_state_and_running_tasks(mount):
     os.unlink(r2 / "tasks/mend-gold")
     sh(f"rm {r2}/disks/vm2 {r2}/snapshots/gold")  # so that default can go at unmount
     mount.expected_fixes.add("clean-volumes")  # forgets the stopped task of a removed image
-    mount.expect_log("task r2/mend-gold failed")
+    mount.expect_log("task=mend-gold repo=r2 .*state=failed")
 
 
 @pytest.mark.unit

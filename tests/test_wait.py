@@ -60,7 +60,7 @@ def test_wait_gives_up_at_the_timeout_and_when_a_task_fails(mount):
     os.unlink(r2 / "tasks/mend-gold")
     sh(f"rm {r2}/snapshots/gold")  # the half copy
     mount.expected_fixes.add("clean-volumes")  # forgets the stopped task of a removed image
-    mount.expect_log("task r2/mend-gold failed")
+    mount.expect_log("task=mend-gold repo=r2 .*state=failed")
 
 
 def test_wait_fails_when_the_image_is_removed_meanwhile(mount):

@@ -18,12 +18,15 @@ TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RAT
 def gather(path: Path) -> dict[str, dict[str, list[dict]]]:
     """The images and tasks of the repository at `path`, or of every repository
     of the mount at `path`."""
-    if (path / "status").is_dir():
-        repos = [path]
-    else:
-        repos = sorted(p for p in path.iterdir() if (p / "status").is_dir())
     return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks")}
-            for repo in repos}  # fmt: skip
+            for repo in repositories(path)}  # fmt: skip
+
+
+def repositories(path: Path) -> list[Path]:
+    """The repository at `path`, or every repository of the mount at `path`."""
+    if (path / "status").is_dir():
+        return [path]
+    return sorted(p for p in path.iterdir() if (p / "status").is_dir())
 
 
 def read_all(directory: Path) -> list[dict]:

@@ -72,6 +72,8 @@ class LocalRepository:
         # Told of every durable change of an image record: (event, image ID, record
         # or None). Called from whichever thread made the change.
         self.on_change: Callable[[str, str, ImageRecord | None], None] | None = None
+        # Told of every task record written (the task) or deleted (None), likewise.
+        self.on_task_change: Callable[[str, Task | None], None] | None = None
         # Parsed records by path, with the identity of the file they were parsed
         # from (see _file_identity): a listing stats every record but parses only
         # those that changed. The records this driver writes are put here as
@@ -396,7 +398,9 @@ class LocalRepository:
                 _check_generation(f"task {task.id}", current.generation, task.generation)
             task = task.evolve(generation=task.generation + 1)
             self._write_bookkeeping(path, task.to_json())
-            return task
+        if self.on_task_change is not None:
+            self.on_task_change(task.id, task)
+        return task
 
     def delete_task(self, task: Task) -> None:
         """Durable step: unlink the task record (if still at `task.generation`)."""
@@ -405,6 +409,8 @@ class LocalRepository:
             _check_generation(f"task {task.id}", current.generation, task.generation)
             self._task_path(task.id).unlink()
             fsync_dir(self._tasks)
+        if self.on_task_change is not None:
+            self.on_task_change(task.id, None)
 
     def _host_path(self, host: str) -> Path:
         return self._hosts / f"{urllib.parse.quote(host, safe='')}.json"

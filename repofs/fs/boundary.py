@@ -1,7 +1,8 @@
 """The one errno boundary around every FUSE handler.
 
 pyfuse3 lets only FUSEError out of a handler: anything else kills the mount.
-RepofsError becomes its errno, and its reason is logged; a full storage is
+RepofsError becomes its errno, and its reason is logged (unless the operation
+that refused logged it: ops/logged.py); a full storage is
 ENOSPC (EDQUOT); any other storage error is EIO; anything unexpected becomes
 EIO with its traceback in the log, and the mount stays up.
 """
@@ -33,8 +34,9 @@ def _wrap(handler, quiet: frozenset[int]):
         except pyfuse3.FUSEError:
             raise
         except RepofsError as exc:
-            level = logging.DEBUG if exc.errno in quiet else logging.WARNING
-            log.log(level, "%s refused: %s", handler.__name__, exc)
+            if not exc.logged:
+                level = logging.DEBUG if exc.errno in quiet else logging.WARNING
+                log.log(level, "%s refused: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             if exc.errno in STORAGE_FULL:

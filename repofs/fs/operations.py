@@ -180,7 +180,7 @@ class RepofsOperations(pyfuse3.Operations):
             )
         if node.kind is NodeKind.TASK:
             task = await fix_repository.get_task(self._repo(node), node.name)
-            return render.to_json(render.task_view(task))
+            return render.to_json(task.view())
         if node.kind is NodeKind.EVENTS:
             return b""
         raise errors.invalid(f"{node} has no text")

@@ -2,8 +2,6 @@
 
 import json
 
-from repofs.model import Task
-
 README = """\
 repofs: VM disk images as files. Each directory here is a connected repository.
 
@@ -25,23 +23,3 @@ Point QEMU or libvirt at an image path with format=raw.
 
 def to_json(data: dict) -> bytes:
     return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
-
-
-def task_view(task: Task) -> dict:
-    """`cat tasks/T`: the task's live progress."""
-    return {
-        "id": task.id,
-        "image": task.image,
-        "kind": str(task.fix.kind),
-        "description": task.fix.description,
-        "state": str(task.state),
-        "host": task.lease.host if task.lease else None,
-        "stage": task.stage,
-        "step": task.step,
-        "percent_complete": task.percent_complete,
-        "bytes_done": task.bytes_done,
-        "bytes_total": task.bytes_total,
-        "rate": task.rate,
-        "started": task.started,
-        "last_error": task.last_error,
-    }

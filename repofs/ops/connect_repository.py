@@ -14,6 +14,7 @@ from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.names import check_name
 from repofs.ops import write_claims
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository, Registry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def parse_connection(line: str) -> tuple[str, str, dict[str, str]]:
     return check_name(name, "repository name"), fmt, params
 
 
+@logged(image=None, repo="name")
 async def connect_repository(
     registry: Registry, name: str, fmt: str, params: dict[str, str], transient: bool = True
 ) -> ConnectedRepository:
@@ -77,7 +79,6 @@ async def connect_repository(
             await trio.to_thread.run_sync(driver.close)
             raise
     registry.repositories[name] = repo
-    log.info("connected %s: %s %s", name, fmt, " ".join(f"{k}={v}" for k, v in params.items()))
     return repo
 
 
@@ -121,6 +122,7 @@ async def connect_data_dir(registry: Registry) -> None:
                 log.error("cannot connect %s: %s", root, exc)
 
 
+@logged(image=None, repo="name")
 async def disconnect_repository(registry: Registry, name: str) -> None:
     repo = registry.get(name)
     for image_id in list(repo.open_images):
@@ -137,4 +139,3 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         await registry.fix_daemon.let_go(repo)
     repo.driver.on_change = None
     await trio.to_thread.run_sync(repo.driver.close)
-    log.info("disconnected %s", name)

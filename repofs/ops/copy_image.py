@@ -9,8 +9,6 @@ A clone is usable at once: a disk of r2 over a snapshot of D in r1, `degraded`
 until its queued optimize has flattened it into a raw volume of its own.
 """
 
-import logging
-
 import trio
 
 from repofs.fixes.check import mend_fix
@@ -20,11 +18,11 @@ from repofs.names import check_name
 from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk_from_snapshot
 from repofs.ops.fix_repository import queue_fix
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository, Registry
 
-log = logging.getLogger(__name__)
 
-
+@logged(image="snapshot_id", repo="target_repo")
 async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, snapshot_id: str,
                         target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
     """Durable steps: those of fixes/copy.py's start_snapshot_copy (volume, then
@@ -38,6 +36,7 @@ async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, sn
     return record
 
 
+@logged(image="backup_id", repo="target_repo")
 async def back_up_disk(
     registry: Registry,
     source_repo: ConnectedRepository,
@@ -56,6 +55,7 @@ async def back_up_disk(
     return await copy_snapshot(registry, source_repo, backup_id, target_repo)
 
 
+@logged(image="clone_id", repo="target_repo")
 async def clone_disk(registry: Registry, source_repo: ConnectedRepository, disk_id: str,
                      clone_id: str, target_repo: ConnectedRepository,
                      owner: Owner) -> ImageRecord:  # fmt: skip

@@ -16,6 +16,7 @@ from repofs.model import (
     VolumeFormat,
 )
 from repofs.names import check_name
+from repofs.ops.logged import logged
 from repofs.ops.open_image import OpenImage, hold_open_image, release_image
 from repofs.qemu import img
 from repofs.registry import ConnectedRepository
@@ -23,6 +24,7 @@ from repofs.registry import ConnectedRepository
 log = logging.getLogger(__name__)
 
 
+@logged(image="snapshot_id")
 async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
     """The disk's current top volume becomes the snapshot's; the disk gets a new
     qcow2 top over it. An open disk is paused for steps 2 and 3 (its requests in
@@ -76,7 +78,6 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             driver.update_image,
             snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
         )
-    log.info("created snapshot %s/%s of %s", repo.name, snapshot_id, disk_id)
     return snapshot
 
 

@@ -1,8 +1,6 @@
 """createVirtualDisk: an empty disk (`truncate`, `cp`, `dd`, `qemu-img convert`
 into disks/) or a disk based on a snapshot (`ln snapshots/S disks/D`)."""
 
-import logging
-
 import trio
 
 from repofs import errors
@@ -10,11 +8,11 @@ from repofs.fixes.check import optimize_fix
 from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
 from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository, Registry
 
-log = logging.getLogger(__name__)
 
-
+@logged()
 async def create_virtual_disk(
     repo: ConnectedRepository, image_id: str, size: int, owner: Owner
 ) -> ImageRecord:
@@ -32,16 +30,10 @@ async def create_virtual_disk(
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, size, preallocate)
         record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, size, (volume,), owner=owner)
         record = await repo.commit_new_image(record, record.top)
-    log.info(
-        "created virtual disk %s/%s, %d bytes%s",
-        repo.name,
-        image_id,
-        size,
-        ", preallocated" if preallocate else "",
-    )
     return record
 
 
+@logged()
 async def create_virtual_disk_from_snapshot(
     registry: Registry,
     repo: ConnectedRepository,
@@ -81,8 +73,6 @@ async def create_virtual_disk_from_snapshot(
         record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, base.size, chain,
                              base=base_id, state=state, owner=owner)  # fmt: skip
         record = await repo.commit_new_image(record, record.top)
-    log.info("created virtual disk %s/%s based on %s/%s (%s)",
-             repo.name, image_id, base_repo.name, base_id, state)  # fmt: skip
     fix = optimize_fix(driver, record, options, flatten=clone)
     if degraded and options.autofix and fix.data["plan"] == "flatten":
         await queue_fix(registry, repo, fix)

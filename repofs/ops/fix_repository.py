@@ -9,6 +9,7 @@ import trio
 
 from repofs import errors
 from repofs.fixes.check import check_repository
+from repofs.logs import task_line
 from repofs.model import Fix, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
 
@@ -61,7 +62,8 @@ async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> 
         )
 
     task = await trio.to_thread.run_sync(queue)
-    log.info("queued task %s/%s: %s", repo.name, task.id, fix.description)
+    log.info(task_line(repo.name, task.id, task.image, str(task.state),
+                       description=fix.description))  # fmt: skip
     if registry.fix_daemon is not None:
         registry.fix_daemon.wake()
     return task

@@ -1,16 +1,13 @@
 """Image attributes: the read-only user.repofs.* status attributes, userData (every
 other user.* attribute, persisted in the record) and ownership (chown/chmod)."""
 
-import logging
-
 import trio
 
 from repofs import errors
 from repofs.model import ImageRecord, Owner
 from repofs.ops.image_status import ImageStatus, get_image_status
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
-
-log = logging.getLogger(__name__)
 
 PREFIX = "user.repofs."
 MAX_VALUE = 4096
@@ -75,6 +72,7 @@ def _check_writable(name: str) -> None:
         raise errors.not_supported(f"{name} is maintained by repofs (read-only)")
 
 
+@logged()
 async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, value: bytes) -> None:
     _check_namespace(name)
     _check_writable(name)
@@ -93,6 +91,7 @@ async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, val
     await _update(repo, image_id, change)
 
 
+@logged()
 async def remove_user_data(repo: ConnectedRepository, image_id: str, name: str) -> None:
     _check_namespace(name)
     _check_writable(name)
@@ -105,6 +104,7 @@ async def remove_user_data(repo: ConnectedRepository, image_id: str, name: str) 
     await _update(repo, image_id, change)
 
 
+@logged()
 async def set_owner(
     repo: ConnectedRepository,
     image_id: str,

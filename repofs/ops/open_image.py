@@ -11,12 +11,14 @@ volume under nobody's feet (ops/create_snapshot.py).
 
 import errno
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from repofs import errors
+from repofs.logs import facts
 from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.ops import write_claims
 from repofs.qemu.chain_io import add_overlay, open_chain
@@ -41,6 +43,7 @@ class OpenImage:
         self.writable = writable
         self.size = record.size
         self.handles = 1  # its opener's
+        self.opened = time.monotonic()
         self.closed = trio.Event()
         self._daemon = daemon
         self._resizing = trio.Lock()
@@ -236,6 +239,9 @@ async def _first_open(
         raise
     image = OpenImage(repo, record, io, writable, registry.daemon)
     repo.open_images[record.id] = image
+    # Opens and closes of an image's handles: a line at the first and the last.
+    log.info(facts(operation="open", repo=repo.name, image=record.id,
+                   writable=str(writable).lower()))  # fmt: skip
     return image
 
 
@@ -271,3 +277,5 @@ async def release_image(image: OpenImage) -> None:
         finally:
             del repo.open_images[image.record.id]
             image.closed.set()
+            log.info(facts(operation="close", repo=repo.name, image=image.record.id,
+                           open_for=f"{time.monotonic() - image.opened:.1f}s"))  # fmt: skip

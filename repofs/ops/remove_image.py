@@ -4,17 +4,15 @@ Removal is logical: the record moves into the trash in one rename and the volume
 stay until a clean fix frees them.
 """
 
-import logging
-
 import trio
 
 from repofs import errors
 from repofs.model import ImageKind
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
 
-log = logging.getLogger(__name__)
 
-
+@logged()
 async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
     """Durable step: one rename of the record into the trash."""
     async with repo.changing:
@@ -33,9 +31,9 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
                 "(wait for it, or remove the copy)"
             )
         await trio.to_thread.run_sync(repo.driver.trash_image, image_id)
-    log.info("removed %s/%s (in trash until cleaned)", repo.name, image_id)
 
 
+@logged()
 async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
     """Durable step: one rename of the record out of the trash."""
     async with repo.changing:
@@ -54,4 +52,3 @@ async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKin
                 f"cannot restore {image_id}: its base {record.base} is gone from {where}"
             )
         await trio.to_thread.run_sync(repo.driver.restore_image, image_id)
-    log.info("restored %s/%s from the trash", repo.name, image_id)

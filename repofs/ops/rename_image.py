@@ -1,16 +1,14 @@
 """Renaming an image: `mv disks/a disks/b` (within one repository)."""
 
-import logging
-
 import trio
 
 from repofs import errors
 from repofs.names import check_name
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
 
-log = logging.getLogger(__name__)
 
-
+@logged(image="old_id")
 async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> None:
     """Durable step: one rename of the record.
 
@@ -29,4 +27,3 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
         if dependents:
             raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
         await trio.to_thread.run_sync(repo.driver.rename_image, old_id, new_id)
-    log.info("renamed %s/%s to %s", repo.name, old_id, new_id)

@@ -1,7 +1,6 @@
 """The repository's default options, as xattrs of its directory:
 user.repofs.autofix, .strategy, .participating, .image_hints (DESIGN.md)."""
 
-import logging
 from dataclasses import replace
 
 import trio
@@ -9,9 +8,8 @@ import trio
 from repofs import errors
 from repofs.model import RepositoryOptions, Strategy
 from repofs.names import check_name
+from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
-
-log = logging.getLogger(__name__)
 
 PREFIX = "user.repofs."
 NAMES = tuple(
@@ -65,6 +63,7 @@ async def get_options(repo: ConnectedRepository) -> dict[str, str]:
     return render(await trio.to_thread.run_sync(repo.driver.read_options))
 
 
+@logged(image=None)
 async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None:
     """Durable step: one atomic write of the options file."""
     _check(name)
@@ -72,9 +71,9 @@ async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None
         options = await trio.to_thread.run_sync(repo.driver.read_options)
         options = _parse(options, name, value.decode(errors="replace").strip())
         await trio.to_thread.run_sync(repo.driver.write_options, options)
-    log.info("repository %s: %s set to %r", repo.name, name, value.decode(errors="replace"))
 
 
+@logged(image=None)
 async def reset_option(repo: ConnectedRepository, name: str) -> None:
     """removexattr: back to the default."""
     _check(name)

@@ -1,17 +1,15 @@
 """Growing a virtual disk: `truncate -s BIGGER disks/D`. Shrinking is refused."""
 
-import logging
-
 import trio
 
 from repofs import errors
 from repofs.model import ImageKind
+from repofs.ops.logged import logged
 from repofs.qemu import img
 from repofs.registry import ConnectedRepository
 
-log = logging.getLogger(__name__)
 
-
+@logged()
 async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: int) -> None:
     """Durable steps: (1) grow the top volume (raw: extend the file, allocating
     the new range under strategy `performance`; qcow2: qemu-img resize), (2) write
@@ -35,7 +33,6 @@ async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: in
     else:
         async with repo.changing:
             await _grow_closed(repo, image_id, size)
-    log.info("grew %s/%s from %d to %d bytes", repo.name, image_id, current, size)
 
 
 async def _grow_closed(repo: ConnectedRepository, image_id: str, size: int) -> None:

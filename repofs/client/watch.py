@@ -1,0 +1,140 @@
+"""`repofs watch [MOUNT | MOUNT/REPO]`: running tasks' progress, live.
+
+Driven by the repositories' `events` (their `task` and `task-ended` lines), read
+by one thread per repository; the task files are read once, after `events` is
+opened, and again after a reader lost lines. On a terminal, one progress bar
+per task (tqdm); otherwise one plain line per change, for logs and scripts. It
+ends when no task is queued or running, with exit 1 if one failed or was
+stopped meanwhile.
+"""
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from repofs.client.status import human, read_all, repositories
+
+ACTIVE = ("queued", "running")
+READ_SIZE = 1 << 16
+
+
+def watch(path: Path, out: TextIO) -> int:
+    repos = repositories(path)
+    lines: queue.Queue[tuple[Path, dict]] = queue.Queue()
+    for repo in repos:
+        events = open(repo / "events", "rb", buffering=0)  # its thread closes it
+        threading.Thread(target=_relay, args=(repo, events, lines), daemon=True).start()
+    view = Bars(out) if out.isatty() else Lines(out)
+    tasks: dict[tuple[str, str], dict] = {}
+    for repo in repos:
+        _resync(repo, tasks, view)
+    if not tasks:
+        print("no task is queued or running", file=out)
+    ended_badly = False
+    while any(task["state"] in ACTIVE for task in tasks.values()):
+        repo, event = lines.get()
+        key = (repo.name, event.get("task"))
+        if event["event"] == "task":
+            task = tasks[key] = {**event, "id": event["task"]}
+            view.show(repo.name, task)
+            ended_badly |= task["state"] in ("failed", "stopped")
+        elif event["event"] == "task-ended" and key in tasks:
+            if tasks.pop(key)["state"] in ACTIVE:
+                view.done(repo.name, key[1])
+        elif event["event"] == "lost":
+            _resync(repo, tasks, view)
+    view.close()
+    return 1 if ended_badly else 0
+
+
+def _relay(repo: Path, events, lines: queue.Queue) -> None:
+    """Puts every line of `events` on `lines` (an empty read is the stream's idle
+    second: nothing to pass on)."""
+    pending = b""
+    with events:
+        while True:
+            *complete, pending = (pending + events.read(READ_SIZE)).split(b"\n")
+            for line in filter(None, complete):
+                lines.put((repo, json.loads(line)))
+
+
+def _resync(repo: Path, tasks: dict, view) -> None:
+    """Takes the repository's task files as they are now."""
+    now = {(repo.name, t["id"]): t for t in read_all(repo / "tasks")}
+    for key in [k for k in tasks if k[0] == repo.name and k not in now]:
+        if tasks.pop(key)["state"] in ACTIVE:
+            view.done(repo.name, key[1])
+    for key, task in now.items():
+        if task != tasks.get(key):
+            tasks[key] = task
+            view.show(repo.name, task)
+
+
+def describe(task: dict) -> str:
+    """A task's progress in one line: state, stage and step, bytes, rate."""
+    parts = [task["state"]]
+    if task["stage"]:
+        parts.append(f"{task['stage']} {task['step']}")
+    if task["bytes_total"]:
+        parts.append(f"{task['percent_complete']}% {human(task['bytes_done'])}"
+                     f"/{human(task['bytes_total'])} {human(task['rate'])}/s")  # fmt: skip
+    if task["last_error"]:
+        parts.append(task["last_error"])
+    return " ".join(parts)
+
+
+class Lines:
+    """Not on a terminal: one line per change."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.last: dict[tuple[str, str], str] = {}
+
+    def show(self, repo: str, task: dict) -> None:
+        """A waiting task rewrites its record every second: only what changed is said."""
+        line = f"{repo}/{task['id']} {describe(task)}"
+        if self.last.get((repo, task["id"])) != line:
+            self.last[(repo, task["id"])] = line
+            print(line, file=self.out, flush=True)
+
+    def done(self, repo: str, task_id: str) -> None:
+        print(f"{repo}/{task_id} done", file=self.out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Bars:
+    """On a terminal: a bar per task, left on screen when it ends."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.bars: dict[tuple[str, str], tqdm] = {}
+
+    def show(self, repo: str, task: dict) -> None:
+        bar = self.bars.get((repo, task["id"]))
+        if bar is None:
+            bar = self.bars[(repo, task["id"])] = tqdm(
+                desc=f"{repo}/{task['id']}", total=task["bytes_total"] or None, unit="B",
+                unit_scale=True, unit_divisor=1024, file=self.out, position=len(self.bars),
+                dynamic_ncols=True,
+            )  # fmt: skip
+        bar.total = task["bytes_total"] or None
+        bar.n = task["bytes_done"]
+        words = (task["state"], task["stage"], task["step"], task["last_error"])
+        bar.set_postfix_str(" ".join(filter(None, words)))
+
+    def done(self, repo: str, task_id: str) -> None:
+        bar = self.bars.get((repo, task_id))
+        if bar is not None:
+            if bar.total:
+                bar.n = bar.total
+            bar.set_postfix_str("done")
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()

@@ -1,0 +1,70 @@
+"""`repofs watch`: without a terminal, one plain line per task change, driven by
+`events`; it ends when no task is queued or running (exit 1 if one failed)."""
+
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, sh
+
+pytestmark = pytest.mark.mount
+
+
+def repofs_watch(path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "repofs", "watch", str(path)]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    """The lines `proc` printed up to one containing `text`."""
+    lines, deadline = [], time.monotonic() + timeout
+    while not lines or text not in lines[-1]:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([proc.stdout], [], [], left)[0], (
+            f"no line with {text!r} within {timeout}s: {lines}"
+        )
+        line = proc.stdout.readline()
+        assert line, f"watch ended before printing {text!r}: {lines}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def test_watch_follows_tasks_of_every_repository_until_they_end(mount):
+    r1, r2, r3 = mount.default, mount.path / "r2", mount.path / "r3"
+    sh(f"mkdir {r2}")
+    sh(f"setfattr -n user.repofs.autofix -v false {r2}")  # fixes wait to be queued
+    sh(f"truncate -s 256M {r1}/disks/g")
+    sh(f"dd if=/dev/urandom of={r1}/disks/g bs=1M count=64 conv=notrunc status=none")
+    sh(f"ln {r1}/disks/g {r1}/snapshots/gold")
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")  # degraded until gold's data is in r2
+    sh(f"mkdir {r3} && setfattr -n user.repofs.autofix -v false {r3}")
+    quiet = subprocess.run([sys.executable, "-m", "repofs", "watch", str(mount.path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert (quiet.returncode, quiet.stdout) == (0, "no task is queued or running\n")
+
+    with open(r2 / "disks/vm", "r+b"):  # the optimize copies, then waits for the close
+        sh(f"mv {r2}/fixes/optimize-vm {r2}/tasks/")
+        proc = repofs_watch(mount.path)
+        try:
+            seen = read_until(proc, "waiting for vm to be closed", 60)
+            # A task of another repository, queued meanwhile, which fails.
+            sh(f"ln {r1}/snapshots/gold {r3}/snapshots/gold")
+            sh(f"setfattr -n user.repofs.image_hints -v gold=r9 {r3}")  # r9: no such repository
+            sh(f"mv {r3}/fixes/mend-gold {r3}/tasks/")
+            seen += read_until(proc, "r3/mend-gold failed", 60)
+        except BaseException:
+            proc.kill()
+            raise
+    out, _ = proc.communicate(timeout=60)
+    seen += out.splitlines()
+    assert proc.returncode == 1, seen  # mend-gold failed
+    assert seen[-1] == "r2/optimize-vm done", seen
+    copying = [line for line in seen if line.startswith("r2/optimize-vm running 1/4 copy ")]
+    assert copying and copying[-1].split()[4:6] == ["100%", "64.0M/64.0M"], seen
+    assert not any("\r" in line or "\x1b" in line for line in seen), "terminal codes in a pipe"
+    assert (r3 / "tasks/mend-gold").exists(), "the failed task stays listed"
+    sh(f"rm {r3}/tasks/mend-gold {r3}/snapshots/gold")
+    mount.expected_fixes.add("clean-volumes")  # what the failed copy wrote
