@@ -3,7 +3,7 @@ MOUNT := mnt
 DATA := data
 REPOFS := .venv/bin/repofs
 
-.PHONY: run stop test bench model soak deps lint
+.PHONY: run stop test bench model soak deps lint install
 
 deps:
 	@scripts/install-deps
@@ -34,6 +34,22 @@ model: deps
 SOAK_S ?= 600
 soak: deps
 	REPOFS_SOAK_S=$(SOAK_S) .venv/bin/python -m pytest -q -s --timeout=0 tests/test_soak.py
+
+# Installs repofs for mounts at boot (docs/admin.md): its own venv in LIBDIR,
+# `repofs` in PREFIX/bin, the fstab helper mount.fuse.repofs in SBINDIR, the
+# unit repofs@.service in UNITDIR.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib/repofs
+SBINDIR ?= /sbin
+UNITDIR ?= /etc/systemd/system
+install: deps
+	python3 -m venv $(LIBDIR)
+	$(LIBDIR)/bin/pip install -q --upgrade .
+	mkdir -p $(PREFIX)/bin $(SBINDIR) $(UNITDIR)
+	ln -sf $(LIBDIR)/bin/repofs $(PREFIX)/bin/repofs
+	ln -sf $(LIBDIR)/bin/mount.fuse.repofs $(SBINDIR)/mount.fuse.repofs
+	sed 's|@BINDIR@|$(PREFIX)/bin|' contrib/repofs@.service > $(UNITDIR)/repofs@.service
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 lint: deps
 	.venv/bin/ruff check repofs tests scripts

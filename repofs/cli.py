@@ -1,4 +1,4 @@
-"""The `repofs` command: mount, umount, tour."""
+"""The `repofs` command: mount, umount, tour, status, watch, wait."""
 
 import argparse
 import json
@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def cmd_mount(args) -> int:
         return 0
     _check_environment(mountpoint)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if args.connect_file:
+        args.connect += read_connect_file(Path(args.connect_file))
     if args.foreground:
         from repofs.fs.mount import MountConfig, serve  # pyfuse3 only where it mounts
 
@@ -55,6 +58,16 @@ def cmd_mount(args) -> int:
         serve(MountConfig(mountpoint, data_dir, args.connect, host_id, args.allow_other, log_fd))
         return 0
     return _mount_in_background(args, mountpoint, data_dir)
+
+
+def read_connect_file(path: Path) -> list[str]:
+    """The connections of a --connect-file: one "NAME FORMAT key=value ..." per
+    line, as written to MOUNT/connect; blank lines and # comments skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise errors.from_os_error(exc, f"connect file {path}") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _mount_in_background(args, mountpoint: Path, data_dir: Path) -> int:
@@ -155,11 +168,45 @@ def cmd_watch(args) -> int:
     return watch(Path(args.path).absolute(), sys.stdout)
 
 
+USAGE = """\
+Everything else is a file operation in the mount (MOUNT/README has the tour):
+  truncate -s 20G MOUNT/default/disks/vm1       create a disk
+  ln MOUNT/default/disks/vm1 MOUNT/default/snapshots/s1   snapshot it
+  cat MOUNT/default/status/vm1                  its state and progress
+  ls MOUNT/default/fixes; mv MOUNT/default/fixes/F MOUNT/default/tasks/   repair
+Documents: README.md, docs/guide.md (an image's life), docs/errors.md (what each
+errno means), docs/admin.md (boot-time mounts, logs), docs/from-vdsm.md."""
+
+
+def _command(sub, name: str, summary: str, details: str, func, examples: str = ""):
+    parser = sub.add_parser(name, help=summary, description=textwrap.fill(f"{summary}. {details}"),
+                            epilog=examples or None,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repofs", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    mount = sub.add_parser("mount", help="mount repofs (in the background unless --foreground)")
-    mount.add_argument("mountpoint")
+    parser = argparse.ArgumentParser(
+        prog="repofs",
+        description="repofs: VM disk images as one FUSE file system. This command mounts\n"
+        "and unmounts it, and shows what it is doing.",
+        epilog=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    mount = _command(
+        sub, "mount", "mount repofs (in the background unless --foreground)",
+        "The repositories of the data directory (default, and those made with mkdir) "
+        "are connected at every mount; --connect and --connect-file connect others "
+        "until unmount. A dead mount left at MOUNTPOINT by a crash is cleaned up first. "
+        "In the background it returns once the mount is live (exit 1 with the log's "
+        "last lines if it could not mount).", cmd_mount,
+        "examples:\n  repofs mount /srv/repofs --data-dir /var/lib/repofs\n"
+        "  repofs mount /srv/repofs --data-dir /var/lib/repofs --allow-other \\\n"
+        "      --connect \"shared posix-1.0 path=/mnt/nfs/images\" --host-id host1",
+    )  # fmt: skip
+    mount.add_argument("mountpoint", help="where to mount (made if missing)")
     mount.add_argument(
         "--data-dir",
         required=True,
@@ -170,10 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar='"NAME FORMAT k=v ..."',
-        help="connect a repository for this mount (repeatable)",
+        help="connect a repository until unmount (repeatable); formats: localfs-1.0 "
+        "path=DIR, posix-1.0 path=DIR (shared by hosts), glusterfs-1.0 server=H volume=V",
     )
-    mount.add_argument("--foreground", action="store_true")
-    mount.add_argument("--host-id", help="this host's ID (default: hostname:data-dir)")
+    mount.add_argument(
+        "--connect-file",
+        metavar="FILE",
+        help='connect the repositories FILE lists, one "NAME FORMAT k=v ..." per line '
+        "(# comments); for the systemd unit and fstab",
+    )
+    mount.add_argument(
+        "--foreground",
+        action="store_true",
+        help="serve in this process until unmounted (systemd's way); tells systemd "
+        "READY=1 once mounted when it set $NOTIFY_SOCKET",
+    )
+    mount.add_argument(
+        "--host-id",
+        help="this host's ID in shared repositories, the same at every mount "
+        "(default: hostname:data-dir)",
+    )
     mount.add_argument(
         "--log-file",
         help="log here (default: DATA/repofs.log; with --foreground, stderr, "
@@ -183,41 +246,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=logs.LEVELS,
         default="info",
-        help="info: a line per operation and per task state change; warning: only "
-        "refusals and failures; debug: also what probes were answered",
+        help="info (default): a line per operation and per task state change; warning: "
+        "only refusals and failures; debug: also what probes were answered",
     )
     mount.add_argument(
         "--allow-other",
         action="store_true",
-        help="let other users (e.g. libvirt's qemu user) open images",
+        help="let other users (e.g. libvirt's qemu user) open images; file modes and "
+        "owners still apply (docs/permissions.md)",
     )
-    mount.set_defaults(func=cmd_mount)
-    umount = sub.add_parser("umount", help="unmount and wait for repofs to stop")
-    umount.add_argument("mountpoint")
-    umount.set_defaults(func=cmd_umount)
-    tour = sub.add_parser("tour", help="print a short tour of a mount")
-    tour.add_argument("mountpoint")
-    tour.set_defaults(func=cmd_tour)
-    show = sub.add_parser("status", help="every image and task of a mount or a repository")
+    umount = _command(
+        sub, "umount", "unmount and wait for repofs to stop",
+        "Returns once the process and its qemu-storage-daemon have ended (EBUSY while "
+        "something has a file of the mount open). Running tasks stop at their last "
+        "checkpoint and resume at the next mount, or on another host.", cmd_umount,
+    )  # fmt: skip
+    umount.add_argument("mountpoint", help="where repofs is mounted")
+    tour = _command(sub, "tour", "print a short tour of a mount",
+                    "The mount's README: file operations and what they do.", cmd_tour)  # fmt: skip
+    tour.add_argument("mountpoint", help="where repofs is mounted")
+    show = _command(
+        sub, "status", "every image and task of a mount or a repository, as tables",
+        "Images: ID, kind, state, size, allocated, base, host, stage, percent, last "
+        "error; tasks: state, host, stage, bytes done and total, rate, ETA. It reads the "
+        "mount's status/ and tasks/ files only, so it works on every host with the mount.",
+        cmd_status, "examples:\n  repofs status /srv/repofs\n"
+        "  repofs status /srv/repofs/default --json | jq '.default.images[].state'",
+    )  # fmt: skip
     show.add_argument("path", help="MOUNT or MOUNT/REPO")
-    show.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
-    show.set_defaults(func=cmd_status)
-    progress = sub.add_parser(
-        "watch",
-        help="progress bars of running tasks (plain lines when not on a terminal) until "
-        "none is queued or running; exit 1 if one failed or was stopped",
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help='the same for scripts: {"REPO": {"images": [...], "tasks": [...]}}',
     )
+    progress = _command(
+        sub, "watch", "progress bars of queued and running tasks until none is left",
+        "Driven by the repositories' events files (no polling). On a terminal, a bar per "
+        "task; otherwise one plain line per change. Exit 0 when no task of the "
+        "repositories connected when it started is queued or running; exit 1 if one "
+        "failed or was stopped meanwhile.", cmd_watch,
+        "example:\n  mv /srv/repofs/default/fixes/optimize-vm2 /srv/repofs/default/tasks/ "
+        "&& repofs watch /srv/repofs",
+    )  # fmt: skip
     progress.add_argument("path", help="MOUNT or MOUNT/REPO")
-    progress.set_defaults(func=cmd_watch)
-    wait = sub.add_parser(
-        "wait",
-        help="wait until an image reaches a state (exit 1 on timeout, when a task on it "
-        "fails, when it becomes broken or is removed)",
-    )
+    wait = _command(
+        sub, "wait", "wait until an image reaches a state",
+        "Reads the repository's events (no polling). Exit 0 once the image is in the "
+        "state; exit 1 with the reason on timeout, when a task working on it fails, "
+        "when it becomes broken, or when it is removed.", cmd_wait,
+        "example:\n  ln /srv/repofs/default/snapshots/s1 /srv/repofs/backup/snapshots/s1\n"
+        "  repofs wait /srv/repofs/backup/snapshots/s1 --timeout 3600",
+    )  # fmt: skip
     wait.add_argument("image", help="MOUNT/REPO/disks/ID or MOUNT/REPO/snapshots/ID")
-    wait.add_argument("--state", choices=STATES, default="optimized")
+    wait.add_argument("--state", choices=STATES, default="optimized",
+                      help="the state to wait for (default: optimized)")  # fmt: skip
     wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
-    wait.set_defaults(func=cmd_wait)
     return parser
 
 

@@ -134,3 +134,22 @@ def test_a_reply_the_kernel_dropped_is_not_an_error():
 
     assert not UndeliveredReplies().filter(record("No such file or directory"))
     assert UndeliveredReplies().filter(record("Invalid argument"))
+
+
+@pytest.mark.unit
+def test_every_command_and_option_has_its_help():
+    """`repofs --help` lists every command; each command's help says what it does
+    and every option of it has a line of its own."""
+    from repofs.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    top = sh(f"{REPOFS} --help", cwd=REPO).stdout
+    assert set(commands) == {"mount", "umount", "tour", "status", "watch", "wait"}
+    for name, command in commands.items():
+        assert f"    {name} " in top, name
+        assert len(command.description) > 80, name
+        for action in command._actions:
+            assert action.help, f"repofs {name} {action.dest} has no help"
+        shown = sh(f"{REPOFS} {name} --help", cwd=REPO).stdout
+        assert all(a.option_strings[0] in shown for a in command._actions if a.option_strings)

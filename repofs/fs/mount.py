@@ -18,6 +18,7 @@ from repofs.fs.operations import RepofsOperations
 from repofs.ops.connect_repository import connect_data_dir, connect_repository, parse_connection
 from repofs.qemu.storage_daemon import StorageDaemon
 from repofs.registry import Registry
+from repofs.service import notify
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,11 @@ async def _serve_registry(config: MountConfig, registry: Registry) -> None:
         log.info(
             "mounted %s (data %s, host %s)", config.mountpoint, config.data_dir, config.host_id
         )
+        notify("READY=1", f"STATUS=mounted at {config.mountpoint}")
         try:
             await pyfuse3.main(max_tasks=MAX_CONCURRENT_REQUESTS)
         finally:
+            notify("STOPPING=1")
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
 
