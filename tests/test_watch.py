@@ -49,7 +49,8 @@ def test_watch_follows_tasks_of_every_repository_until_they_end(mount):
         sh(f"mv {r2}/fixes/optimize-vm {r2}/tasks/")
         proc = repofs_watch(mount.path)
         try:
-            seen = read_until(proc, "waiting for vm to be closed", 60)
+            seen = read_until(proc, "r2/optimize-vm running 2/4 rebase: waiting for vm to be "
+                              "closed", 60)  # fmt: skip
             # A task of another repository, queued meanwhile, which fails.
             sh(f"ln {r1}/snapshots/gold {r3}/snapshots/gold")
             sh(f"setfattr -n user.repofs.image_hints -v gold=r9 {r3}")  # r9: no such repository

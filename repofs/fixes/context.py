@@ -85,7 +85,7 @@ class TaskContext:
         now = time.monotonic()
         self._last_report = now
         elapsed = max(now - self._run_started, 1e-3)
-        stage = f"{self.stages.index(step) + 1}/{len(self.stages)}"
+        stage = self._stage(step)
         await self.save(
             stage=stage, step=step, percent_complete=percent, bytes_done=done,
             bytes_total=total, rate=round((done - self._run_bytes_start) / elapsed, 1),
@@ -95,6 +95,10 @@ class TaskContext:
             await self.update_image(
                 lambda r: r.evolve(host=self.host, stage=stage, percent_complete=percent)
             )
+
+    def _stage(self, step: str) -> str:
+        """ "X/Y": the step's place among the fix's stages."""
+        return f"{self.stages.index(step) + 1}/{len(self.stages)}"
 
     async def read_image(self) -> ImageRecord:
         return await trio.to_thread.run_sync(self.driver.read_image, self.task.image)
@@ -114,7 +118,8 @@ class TaskContext:
             if not still_open:
                 break
             self.repo.changing.release()
-            await self.save(step=f"{step}: waiting for {', '.join(still_open)} to be closed")
+            waiting = f"{step}: waiting for {', '.join(still_open)} to be closed"
+            await self.save(stage=self._stage(step), step=waiting)
             await trio.sleep(WAIT_FOR_CLOSE_S)
         try:
             await self.enter_stage(step)
