@@ -1,6 +1,7 @@
 """`repofs wait`: returns when the image reaches the state, fails on timeout,
 when a task working on it fails, and when it becomes broken or is removed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,16 @@ def repofs_wait(*args: str) -> subprocess.Popen:
 def finished(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err
+
+
+def reading_events(proc: subprocess.Popen) -> None:
+    """Waits until `proc` has a repository's `events` open."""
+
+    def opened() -> bool:
+        fds = f"/proc/{proc.pid}/fd"
+        return any(os.readlink(f"{fds}/{fd}").endswith("/events") for fd in os.listdir(fds))
+
+    wait_for(opened, 10, "the wait to open events")
 
 
 def two_repositories(mount):
@@ -67,8 +78,33 @@ def test_wait_fails_when_the_image_is_removed_meanwhile(mount):
     r1, _ = two_repositories(mount)
     sh(f"ln {r1}/snapshots/gold {r1}/disks/vm")
     proc = repofs_wait(r1 / "disks/vm", "--state", "degraded")
-    wait_for(lambda: proc.poll() is None and len(os.listdir(f"/proc/{proc.pid}/fd")) > 3, 10,
-             "the wait to open events")  # fmt: skip
+    reading_events(proc)
     sh(f"rm {r1}/disks/vm")
     code, said = finished(proc)
     assert code == 1 and "vm is not in default (removed?)" in said, said
+
+
+def test_wait_for_broken_and_when_an_image_becomes_broken(mount, tmp_path):
+    r1, r2 = two_repositories(mount)
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
+    assert finished(repofs_wait(r2 / "snapshots/gold", "--state", "broken")) == (
+        0, "gold is broken\n")  # fmt: skip
+    # In a repository that hosts share, another host's write of a record is how
+    # an image becomes broken under a waiter (a crash there mid-snapshot): made
+    # here by writing the record on the storage, as that host would.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (mount.path / "connect").write_text(f"sh posix-1.0 path={shared}\n")
+    sh(f"truncate -s 1M {mount.path}/sh/disks/vm")
+    proc = repofs_wait(mount.path / "sh/disks/vm", "--state", "degraded", "--timeout", 60)
+    reading_events(proc)
+    record_path = shared / "images/vm.json"
+    record = json.loads(record_path.read_text())
+    record.update(state="broken", last_error="damaged elsewhere",
+                  generation=record["generation"] + 1)  # fmt: skip
+    (shared / "images/.tmp-vm").write_text(json.dumps(record))
+    os.rename(shared / "images/.tmp-vm", record_path)
+    code, said = finished(proc)
+    assert code == 1 and "vm became broken: damaged elsewhere" in said, said
+    sh(f"rm {mount.path}/sh/disks/vm")
+    sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
