@@ -109,9 +109,12 @@ def _mount_in_background(args, mountpoint: Path, data_dir: Path) -> int:
         time.sleep(0.05)
     else:
         child.kill()
-    with open(log_file, errors="replace") as f:
-        f.seek(start)
-        tail = f.read().strip().splitlines()[-5:]
+    try:
+        with open(log_file, errors="replace") as f:
+            f.seek(start)
+            tail = f.read().strip().splitlines()[-5:]
+    except FileNotFoundError:
+        tail = ["(it exited before it could write its log)"]
     print(f"repofs: mount failed; from {log_file}:", *tail, sep="\n  ", file=sys.stderr)
     return 1
 
@@ -153,19 +156,19 @@ def cmd_tour(args) -> int:
 
 
 def cmd_status(args) -> int:
-    repos = gather(Path(args.path))
+    repos = gather(Path(args.path).resolve())  # `.` and `..` name the repository
     print(json.dumps(repos, indent=1) + "\n" if args.json else render(repos), end="")
     return 0
 
 
 def cmd_wait(args) -> int:
-    status = wait_for_state(Path(args.image).absolute(), args.state, args.timeout)
+    status = wait_for_state(Path(args.image).resolve(), args.state, args.timeout)
     print(f"{status['id']} is {status['state']}")
     return 0
 
 
 def cmd_watch(args) -> int:
-    return watch(Path(args.path).absolute(), sys.stdout)
+    return watch(Path(args.path).resolve(), sys.stdout)
 
 
 USAGE = """\

@@ -67,6 +67,8 @@ class FixDaemon:
         self._counter = 0
         self._heartbeats: dict[str, Heartbeat] = {}  # by repository name
         self._runs: dict[tuple[str, str], Run] = {}
+        # (repository, task) the user is stopping: not to be started meanwhile.
+        self._stopping: set[tuple[str, str]] = set()
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -159,7 +161,7 @@ class FixDaemon:
         self._heartbeats[repo.name] = Heartbeat(time.monotonic())
 
     def _runnable(self, repo: ConnectedRepository, task: Task) -> bool:
-        if (repo.name, task.id) in self._runs:
+        if (repo.name, task.id) in self._runs or (repo.name, task.id) in self._stopping:
             return False
         if task.state is TaskState.QUEUED:
             return True
@@ -333,15 +335,21 @@ class FixDaemon:
         """Stops a task: its run ends, its checkpoint stays, the image keeps its state
         and says it was stopped. Queueing the same fix again resumes it."""
         run = self._runs.get((repo.name, task_id))
-        if run is not None:
-            run.scope.cancel()
-            with trio.fail_after(leases.LEASE_S):
-                await run.done.wait()
-        task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
-        task = await trio.to_thread.run_sync(
-            repo.driver.write_task,
-            task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
-        )
+        # Until it says stopped, the task still says running under this host's
+        # lease: the scheduler, woken by the run's end, must not take it back.
+        self._stopping.add((repo.name, task_id))
+        try:
+            if run is not None:
+                run.scope.cancel()
+                with trio.fail_after(leases.LEASE_S):
+                    await run.done.wait()
+            task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
+            task = await trio.to_thread.run_sync(
+                repo.driver.write_task,
+                task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
+            )
+        finally:
+            self._stopping.discard((repo.name, task_id))
         if KINDS[task.fix.kind].PROGRESS_ON_IMAGE:
             await trio.to_thread.run_sync(
                 repo.driver.change_image, task.image,

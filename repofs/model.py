@@ -306,6 +306,12 @@ class Task:
     def evolve(self, **changes) -> "Task":
         return replace(self, **changes)
 
+    def progress(self) -> dict:
+        """Its persisted progress, as the record and users' views name it."""
+        return {name: getattr(self, name) for name in (
+            "stage", "step", "percent_complete", "bytes_done", "bytes_total", "rate",
+            "started", "last_error")}  # fmt: skip
+
     def view(self) -> dict:
         """What users see of the task: `cat tasks/T`, and its lines on `events`."""
         return {
@@ -315,14 +321,7 @@ class Task:
             "description": self.fix.description,
             "state": str(self.state),
             "host": self.lease.host if self.lease else None,
-            "stage": self.stage,
-            "step": self.step,
-            "percent_complete": self.percent_complete,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "rate": self.rate,
-            "started": self.started,
-            "last_error": self.last_error,
+            **self.progress(),
         }
 
     def to_json(self) -> dict:
@@ -332,14 +331,7 @@ class Task:
             "fix": self.fix.to_json(),
             "state": str(self.state),
             "lease": asdict(self.lease) if self.lease else None,
-            "stage": self.stage,
-            "step": self.step,
-            "percent_complete": self.percent_complete,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "rate": self.rate,
-            "started": self.started,
-            "last_error": self.last_error,
+            **self.progress(),
             "checkpoint": self.checkpoint,
             "generation": self.generation,
         }

@@ -20,7 +20,7 @@ def mount_state(mountpoint: Path) -> str:
     except OSError as exc:
         if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             return MountState.DEAD
-        return MountState.ABSENT
+        # Otherwise a live file system may have failed this one call (EIO).
     return MountState.LIVE if os.path.ismount(mountpoint) else MountState.ABSENT
 
 

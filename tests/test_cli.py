@@ -109,6 +109,18 @@ def test_clear_error_when_dev_fuse_is_missing(tmp_path):
     )
 
 
+def test_a_data_directory_serves_one_mount(tmp_path):
+    m = Mount(tmp_path)
+    try:
+        m.start()
+        second = sh(f"{REPOFS} mount {tmp_path}/mnt2 --data-dir {m.data}", check=False, cwd=REPO)
+        assert second.returncode == 1
+        assert f"data directory {m.data} is in use by another repofs mount" in second.stderr
+        assert not os.path.ismount(tmp_path / "mnt2")
+    finally:
+        m.stop()
+
+
 def test_sigterm_unmounts_cleanly(tmp_path):
     m = Mount(tmp_path)
     try:

@@ -100,6 +100,10 @@ def test_snapshots_are_read_only(repo, mount):
         assert errno_of(os.open, repo / "snapshots/s1", flags) == errno.EROFS
     assert errno_of(os.truncate, repo / "snapshots/s1", 2 * MiB) == errno.EROFS
     assert errno_of(os.open, repo / "snapshots/new", os.O_WRONLY | os.O_CREAT) == errno.EROFS
+    # `cp x snapshots/s1` and `> snapshots/s1` open with O_TRUNC: EROFS all the same.
+    assert errno_of(os.open, repo / "snapshots/s1", os.O_WRONLY | os.O_TRUNC) == errno.EROFS
+    assert "Read-only file system" in sh(f"cp /etc/hostname {repo}/snapshots/s1",
+                                         check=False).stderr  # fmt: skip
     assert oct(os.stat(repo / "snapshots/s1").st_mode & 0o777) == "0o444"
     mount.expect_log("s1 is a snapshot: snapshots are read-only")
     os.rmdir(repo)  # the refused opens left nothing open

@@ -34,6 +34,10 @@ def test_status_shows_images_in_every_state_and_running_tasks(mount):
     assert states == {("default", "gold"): "optimized", ("default", "vm1"): "optimized",
                       ("r2", "gold"): "broken", ("r2", "vm2"): "degraded"}  # fmt: skip
     assert json.loads(repofs_status(r2, "--json")).keys() == {"r2"}
+    here = subprocess.run([sys.executable, "-m", "repofs", "status", "."], cwd=r2, check=True,
+                          capture_output=True, text=True, timeout=60, env={**os.environ,
+                          "PYTHONPATH": str(REPO)}).stdout  # fmt: skip
+    assert here.startswith("r2: 2 images, 0 tasks\n")  # `.` names the repository
     table = repofs_status(r2)
     assert table.startswith("r2: 2 images, 0 tasks\n")
     assert [line.split()[:3] for line in table.splitlines()[3:5]] == [

@@ -40,8 +40,9 @@ def _wrap(handler, quiet: frozenset[int]):
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
             if exc.errno in STORAGE_FULL:
-                log.warning("%s refused: the repository's storage is full: %s",
-                            handler.__name__, exc)  # fmt: skip
+                if not getattr(exc, "logged", False):  # ops/logged.py said it
+                    log.warning("%s refused: the repository's storage is full: %s",
+                                handler.__name__, exc)  # fmt: skip
                 raise pyfuse3.FUSEError(exc.errno) from None
             # Storage failed under us (a repository directory vanished, a disk
             # error): EIO, with what failed; no traceback, it is not a bug.
@@ -60,5 +61,6 @@ def boundary(handler):
 
 
 def probe_boundary(handler):
-    """For handlers that look (lookup, getattr, getxattr, listxattr)."""
+    """For handlers that look (lookup, getattr, getxattr, listxattr), and open,
+    whose ENOENT is a race with a removal (a task file read as its task ended)."""
     return _wrap(handler, ROUTINE)

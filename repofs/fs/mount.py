@@ -2,6 +2,7 @@
 the FUSE session, all in one trio run, until unmounted or terminated."""
 
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -22,6 +23,9 @@ from repofs.service import notify
 
 log = logging.getLogger(__name__)
 
+# In the data directory, held by the process that mounts it (a dot name: no
+# repository is called that).
+DATA_DIR_LOCK = ".mount.lock"
 # Readers of `events` hold a request each while they wait (at most a second).
 MAX_CONCURRENT_REQUESTS = 128
 
@@ -99,6 +103,7 @@ async def _terminate_on_signal() -> None:
 
 def serve(config: MountConfig) -> None:
     """Mounts and serves in the foreground until unmounted."""
+    lock = _lock_data_dir(config.data_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="repofs-"))
     logging.getLogger("pyfuse3").addFilter(UndeliveredReplies())
     try:
@@ -109,3 +114,18 @@ def serve(config: MountConfig) -> None:
         for entry in run_dir.iterdir():
             entry.unlink()
         os.rmdir(run_dir)
+        os.close(lock)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """One mount per data directory: a second would find its repositories taken
+    and serve none of them. The lock goes with the process (a crash too)."""
+    fd = os.open(data_dir / DATA_DIR_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        reason = f"data directory {data_dir} is in use by another repofs mount"
+        log.error("cannot mount: %s", reason)
+        raise errors.busy(reason) from None
+    return fd

@@ -446,7 +446,7 @@ class RepofsOperations(pyfuse3.Operations):
         image = await open_image(self.registry, self._repo(node), node.name, write)
         return pyfuse3.FileInfo(fh=self._add_handle(ImageHandle(image)), keep_cache=False)
 
-    @boundary
+    @probe_boundary
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
         write = (flags & os.O_ACCMODE) != os.O_RDONLY
@@ -457,7 +457,8 @@ class RepofsOperations(pyfuse3.Operations):
                 )
             if flags & os.O_TRUNC and write:
                 status = await self._image_status(node)
-                if status.size:
+                # A snapshot's open is EROFS, as any write to it.
+                if status.size and status.kind is ImageKind.VIRTUAL_DISK:
                     raise errors.invalid(f"cannot truncate {node.name}: shrinking is refused")
             return await self._open_image(node, write)
         if node.kind is NodeKind.CONNECT:

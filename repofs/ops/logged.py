@@ -2,7 +2,7 @@
 the outcome (`ok` or the errno) and how long it took (logs.py has the shape).
 
 A refusal is logged here, with its reason, at warning level; the FUSE boundary
-then does not say it again (RepofsError.logged).
+then does not say it again (the exception's `logged`).
 """
 
 import enum
@@ -46,6 +46,7 @@ def logged(image: str | None = "image_id", repo: str = "repo"):
                 raise
             except OSError as exc:
                 _log(logging.WARNING, operation, asked, started, exc.errno, str(exc))
+                exc.logged = True  # a full storage: the boundary passes it on unsaid
                 raise
             except Exception as exc:
                 _log(logging.ERROR, operation, asked, started, None, repr(exc))
