@@ -95,14 +95,18 @@ class FixDaemon:
         `renewed` growing old, and the other repositories go on."""
         self._counter += 1
         for repo in list(self.registry.repositories.values()):
-            beat = self._heartbeats.setdefault(repo.name, Heartbeat(time.monotonic()))
-            if beat.fenced_at is not None:
-                if not beat.rejoining and time.monotonic() - beat.fenced_at >= leases.LEASE_S:
-                    beat.rejoining = True
-                    self._nursery.start_soon(self._rejoin, repo, beat)
-            elif not beat.writing:
-                beat.writing = True
-                self._nursery.start_soon(self._write_heartbeat, repo, beat, self._counter)
+            self._beat_into(repo)
+
+    def _beat_into(self, repo: ConnectedRepository) -> "Heartbeat":
+        beat = self._heartbeats.setdefault(repo.name, Heartbeat(time.monotonic()))
+        if beat.fenced_at is not None:
+            if not beat.rejoining and time.monotonic() - beat.fenced_at >= leases.LEASE_S:
+                beat.rejoining = True
+                self._nursery.start_soon(self._rejoin, repo, beat)
+        elif not beat.writing:
+            beat.writing = True
+            self._nursery.start_soon(self._write_heartbeat, repo, beat, self._counter)
+        return beat
 
     async def _write_heartbeat(self, repo: ConnectedRepository, beat: "Heartbeat",
                                counter: int) -> None:  # fmt: skip
@@ -175,8 +179,10 @@ class FixDaemon:
 
     async def _schedule(self) -> None:
         for repo in list(self.registry.repositories.values()):
-            beat = self._heartbeats.get(repo.name)
-            if beat is None or beat.stalled or beat.fenced_at is not None:
+            # A repository connected since the last beat gets its first one now:
+            # a copy into a repository just made starts at once.
+            beat = self._heartbeats.get(repo.name) or self._beat_into(repo)
+            if beat.stalled or beat.fenced_at is not None:
                 continue
             found = await self._read_tasks(repo)
             if found is None:
