@@ -89,13 +89,14 @@ class GlusterClient:
                          self.volume, self.mountpoint, self._process.pid)  # fmt: skip
                 return
             time.sleep(0.05)
+        exited = self._process.poll()
         self.kill()
         clear_dead_mount(self.mountpoint)
         raise errors.unreachable(f"cannot mount gluster volume {self.server}:{self.volume}: "
-                                 f"{self._reason(start)}")  # fmt: skip
+                                 f"{self._reason(start, exited)}")  # fmt: skip
 
-    def _reason(self, start: int) -> str:
-        """The client's last error line since `start` in its log."""
+    def _reason(self, start: int, exited: int | None) -> str:
+        """The client's last error line since `start` in its log; else how it ended."""
         try:
             with open(self.log_file, errors="replace") as f:
                 f.seek(start)
@@ -103,6 +104,8 @@ class GlusterClient:
         except OSError:
             failed = []
         if not failed:
+            if exited is not None:
+                return f"the glusterfs client exited with status {exited} (see {self.log_file})"
             return f"no answer within {MOUNT_TIMEOUT_S}s"
         return failed[-1].split("]", 2)[-1].strip()
 
