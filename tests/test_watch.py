@@ -69,3 +69,22 @@ def test_watch_follows_tasks_of_every_repository_until_they_end(mount):
     assert (r3 / "tasks/mend-gold").exists(), "the failed task stays listed"
     sh(f"rm {r3}/tasks/mend-gold {r3}/snapshots/gold")
     mount.expected_fixes.add("clean-volumes")  # what the failed copy wrote
+
+
+@pytest.mark.unit
+def test_on_a_terminal_a_bar_per_task_even_one_that_does_not_know_its_size():
+    """On a pty (script(1); its size unset: 0 x 0), bars with the task's own
+    figures, left on screen when done."""
+    code = (
+        "import sys; from repofs.client.watch import Bars; b = Bars(sys.stdout); "
+        "b.show('r2', {'id': 'mend-gold', 'bytes_total': 100 << 20, 'bytes_done': 50 << 20, "
+        "'rate': 10 << 20, 'percent_complete': 50, 'state': 'running', 'stage': '1/3', "
+        "'step': 'copy', 'last_error': None}); b.done('r2', 'mend-gold'); b.close()"
+    )
+    drawn = subprocess.run(["script", "-qec", f'{sys.executable} -c "{code}"', "/dev/null"],
+                           cwd=REPO, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    frames = [line for line in drawn.stdout.replace("\r", "\n").splitlines() if "|" in line]
+    assert any(f.startswith("r2/mend-gold running 1/3 copy 50% 50.0M/100.0M 10.0M/s ETA 5s |")
+               and "█" in f for f in frames), frames  # fmt: skip
+    assert frames[-1].startswith("r2/mend-gold done |█"), frames

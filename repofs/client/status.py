@@ -60,11 +60,15 @@ def image_row(image: dict) -> tuple[str, ...]:
 
 
 def task_row(task: dict) -> tuple[str, ...]:
-    remaining = task["bytes_total"] - task["bytes_done"]
-    eta = f"{remaining / task['rate']:.0f}s" if task["rate"] > 0 and remaining > 0 else "-"
     return (task["id"], task["image"] or "-", task["state"], task["host"] or "-",
             task["stage"] or "-", human(task["bytes_done"]), human(task["bytes_total"]),
-            f"{human(task['rate'])}/s", eta, task["last_error"] or "-")  # fmt: skip
+            f"{human(task['rate'])}/s", eta(task) or "-", task["last_error"] or "-")  # fmt: skip
+
+
+def eta(task: dict) -> str | None:
+    """When the task should be done at its rate so far ("42s"), if it says."""
+    remaining = task["bytes_total"] - task["bytes_done"]
+    return f"{remaining / task['rate']:.0f}s" if task["rate"] > 0 and remaining > 0 else None
 
 
 def human(n: float) -> str:

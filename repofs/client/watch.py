@@ -10,13 +10,14 @@ stopped meanwhile.
 
 import json
 import queue
+import shutil
 import threading
 from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
 
-from repofs.client.status import human, read_all, repositories
+from repofs.client.status import eta, human, read_all, repositories
 
 ACTIVE = ("queued", "running")
 READ_SIZE = 1 << 16
@@ -82,6 +83,8 @@ def describe(task: dict) -> str:
     if task["bytes_total"]:
         parts.append(f"{task['percent_complete']}% {human(task['bytes_done'])}"
                      f"/{human(task['bytes_total'])} {human(task['rate'])}/s")  # fmt: skip
+        if left := eta(task):
+            parts.append(f"ETA {left}")
     if task["last_error"]:
         parts.append(task["last_error"])
     return " ".join(parts)
@@ -114,26 +117,30 @@ class Bars:
     def __init__(self, out: TextIO):
         self.out = out
         self.bars: dict[tuple[str, str], tqdm] = {}
+        # The terminal's size when watch starts, as shutil says it: 80 x 24 for a
+        # terminal that says 0 x 0 (a pty no one sized), where tqdm's own look
+        # finds nothing and it draws no bar.
+        columns, lines = shutil.get_terminal_size()
+        self.size = {"ncols": columns, "nrows": lines}
 
     def show(self, repo: str, task: dict) -> None:
         bar = self.bars.get((repo, task["id"]))
         if bar is None:
+            # The task's own figures, not tqdm's rate: a bar starts mid-task.
             bar = self.bars[(repo, task["id"])] = tqdm(
-                desc=f"{repo}/{task['id']}", total=task["bytes_total"] or None, unit="B",
-                unit_scale=True, unit_divisor=1024, file=self.out, position=len(self.bars),
-                dynamic_ncols=True,
+                bar_format="{desc} |{bar}|", file=self.out, position=len(self.bars),
+                **self.size,
             )  # fmt: skip
         bar.total = task["bytes_total"] or None
         bar.n = task["bytes_done"]
-        words = (task["state"], task["stage"], task["step"], task["last_error"])
-        bar.set_postfix_str(" ".join(filter(None, words)))
+        bar.set_description_str(f"{repo}/{task['id']} {describe(task)}")
 
     def done(self, repo: str, task_id: str) -> None:
         bar = self.bars.get((repo, task_id))
         if bar is not None:
             if bar.total:
                 bar.n = bar.total
-            bar.set_postfix_str("done")
+            bar.set_description_str(f"{repo}/{task_id} done")
 
     def close(self) -> None:
         for bar in self.bars.values():
