@@ -289,7 +289,14 @@ def test_a_disk_on_another_repositorys_snapshot_is_degraded_until_its_base_is_co
     assert all(c.startswith(str(mount.data / "r2")) for c in status(r2, "vm")["chain"])
     assert (r2 / "disks/vm").read_bytes()[:4] == b"mine"
     sh(f"cmp -i 4 {r3}/snapshots/gold {r2}/disks/vm")
+    # Now that r2 holds gold, a disk on r3's gold builds on r2's: optimized at
+    # once, and r3 can go.
+    sh(f"ln {r3}/snapshots/gold {r2}/disks/vm2")
+    s = status(r2, "vm2")
+    assert (s["state"], s["base"]) == ("optimized", "gold")
+    assert all(c.startswith(str(mount.data / "r2")) for c in s["chain"])
     sh(f"rmdir {r3}")
+    sh(f"cmp {r2}/snapshots/gold {r2}/disks/vm2")
 
 
 def test_under_performance_a_disk_on_another_repositorys_snapshot_is_flattened(mount):

@@ -311,7 +311,10 @@ class MountMachine(RuleBasedStateMachine):
         disk = self.draw_name(data, dst)
         if self.ln("disk-on-snapshot", (src, "snapshots", snap), (dst, "disks", disk)):
             data = self.model.live[src][snap].data
-            self.model.live[dst][disk] = Image("disks", data, (src, snap))
+            # A copy of the snapshot in DST serves as the base (the same data).
+            here = self.model.live[dst].get(snap)
+            holder = dst if here is not None and here.kind == "snapshots" else src
+            self.model.live[dst][disk] = Image("disks", data, (holder, snap))
 
     @precondition(lambda self: self.model.any_live("snapshots"))
     @rule(data=st.data())

@@ -65,6 +65,12 @@ async def create_virtual_disk_from_snapshot(
             raise errors.invalid(f"{base_id} is not a snapshot; a disk is based on a snapshot")
         if base.state is ImageState.BROKEN:
             raise errors.invalid(f"snapshot {base_id} is broken: {base.last_error}")
+        if base_repo is not repo:
+            # A snapshot ID names the same data wherever it is: a usable copy here
+            # spares the disk reading through (and depending on) the other one.
+            local = await trio.to_thread.run_sync(_usable_snapshot, driver, base_id)
+            if local is not None:
+                base, base_repo = local, repo
         options = await trio.to_thread.run_sync(driver.read_options)
         chain = await repo.new_overlay(base, base_repo)
         elsewhere = any(v.repo is not None for v in chain)
@@ -77,3 +83,13 @@ async def create_virtual_disk_from_snapshot(
     if degraded and options.autofix and fix.data["plan"] == "flatten":
         await queue_fix(registry, repo, fix)
     return record
+
+
+def _usable_snapshot(driver, snapshot_id: str) -> ImageRecord | None:
+    """This repository's snapshot of that ID, unless it has none or it is broken
+    (a copy not finished). Blocking."""
+    if not driver.has_image(snapshot_id):
+        return None
+    record = driver.read_image(snapshot_id)
+    usable = record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN
+    return record if usable else None
