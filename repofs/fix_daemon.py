@@ -64,7 +64,9 @@ class FixDaemon:
         self.registry = registry
         self.host = registry.host_id
         self.max_running = max_running
-        self._counter = 0
+        # The heartbeat counter the next beat writes (the first is 1; a repository
+        # connected between beats gets the current one at once).
+        self._counter = 1
         self._heartbeats: dict[str, Heartbeat] = {}  # by repository name
         self._runs: dict[tuple[str, str], Run] = {}
         # (repository, task) the user is stopping: not to be started meanwhile.
@@ -93,9 +95,9 @@ class FixDaemon:
         """One heartbeat into every repository. A repository whose last write has
         not returned (its storage stalls) gets none: the stall shows as its
         `renewed` growing old, and the other repositories go on."""
-        self._counter += 1
         for repo in list(self.registry.repositories.values()):
             self._beat_into(repo)
+        self._counter += 1
 
     def _beat_into(self, repo: ConnectedRepository) -> "Heartbeat":
         beat = self._heartbeats.setdefault(repo.name, Heartbeat(time.monotonic()))

@@ -28,7 +28,13 @@ def reading_events(proc: subprocess.Popen) -> None:
 
     def opened() -> bool:
         fds = f"/proc/{proc.pid}/fd"
-        return any(os.readlink(f"{fds}/{fd}").endswith("/events") for fd in os.listdir(fds))
+        for fd in os.listdir(fds):
+            try:
+                if os.readlink(f"{fds}/{fd}").endswith("/events"):
+                    return True
+            except FileNotFoundError:
+                pass  # closed since the listing (Python's start-up opens and closes)
+        return False
 
     wait_for(opened, 10, "the wait to open events")
 
