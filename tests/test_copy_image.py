@@ -331,9 +331,12 @@ def test_mv_across_repositories_falls_back_to_copy_and_remove(mount):
 def test_a_base_in_another_repository_is_not_this_repositorys_image_of_that_id(mount):
     """r2/vm builds on r1's gold; r2's own copy of gold is another image (found
     by the model test: it could not be removed, nor cleaned once removed)."""
-    r1, r2 = copy_of_gold(mount, "64M", 1)
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2}")
+    make_snapshot(r1, "64M", 1)
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")  # before r2 holds a copy of gold
+    sh(f"ln {r1}/snapshots/gold {r2}/snapshots/gold")
     wait_copied(r2, "gold")
-    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
     assert status(r2, "vm")["chain"][1].startswith(str(mount.data / "default"))
     assert sh(f"getfattr --only-values -n user.repofs.dependents {r1}/snapshots/gold").stdout == (
         "g,r2/vm"
