@@ -305,6 +305,25 @@ def test_chains_longer_than_max_chain_are_flattened(repo, mount):
     mount.expected_fixes.add("clean-volumes")
 
 
+def test_a_new_max_chain_restates_the_disks_it_concerns(repo, mount):
+    sh(f"truncate -s 8M {repo}/disks/vm1")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s0")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")  # vm1: a chain of 3
+    assert status(repo, "vm1")["state"] == "optimized"
+    sh(f"setfattr -n user.repofs.max_chain -v 2 {repo}")
+    assert status(repo, "vm1")["state"] == "degraded"
+    assert os.listdir(repo / "fixes") == ["optimize-vm1"]
+    with open(repo / "disks/vm1", "r+b") as disk:  # and while it is open
+        sh(f"setfattr -n user.repofs.max_chain -v 8 {repo}")
+        assert status(repo, "vm1")["state"] == "optimized"
+        assert os.listdir(repo / "fixes") == []
+        disk.write(b"open")
+        disk.flush()
+        sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s2")  # the open disk's record is current
+    assert (repo / "snapshots/s2").read_bytes()[:4] == b"open"
+    assert status(repo, "vm1")["state"] == "optimized"
+
+
 def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")

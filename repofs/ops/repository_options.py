@@ -6,7 +6,7 @@ from dataclasses import replace
 import trio
 
 from repofs import errors
-from repofs.model import RepositoryOptions, Strategy
+from repofs.model import ImageKind, ImageState, RepositoryOptions, Strategy
 from repofs.names import check_name
 from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
@@ -65,12 +65,39 @@ async def get_options(repo: ConnectedRepository) -> dict[str, str]:
 
 @logged(image=None)
 async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None:
-    """Durable step: one atomic write of the options file."""
+    """Durable steps: (1) one atomic write of the options file; (2) for a new
+    max_chain, one record write per disk whose state it changes (a chain longer
+    than the limit is degraded). A crash between leaves states of the old limit;
+    the check offers the optimize of every chain longer than the new one."""
     _check(name)
     async with repo.changing:
-        options = await trio.to_thread.run_sync(repo.driver.read_options)
-        options = _parse(options, name, value.decode(errors="replace").strip())
+        old = await trio.to_thread.run_sync(repo.driver.read_options)
+        options = _parse(old, name, value.decode(errors="replace").strip())
         await trio.to_thread.run_sync(repo.driver.write_options, options)
+        if options.max_chain != old.max_chain:
+            for image_id in await trio.to_thread.run_sync(_restate, repo.driver, options):
+                image = repo.open_images.get(image_id)
+                if image is not None:
+                    image.record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+
+
+def _restate(driver, options: RepositoryOptions) -> list[str]:
+    """Disks degraded by the length of their chain alone, or no longer: their
+    state as `options.max_chain` says. Returns their IDs. Blocking."""
+    changed = []
+    for record in driver.list_images():
+        if record.kind is not ImageKind.VIRTUAL_DISK or record.state is ImageState.BROKEN:
+            continue
+        too_long = len(record.chain) > options.max_chain
+        # The other reasons to be degraded stay as they are.
+        other = record.base_repository or (
+            options.strategy is Strategy.PERFORMANCE and len(record.chain) > 1
+        )
+        state = ImageState.DEGRADED if too_long or other else ImageState.OPTIMIZED
+        if state is not record.state:
+            driver.change_image(record.id, lambda r, s=state: r.evolve(state=s))
+            changed.append(record.id)
+    return changed
 
 
 @logged(image=None)
