@@ -21,6 +21,7 @@ def test_root_and_repository_layout(mount):
     ]  # fmt: skip
     readme = (mount.path / "README").read_text()
     assert "truncate -s 20G default/disks/vm1" in readme
+    assert "repofs status ." in readme and "repofs wait " in readme
     assert errno_of(os.open, mount.path / "README", os.O_WRONLY) == errno.EACCES
 
 

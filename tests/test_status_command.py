@@ -22,6 +22,9 @@ def repofs_status(*args) -> str:
 
 def test_status_shows_images_in_every_state_and_running_tasks(mount):
     r1, r2 = mount.default, mount.path / "r2"
+    assert repofs_status(mount.path) == "default: 0 images, 0 tasks\n\n" + "  ".join(
+        ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "STAGE", "%", "LAST ERROR")
+    ) + "\n"  # a fresh mount  # fmt: skip
     sh(f"mkdir {r2}")
     sh(f"setfattr -n user.repofs.autofix -v false {r2}")
     sh(f"truncate -s 1G {r1}/disks/vm1")

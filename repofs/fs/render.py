@@ -18,6 +18,8 @@ mkdir NAME (a new repository), echo "NAME localfs-1.0 path=/dir" > connect,
 rmdir NAME (disconnect), cat default/repository. Across repositories, ln copies:
 ln default/snapshots/s1 NAME/snapshots/s1, ln default/disks/vm1 NAME/disks/vm1 (clone).
 Point QEMU or libvirt at an image path with format=raw.
+At a glance: repofs status . (every image and task), repofs watch . (progress bars),
+repofs wait default/snapshots/s1 (until it is optimized); repofs --help says more.
 """
 
 
