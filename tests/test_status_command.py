@@ -51,6 +51,7 @@ def test_status_shows_images_in_every_state_and_running_tasks(mount):
     sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
     wait_for(lambda: "failed" in (r2 / "tasks/mend-gold").read_text(), 30, "the copy to fail")
     [task] = json.loads(repofs_status(r2, "--json"))["r2"]["tasks"]
+    assert repofs_status(r2).startswith("r2: 2 images, 1 task\n")
     assert (task["id"], task["state"]) == ("mend-gold", "failed")
     tasks_table = repofs_status(r2).split("TASK", 1)[1]
     assert "mend-gold" in tasks_table and "no usable snapshot gold in r3" in tasks_table

@@ -44,11 +44,15 @@ def render(repos: dict[str, dict[str, list[dict]]]) -> str:
     """Plain-text tables, one pair per repository."""
     parts = []
     for name, seen in repos.items():
-        parts.append(f"{name}: {len(seen['images'])} images, {len(seen['tasks'])} tasks")
+        parts.append(f"{name}: {_count(seen['images'], 'image')}, {_count(seen['tasks'], 'task')}")
         parts.append(_table(IMAGE_COLUMNS, [image_row(i) for i in seen["images"]]))
         if seen["tasks"]:
             parts.append(_table(TASK_COLUMNS, [task_row(t) for t in seen["tasks"]]))
     return "\n\n".join(parts) + "\n"
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}" + ("" if len(items) == 1 else "s")
 
 
 def image_row(image: dict) -> tuple[str, ...]:
