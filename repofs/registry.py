@@ -56,7 +56,7 @@ class ConnectedRepository:
     _records_generation: int = field(default=0, init=False)
     # In a shared repository, while `events` has readers: the generation of each
     # live record as last published. A record that differs was changed by
-    # another host (publish_changes_elsewhere).
+    # another host (publish_shared_changes).
     _published: dict[str, int] | None = field(default=None, init=False)
     # Likewise for tasks, whichever host wrote them (in a repository of one host,
     # every task write is published as it is made).

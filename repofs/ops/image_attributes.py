@@ -129,7 +129,7 @@ async def set_owner(
 
 async def _update(repo: ConnectedRepository, image_id: str, change) -> None:
     """Durable in one atomic record write (driver.change_image)."""
-    await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+    record = await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
     image = repo.open_images.get(image_id)
     if image is not None:
-        image.record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+        image.record = record

@@ -6,7 +6,7 @@ from dataclasses import replace
 import trio
 
 from repofs import errors
-from repofs.model import ImageKind, ImageState, RepositoryOptions, Strategy
+from repofs.model import ImageKind, ImageRecord, ImageState, RepositoryOptions, Strategy
 from repofs.names import check_name
 from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
@@ -75,15 +75,15 @@ async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None
         options = _parse(old, name, value.decode(errors="replace").strip())
         await trio.to_thread.run_sync(repo.driver.write_options, options)
         if options.max_chain != old.max_chain:
-            for image_id in await trio.to_thread.run_sync(_restate, repo.driver, options):
-                image = repo.open_images.get(image_id)
+            for record in await trio.to_thread.run_sync(_restate, repo.driver, options):
+                image = repo.open_images.get(record.id)
                 if image is not None:
-                    image.record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+                    image.record = record
 
 
-def _restate(driver, options: RepositoryOptions) -> list[str]:
+def _restate(driver, options: RepositoryOptions) -> list[ImageRecord]:
     """Disks degraded by the length of their chain alone, or no longer: their
-    state as `options.max_chain` says. Returns their IDs. Blocking."""
+    state as `options.max_chain` says. Returns their records as written. Blocking."""
     changed = []
     for record in driver.list_images():
         if record.kind is not ImageKind.VIRTUAL_DISK or record.state is ImageState.BROKEN:
@@ -95,14 +95,12 @@ def _restate(driver, options: RepositoryOptions) -> list[str]:
         )
         state = ImageState.DEGRADED if too_long or other else ImageState.OPTIMIZED
         if state is not record.state:
-            driver.change_image(record.id, lambda r, s=state: r.evolve(state=s))
-            changed.append(record.id)
+            changed.append(driver.change_image(record.id, lambda r, s=state: r.evolve(state=s)))
     return changed
 
 
-@logged(image=None)
 async def reset_option(repo: ConnectedRepository, name: str) -> None:
-    """removexattr: back to the default."""
+    """removexattr: back to the default (set_option logs it)."""
     _check(name)
     default = render(RepositoryOptions())[name]
     await set_option(repo, name, default.encode())
