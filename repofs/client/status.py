@@ -2,17 +2,20 @@
 
 It reads only the mount's files (`status/ID`, `tasks/T`), as any script would,
 so it works on every host that has the mount. `--json` prints the same for
-scripts: {"REPO": {"images": [status...], "tasks": [task...]}}.
+scripts: {"REPO": {"images": [status...], "tasks": [task...]}}. Its readers
+of those files and of `events` serve `repofs wait` and `repofs watch` too.
 """
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 IMAGE_COLUMNS = ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "STAGE", "%",
                  "LAST ERROR")  # fmt: skip
 TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RATE", "ETA",
                 "LAST ERROR")  # fmt: skip
+READ_SIZE = 1 << 16
 
 
 def gather(path: Path) -> dict[str, dict[str, list[dict]]]:
@@ -38,6 +41,15 @@ def read_all(directory: Path) -> list[dict]:
         except FileNotFoundError:
             pass  # removed, or ended, while we listed
     return found
+
+
+def read_events(events) -> Iterator[list[dict]]:
+    """The events of each read of an `events` file opened unbuffered: an empty
+    list for the second in which nothing happened (docs/fixes.md, "Events")."""
+    pending = b""
+    while True:
+        *lines, pending = (pending + events.read(READ_SIZE)).split(b"\n")
+        yield [json.loads(line) for line in lines if line]
 
 
 def render(repos: dict[str, dict[str, list[dict]]]) -> str:

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 from repofs import errors
-from repofs.client.status import read_all
+from repofs.client.status import read_all, read_events
 
 STATES = ("optimized", "degraded", "broken")
-READ_SIZE = 1 << 16
 
 
 def wait_for_state(image: Path, state: str, timeout_s: float | None) -> dict:
@@ -59,11 +58,9 @@ def _next_line_about(events, image_id: str, deadline: float | None, now: str) ->
     """Reads `events` until a line names the image (or says lines were lost).
     Reads end within a second when nothing happens (docs/fixes.md, "Events"),
     which is when the deadline is looked at."""
-    pending = b""
-    while deadline is None or time.monotonic() < deadline:
-        *lines, pending = (pending + events.read(READ_SIZE)).split(b"\n")
-        for line in filter(None, lines):
-            event = json.loads(line)
-            if event.get("id") == image_id or event["event"] == "lost":
-                return
+    for batch in read_events(events):
+        if any(e.get("id") == image_id or e["event"] == "lost" for e in batch):
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            break
     raise errors.RepofsError(errno.ETIMEDOUT, f"timed out: {now}")

@@ -8,7 +8,6 @@ ends when no task is queued or running, with exit 1 if one failed or was
 stopped meanwhile.
 """
 
-import json
 import queue
 import shutil
 import threading
@@ -17,10 +16,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from repofs.client.status import eta, human, read_all, repositories
+from repofs.client.status import eta, human, read_all, read_events, repositories
 
 ACTIVE = ("queued", "running")
-READ_SIZE = 1 << 16
 
 
 def watch(path: Path, out: TextIO) -> int:
@@ -55,12 +53,10 @@ def watch(path: Path, out: TextIO) -> int:
 def _relay(repo: Path, events, lines: queue.Queue) -> None:
     """Puts every line of `events` on `lines` (an empty read is the stream's idle
     second: nothing to pass on)."""
-    pending = b""
     with events:
-        while True:
-            *complete, pending = (pending + events.read(READ_SIZE)).split(b"\n")
-            for line in filter(None, complete):
-                lines.put((repo, json.loads(line)))
+        for batch in read_events(events):
+            for event in batch:
+                lines.put((repo, event))
 
 
 def _resync(repo: Path, tasks: dict, view) -> None:
