@@ -137,5 +137,5 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
     if registry.fix_daemon is not None:
         # Its running tasks stop where they are; a later connection resumes them.
         await registry.fix_daemon.let_go(repo)
-    repo.driver.on_change = None
+    repo.driver.on_change = repo.driver.on_task_change = None
     await trio.to_thread.run_sync(repo.driver.close)
