@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import errno_of, pattern, sh, status
+from conftest import Mount, errno_of, pattern, sh, status
 
 pytestmark = pytest.mark.mount
 
@@ -280,3 +280,55 @@ def test_volume_files_serve_what_they_can_without_the_storage_daemon(repo, mount
     assert read_at(repo / "snapshots/s1", 4 * MiB, 65536) == base[4 * MiB : 4 * MiB + 65536]
     assert read_at(repo / "snapshots/s2", MiB, 3000) == in_place
     assert read_at(repo / "disks/vm1", MiB, 3000) == b"after" * 10 + in_place[50:]
+
+
+def test_open_disk_grows_after_a_live_snapshot_of_its_qcow2_top(repo, mount):
+    """A qcow2 top snapshotted live gets an overlay in the storage daemon; the
+    grow then resizes and re-exports that overlay, not the read-only layer under
+    it (`virsh blockresize` after a live snapshot)."""
+    sh(f"truncate -s 1M {repo}/disks/b")
+    sh(f"ln {repo}/disks/b {repo}/snapshots/s1")
+    sh(f"ln {repo}/snapshots/s1 {repo}/disks/t7")
+    fd = os.open(repo / "disks/t7", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"before", 0)
+        os.link(repo / "disks/t7", repo / "snapshots/t7-s")
+        os.truncate(repo / "disks/t7", 2 * MiB)
+        os.pwrite(fd, b"grown", 2 * MiB - 5)
+        assert os.pread(fd, 5, 2 * MiB - 5) == b"grown"
+    finally:
+        os.close(fd)
+    assert os.stat(repo / "disks/t7").st_size == 2 * MiB
+    assert read_at(repo / "disks/t7", 0, 6) == b"before"
+    assert read_at(repo / "disks/t7", 2 * MiB - 5, 5) == b"grown"
+    assert read_at(repo / "snapshots/t7-s", 0, 6) == b"before"
+    assert os.stat(repo / "snapshots/t7-s").st_size == MiB
+    assert status(repo, "t7")["state"] == "optimized"
+
+
+def test_a_storage_daemon_left_inconsistent_is_restarted(tmp_path):
+    """QEMU refuses the export after a resize: the grow is EIO, the daemon is
+    restarted with every open chain, and the disk goes on without a remount."""
+    m = Mount(tmp_path, module="injected_qmp_refusal")
+    try:
+        repo = m.start().default
+        sh(f"truncate -s 1M {repo}/disks/d")
+        sh(f"ln {repo}/disks/d {repo}/snapshots/s1")
+        first = m.storage_daemon_pid
+        fd = os.open(repo / "disks/d", os.O_RDWR)
+        try:
+            os.pwrite(fd, b"kept", 0)
+            assert errno_of(os.truncate, repo / "disks/d", 2 * MiB) == errno.EIO
+            m.expect_log("no longer matches the open images .resizing .*injected refusal")
+            assert os.pread(fd, 4, 0) == b"kept"
+            os.truncate(repo / "disks/d", 2 * MiB)
+            os.pwrite(fd, b"end", 2 * MiB - 3)
+        finally:
+            os.close(fd)
+        assert m.storage_daemon_pid != first
+        assert read_at(repo / "disks/d", 0, 4) == b"kept"
+        assert read_at(repo / "disks/d", 2 * MiB - 3, 3) == b"end"
+        assert status(repo, "d")["size"] == 2 * MiB
+        assert not m.unexpected_log_lines()
+    finally:
+        m.stop()

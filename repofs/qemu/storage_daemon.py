@@ -6,6 +6,11 @@ from the qcow2 headers, whose backing formats repofs always records) and one NBD
 export of the same name. If the daemon dies, `run` starts a new one and adds every
 node again (after `qemu-img check -r leaks` on the writable ones); NBD clients see
 their connection fail and reconnect through `connect`, which waits for that.
+
+`_nodes` is the truth about what should be open. If QEMU refuses a step of a
+change midway, its nodes no longer match it (an export gone, a node holding its
+image's write lock with nobody to close it): the daemon is then restarted, which
+adds every node again from `_nodes`, instead of being left so until unmount.
 """
 
 import ctypes
@@ -15,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +49,11 @@ class Node:
     users: int = 1
     # The block nodes added for it, top first: live snapshots add overlays.
     layers: list[str] = field(default_factory=list)
+
+    @property
+    def top(self) -> str:
+        """The block node that its export reads and writes: the newest layer."""
+        return self.layers[0]
 
 
 def _die_with_parent() -> None:
@@ -78,7 +89,8 @@ class StorageDaemon:
                 task_status.started()
                 while True:
                     await self._wait_for_exit()
-                    self._ready = trio.Event()
+                    if self._ready.is_set():  # else a restart already holds requests
+                        self._ready = trio.Event()
                     log.error(
                         "qemu-storage-daemon exited with %s; restarting", self._process.returncode
                     )
@@ -129,6 +141,42 @@ class StorageDaemon:
         await self._qmp.connect(self.qmp_socket)
         log.info("qemu-storage-daemon started, pid %d", self._process.pid)
 
+    async def _wait_ready(self) -> None:
+        """Returns once the daemon serves: `_ready` is replaced while it does not
+        (a restart, a resize), so the current one is waited for until it is set."""
+        while not self._ready.is_set():
+            await self._ready.wait()
+
+    @asynccontextmanager
+    async def _restarted_on_failure(self, what: str):
+        """Runs a change of the daemon's nodes; if QEMU refuses a step of it, the
+        daemon is restarted (see the module's docstring) and the error goes on."""
+        try:
+            yield
+        except errors.RepofsError as exc:
+            with trio.CancelScope(shield=True):
+                await self._restart(f"{what}: {exc.reason}")
+            raise
+
+    async def _restart(self, reason: str) -> None:
+        """Ends the daemon (quit, so that QEMU flushes what it caches; killed if it
+        ignores that); `run` then starts a new one and adds every node again.
+        Requests wait meanwhile."""
+        log.error("qemu-storage-daemon no longer matches the open images (%s): restarting it",
+                  reason)  # fmt: skip
+        if self._ready.is_set():
+            self._ready = trio.Event()
+        process = self._process
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            try:
+                await self._qmp.execute("quit", timeout=STOP_TIMEOUT_S)
+            except errors.RepofsError:
+                pass  # it is being ended either way
+            while process.poll() is None:
+                await trio.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+
     async def _wait_for_exit(self) -> None:
         await trio.lowlevel.wait_readable(self._pidfd)
         self._process.wait()
@@ -161,7 +209,7 @@ class StorageDaemon:
     async def open_node(self, top: Path, read_only: bool) -> str:
         """Opens the qcow2 chain whose top volume is `top` and exports it over NBD.
         Opening the same top again shares its node."""
-        await self._ready.wait()
+        await self._wait_ready()
         async with self._node_lock:
             node = self._nodes.get(top)
             if node is not None:
@@ -173,35 +221,37 @@ class StorageDaemon:
             return node.name
 
     async def close_node(self, top: Path) -> None:
-        await self._ready.wait()
+        await self._wait_ready()
         async with self._node_lock:
             node = self._nodes[top]
             node.users -= 1
             if node.users:
                 return
             del self._nodes[top]
-            await self._remove_export(node)
-            for layer in node.layers:
-                await self._qmp.execute("blockdev-del", {"node-name": layer})
+            async with self._restarted_on_failure(f"closing {top.name}"):
+                await self._remove_export(node)
+                for layer in node.layers:
+                    await self._qmp.execute("blockdev-del", {"node-name": layer})
 
     async def add_overlay(self, top: Path, overlay: Path) -> None:
         """Puts the qcow2 volume `overlay` (made over `top`, not yet in use) above
         the open chain topped by `top`: the node's export reads and writes through
         it from then on (blockdev-snapshot). The caller holds the chain's requests."""
-        await self._ready.wait()
+        await self._wait_ready()
         async with self._node_lock:
             node = self._nodes[top]
             name = f"img{next(self._names)}"
             overlay_node = _qcow2_node(name, overlay, read_only=False, alone=True)
-            await self._qmp.execute("blockdev-add", overlay_node)
-            try:
-                await self._qmp.execute(
-                    "blockdev-snapshot", {"node": node.layers[0], "overlay": name}
-                )
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._qmp.execute("blockdev-del", {"node-name": name})
-                raise
+            async with self._restarted_on_failure(f"a live snapshot of {top.name}"):
+                await self._qmp.execute("blockdev-add", overlay_node)
+                try:
+                    await self._qmp.execute(
+                        "blockdev-snapshot", {"node": node.top, "overlay": name}
+                    )
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await self._qmp.execute("blockdev-del", {"node-name": name})
+                    raise
             node.layers.insert(0, name)
             node.path = overlay
             self._nodes[overlay] = self._nodes.pop(top)
@@ -214,12 +264,14 @@ class StorageDaemon:
                 await trio.sleep(0.01)
 
     async def _add_export(self, node: Node) -> None:
+        """Exports the node's top layer under the node's name: live snapshots put
+        layers above the first, whose name the clients know."""
         await self._qmp.execute(
             "block-export-add",
             {
                 "type": "nbd",
                 "id": node.name,
-                "node-name": node.name,
+                "node-name": node.top,
                 "name": node.name,
                 "writable": not node.read_only,
             },
@@ -230,7 +282,12 @@ class StorageDaemon:
             await img.repair_leaks(node.path)
         await self._qmp.execute("blockdev-add", _qcow2_node(node.name, node.path, node.read_only))
         node.layers = [node.name]
-        await self._add_export(node)
+        try:
+            await self._add_export(node)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._qmp.execute("blockdev-del", {"node-name": node.name})
+            raise
 
     async def _add_all_nodes(self) -> None:
         async with self._node_lock:
@@ -244,26 +301,27 @@ class StorageDaemon:
         """Grows an open chain. An NBD export holds its node's size fixed, so the
         export is dropped around the resize; its clients reconnect (see `connect`)
         and then see the new size."""
-        await self._ready.wait()
+        await self._wait_ready()
         async with self._node_lock:
             node = self._nodes[top]
-            self._ready = trio.Event()
+            resized = self._ready = trio.Event()
             try:
-                await self._remove_export(node)
-                try:
-                    await self._qmp.execute(
-                        "block_resize", {"node-name": node.name, "size": img.qcow2_size(size)}
-                    )
-                finally:
-                    await self._add_export(node)
+                async with self._restarted_on_failure(f"resizing {top.name}"):
+                    await self._remove_export(node)
+                    try:
+                        await self._qmp.execute(
+                            "block_resize", {"node-name": node.top, "size": img.qcow2_size(size)}
+                        )
+                    finally:
+                        await self._add_export(node)
             finally:
-                self._ready.set()
+                resized.set()
 
     async def connect(self, node_name: str) -> NbdConnection:
         """An NBD connection to a node's export, waiting for a restart in progress."""
         with trio.fail_after(START_TIMEOUT_S * 2):
             while True:
-                await self._ready.wait()
+                await self._wait_ready()
                 try:
                     return await NbdConnection.connect(self._nursery, self.nbd_socket, node_name)
                 except OSError as exc:
