@@ -12,7 +12,7 @@ import bisect
 import errno
 import itertools
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -32,22 +32,33 @@ CHUNK = 4 << 20
 PARALLEL = 8
 
 
+@dataclass(frozen=True)
+class Ancestor:
+    """The layers at the bottom of a copy's source that the target holds already
+    (a copy of a snapshot of that chain): the target is an overlay over them."""
+
+    depth: int  # how many of the source's layers lie above them
+    size: int  # the size of that snapshot: past it, the overlay reads zeros
+
+
 async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
                      target: Path, target_format: VolumeFormat, size: int,
-                     above_depth: int | None = None) -> None:  # fmt: skip
+                     over: Ancestor | None = None) -> None:  # fmt: skip
     """Copies the data of the chain topped by volume `source` into `target`, from
     the task's checkpoint `copied` (an offset) on; saves `copied` as it goes.
 
-    With `above_depth`, only what the source's top `above_depth` layers hold is
-    copied, zeros included (they hide older data): the target is an overlay over
-    a copy of the layers below.
+    `over`: only what the source's layers above that ancestor hold is copied,
+    zeros included where they hide the ancestor's data; past the ancestor's end
+    (the disk grew since) zeros hide nothing and are not written.
     """
-    if above_depth is None:
-        wanted = [e for e in await img.map_extents(source, source_format) if e.data]
+    mapped = await img.map_extents(source, source_format)
+    if over is None:
+        wanted = [e for e in mapped if e.data]
     else:
         wanted = [
-            e for e in await img.map_extents(source, source_format)
-            if e.depth < above_depth and (e.data or e.zero)
+            e if e.data else replace(e, length=min(e.length, over.size - e.offset))
+            for e in mapped
+            if e.depth < over.depth and (e.data or (e.zero and e.offset < over.size))
         ]  # fmt: skip
     # Within the image's size (a volume may be longer than the size it serves).
     extents = [replace(e, length=min(e.length, size - e.offset)) for e in wanted if e.offset < size]
@@ -194,15 +205,13 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
     source_repo, source = await trio.to_thread.run_sync(
         find_source, ctx.registry, ctx.repo, image.id
     )
-    above_depth = None
+    over = None
     if image.base is not None:
-        above_depth = await trio.to_thread.run_sync(
-            _layers_above, source_repo.driver, source, image.base
-        )
+        over = await trio.to_thread.run_sync(_ancestor, source_repo.driver, source, image.base)
     await source_repo.verify_chain(source.chain)
     await copy_chain(
         ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
-        ctx.driver.volume_path(image.top), image.top.format, image.size, above_depth,
+        ctx.driver.volume_path(image.top), image.top.format, image.size, over,
     )  # fmt: skip
     return await settle(ctx, image_id)
 
@@ -247,13 +256,14 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
     return None, None
 
 
-def _layers_above(source_driver, source: ImageRecord, ancestor_id: str) -> int:
-    """How many layers of `source`'s chain lie above its ancestor's top. Blocking."""
+def _ancestor(source_driver, source: ImageRecord, ancestor_id: str) -> Ancestor:
+    """Where `source`'s ancestor `ancestor_id` lies in its chain, and its size.
+    Blocking."""
     trashed = not source_driver.has_image(ancestor_id)
     ancestor = source_driver.read_image(ancestor_id, trashed)
     if ancestor.top not in source.chain:
         raise errors.invalid(f"{ancestor_id} is no longer under {source.id} in its repository")
-    return source.chain.index(ancestor.top)
+    return Ancestor(source.chain.index(ancestor.top), ancestor.size)
 
 
 def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
