@@ -32,7 +32,9 @@ Durable steps of flatten, and what a crash after each leaves:
    base volumes are no longer this image's.
 4. commit: `qemu-img commit` of TOP into TARGET (redone whole after a crash:
    it writes the same data), then the record's chain becomes TARGET alone and
-   its state optimized. TOP is then named by nothing: a clean frees it.
+   its state optimized.
+5. unlink TOP, named by nothing since step 4. A crash just before leaves it for
+   a clean; a run without a crash leaves nothing to clean.
 The image is never broken: until step 4's record write it is degraded and reads
 its old, equal bytes.
 """
@@ -112,6 +114,8 @@ async def _commit_locked(ctx: TaskContext, target: str) -> None:
             state=ImageState.OPTIMIZED, stage=None, percent_complete=100, last_error=None,
         )
     )  # fmt: skip
+    ctx.crash_point("unlink")
+    await trio.to_thread.run_sync(ctx.driver.remove_volume, image.top)
 
 
 async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
