@@ -2,6 +2,9 @@
 MOUNT := mnt
 DATA := data
 REPOFS := .venv/bin/repofs
+# `make run` links PREFIX/bin/repofs to this checkout's (scripts/link-repofs),
+# `make install` installs there.
+PREFIX ?= /usr/local
 
 .PHONY: run stop test bench model soak deps lint install
 
@@ -10,6 +13,7 @@ deps:
 
 run: deps
 	@$(REPOFS) mount $(MOUNT) --data-dir $(DATA) --log-file $(DATA)/repofs.log
+	@scripts/link-repofs $(PREFIX)/bin/repofs
 	@$(REPOFS) tour $(MOUNT)
 
 stop:
@@ -38,7 +42,6 @@ soak: deps
 # Installs repofs for mounts at boot (docs/admin.md): its own venv in LIBDIR,
 # `repofs` in PREFIX/bin, the fstab helper mount.fuse.repofs in SBINDIR, the
 # unit repofs@.service in UNITDIR.
-PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib/repofs
 SBINDIR ?= /sbin
 UNITDIR ?= /etc/systemd/system

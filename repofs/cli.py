@@ -1,6 +1,7 @@
-"""The `repofs` command: mount, umount, tour, status, watch, wait."""
+"""The `repofs` command: mount, umount, tour, status, watch, wait, why."""
 
 import argparse
+import errno
 import json
 import os
 import socket
@@ -10,23 +11,25 @@ import textwrap
 import time
 from pathlib import Path
 
-from repofs import errors, logs
-from repofs.client.status import gather, render
+from repofs import errors, logs, refusals
+from repofs.client import paths, status, why
 from repofs.client.wait import STATES, wait_for_state
 from repofs.client.watch import watch
-from repofs.mounts import MountState, clear_dead_mount, fusermount, mount_state
+from repofs.mounts import (
+    MountState,
+    clear_dead_mount,
+    fusermount,
+    holders,
+    mount_state,
+    repofs_pid,
+)
 from repofs.qemu.tools import require
 
 MOUNT_TIMEOUT_S = 30
 UMOUNT_TIMEOUT_S = 30
-PID_ATTRIBUTE = "user.repofs.pid"
-
-
-def mount_pid(mountpoint: Path) -> int | None:
-    try:
-        return int(os.getxattr(mountpoint, PID_ATTRIBUTE))
-    except OSError:
-        return None
+# A path that names nothing the command takes is a usage error, as argparse's
+# own are: exit 2, told apart from what went wrong once it ran (exit 1).
+USAGE_ERROR = 2
 
 
 def _check_environment(mountpoint: Path) -> None:
@@ -43,7 +46,7 @@ def _check_environment(mountpoint: Path) -> None:
 def cmd_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
     data_dir = Path(args.data_dir).absolute()
-    if mount_state(mountpoint) == MountState.LIVE and mount_pid(mountpoint):
+    if mount_state(mountpoint) == MountState.LIVE and repofs_pid(mountpoint):
         print(f"repofs is already mounted at {args.mountpoint}")
         return 0
     _check_environment(mountpoint)
@@ -102,7 +105,7 @@ def _mount_in_background(args, mountpoint: Path, data_dir: Path) -> int:
     )
     deadline = time.monotonic() + MOUNT_TIMEOUT_S
     while time.monotonic() < deadline:
-        if mount_pid(mountpoint) == child.pid:
+        if repofs_pid(mountpoint) == child.pid:
             return 0
         if child.poll() is not None:
             break
@@ -129,10 +132,11 @@ def cmd_umount(args) -> int:
         fusermount("-u", "-z", str(mountpoint))
         print(f"cleaned up the dead mount at {args.mountpoint}")
         return 0
-    pid = mount_pid(mountpoint)
+    pid = repofs_pid(mountpoint)
     result = fusermount("-u", str(mountpoint))
     if result.returncode != 0:
-        print(f"repofs: cannot unmount: {result.stderr.strip()}", file=sys.stderr)
+        print(f"repofs: cannot unmount {args.mountpoint}: {_why_busy(mountpoint, result.stderr)}",
+              file=sys.stderr)  # fmt: skip
         return 1
     # The process stops its storage daemon before it exits.
     deadline = time.monotonic() + UMOUNT_TIMEOUT_S
@@ -148,6 +152,15 @@ def cmd_umount(args) -> int:
     return 0
 
 
+def _why_busy(mountpoint: Path, said: str) -> str:
+    """Who holds the mount, when fusermount said it is busy; else what it said."""
+    found = holders(mountpoint) if os.strerror(errno.EBUSY) in said else []
+    if not found:
+        return said.strip()
+    named = ", ".join(f'{h.pid} "{h.command}" ({", ".join(h.uses)})' for h in found)
+    return f"in use by {named}; stop them or leave the mount, then run it again"
+
+
 def cmd_tour(args) -> int:
     readme = Path(args.mountpoint) / "README"
     print(f"repofs is mounted at {args.mountpoint}; try, in {args.mountpoint}:\n")
@@ -155,20 +168,35 @@ def cmd_tour(args) -> int:
     return 0
 
 
+def _named(find, path: str):
+    """What `path` names for the command (`find` of client/paths.py); exits with
+    USAGE_ERROR and one line when it names nothing the command takes."""
+    try:
+        return find(path)
+    except errors.RepofsError as exc:
+        print(f"repofs: {exc.reason}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+
+
 def cmd_status(args) -> int:
-    repos = gather(Path(args.path).resolve())  # `.` and `..` name the repository
-    print(json.dumps(repos, indent=1) + "\n" if args.json else render(repos), end="")
+    repos = status.gather(_named(paths.repositories, args.path))
+    print(json.dumps(repos, indent=1) + "\n" if args.json else status.render(repos), end="")
     return 0
 
 
 def cmd_wait(args) -> int:
-    status = wait_for_state(Path(args.image).resolve(), args.state, args.timeout)
-    print(f"{status['id']} is {status['state']}")
+    found = wait_for_state(*_named(paths.image, args.image), args.state, args.timeout)
+    print(f"{found['id']} is {found['state']}")
     return 0
 
 
 def cmd_watch(args) -> int:
-    return watch(Path(args.path).resolve(), sys.stdout)
+    return watch(_named(paths.repositories, args.path), sys.stdout)
+
+
+def cmd_why(args) -> int:
+    print(why.render(why.latest_refusals(_named(paths.mount, args.path))), end="")
+    return 0
 
 
 USAGE = """\
@@ -177,8 +205,11 @@ Everything else is a file operation in the mount (MOUNT/README has the tour):
   ln MOUNT/default/disks/vm1 MOUNT/default/snapshots/s1   snapshot it
   cat MOUNT/default/status/vm1                  its state and progress
   ls MOUNT/default/fixes; mv MOUNT/default/fixes/F MOUNT/default/tasks/   repair
-Documents: README.md, docs/guide.md (an image's life), docs/errors.md (what each
-errno means), docs/admin.md (boot-time mounts, logs), docs/from-vdsm.md."""
+A refused file operation says only its errno ("Invalid argument"); the reason:
+  repofs why MOUNT                              the mount's latest refusals, and why
+status, watch, wait and why exit 2, with one line, on a path that names nothing
+they take. Documents: README.md, docs/guide.md (an image's life), docs/errors.md
+(what each errno means), docs/admin.md (boot-time mounts, logs), docs/from-vdsm.md."""
 
 
 def _command(sub, name: str, summary: str, details: str, func, examples: str = ""):
@@ -260,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     umount = _command(
         sub, "umount", "unmount and wait for repofs to stop",
-        "Returns once the process and its qemu-storage-daemon have ended (EBUSY while "
-        "something has a file of the mount open). Running tasks stop at their last "
-        "checkpoint and resume at the next mount, or on another host.", cmd_umount,
+        "Returns once the process and its qemu-storage-daemon have ended. While a "
+        "process has a file, its working directory or a mapping in the mount, it exits 1 "
+        "naming those processes (pid, command line, how). Running tasks stop at their "
+        "last checkpoint and resume at the next mount, or on another host.", cmd_umount,
     )  # fmt: skip
     umount.add_argument("mountpoint", help="where repofs is mounted")
     tour = _command(sub, "tour", "print a short tour of a mount",
@@ -304,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--state", choices=STATES, default="optimized",
                       help="the state to wait for (default: optimized)")  # fmt: skip
     wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+    refused = _command(
+        sub, "why", "the latest refusals of a mount, with their reasons",
+        "A refused file operation says only its errno (`Invalid argument`); the mount "
+        f"keeps its last {refusals.KEPT} refusals with the reason its log gives. One line "
+        "each, newest last: time, operation (and repository/image) or system call, errno, "
+        "reason. It reads an attribute of the mount root, so it works for whoever can read "
+        "the mount, wherever the log goes.", cmd_why,
+        "example:\n  echo \"r6 foo-1.0 path=/tmp\" > /srv/repofs/connect   # Invalid argument\n"
+        "  repofs why /srv/repofs",
+    )  # fmt: skip
+    refused.add_argument("path", help="MOUNT, or any path in it")
     return parser
 
 

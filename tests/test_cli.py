@@ -3,6 +3,7 @@
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_background_mount_tour_and_umount(tmp_path):
 
 
 def test_make_run_twice_is_harmless_and_make_stop_stops(tmp_path):
-    args = f"MOUNT={tmp_path}/mnt DATA={tmp_path}/data"
+    args = f"MOUNT={tmp_path}/mnt DATA={tmp_path}/data PREFIX={tmp_path}/usr"
     first = sh(f"make -s run {args}", cwd=REPO, timeout=600)
     assert "try, in" in first.stdout and "ln default/disks/vm1" in first.stdout
     pid = mount_pid(tmp_path / "mnt")
@@ -157,7 +158,7 @@ def test_every_command_and_option_has_its_help():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     top = sh(f"{REPOFS} --help", cwd=REPO).stdout
-    assert set(commands) == {"mount", "umount", "tour", "status", "watch", "wait"}
+    assert set(commands) == {"mount", "umount", "tour", "status", "watch", "wait", "why"}
     for name, command in commands.items():
         assert f"    {name} " in top, name
         assert len(command.description) > 80, name
@@ -165,3 +166,106 @@ def test_every_command_and_option_has_its_help():
             assert action.help, f"repofs {name} {action.dest} has no help"
         shown = sh(f"{REPOFS} {name} --help", cwd=REPO).stdout
         assert all(a.option_strings[0] in shown for a in command._actions if a.option_strings)
+
+
+def test_make_run_puts_repofs_on_path_for_the_commands_it_prints(tmp_path):
+    """In a new shell after `make run`, `repofs` is on PATH (a link in PREFIX/bin
+    to this checkout's) and every repofs command of the tour and of the README's
+    session works as printed; an installed repofs or a file of someone else's at
+    that place is left alone."""
+    prefix, mnt = tmp_path / "usr", tmp_path / "mnt"
+    args = f"MOUNT={mnt} DATA={tmp_path}/data PREFIX={prefix}"
+    run = sh(f"make -s run {args}", cwd=REPO, timeout=600).stdout
+    pid = mount_pid(mnt)
+    try:
+        command = prefix / "bin/repofs"
+        assert os.readlink(command) == f"{REPO}/.venv/bin/repofs"
+        assert f"{command} -> {REPO}/.venv/bin/repofs" in run
+        shell = f"env -i HOME={tmp_path} PATH={prefix}/bin:/usr/bin:/bin sh -ec"
+        tour = run.split("try, in", 1)[1]
+        printed = re.findall(r"\brepofs (?:status|watch|wait|why) \S+", tour)
+        assert len(printed) == 4, tour
+        said = sh(f"{shell} 'truncate -s 1M default/disks/vm1; "
+                  f"ln default/disks/vm1 default/snapshots/s1; {'; '.join(printed)}'",
+                  cwd=mnt).stdout  # fmt: skip
+        assert "default: 2 images, 0 tasks" in said and "s1 is optimized" in said
+        session = (REPO / "README.md").read_text().split("## A session", 1)[1].split("```")[1]
+        printed = [line.split("#")[0].strip() for line in session.splitlines()
+                   if line.startswith("repofs ")]  # fmt: skip
+        assert len(printed) == 4, session
+        said = sh(f"{shell} 'mkdir ../r2; ln snapshots/s1 ../r2/snapshots/s1; "
+                  f"{'; '.join(printed)}'", cwd=mnt / "default").stdout  # fmt: skip
+        assert "default: 2 images" in said and "s1 is optimized" in said
+
+        installed = prefix / "lib/repofs/bin/repofs"  # as `make install` links it
+        installed.parent.mkdir(parents=True)
+        installed.write_text("#!/bin/sh\n")
+        for theirs in ("link", "file"):
+            command.unlink()
+            if theirs == "link":
+                command.symlink_to(installed)
+            else:
+                command.write_text("#!/bin/sh\necho theirs\n")
+            again = sh(f"make -s run {args}", cwd=REPO, timeout=600).stdout
+            assert command.is_symlink() == (theirs == "link")
+            assert command.read_text() == ("#!/bin/sh\n" if theirs == "link" else
+                                           "#!/bin/sh\necho theirs\n")  # fmt: skip
+            assert f"{command} is not this checkout's" in again, again
+    finally:
+        sh(f"make -s stop {args}", cwd=REPO)
+    assert not os.path.ismount(mnt) and not alive(pid)
+
+
+def test_a_wrong_path_is_said_in_one_line_with_exit_2(mount, tmp_path):
+    """status, watch, wait and why on a path that names nothing they take:
+    one line naming what is wrong, exit 2, before doing anything."""
+    (tmp_path / "anyfile").write_text("")
+    sh(f"truncate -s 1M {mount.default}/disks/vm1")
+    no_mount = f"{tmp_path} is not a repofs mount"
+    not_repo = "is not a mount or a repository of a mount"
+    not_image = "is not an image (MOUNT/REPO/disks/ID or MOUNT/REPO/snapshots/ID)"
+    cases = {
+        "status /nonexist": "/nonexist: No such file or directory",
+        f"status {tmp_path}": no_mount,
+        f"status {tmp_path}/anyfile": f"{tmp_path}/anyfile is not a repofs mount",
+        "status mnt/default/disks": f"mnt/default/disks {not_repo}",
+        "status mnt/default/status/vm1": f"mnt/default/status/vm1 {not_repo}",
+        "status mnt/README": f"mnt/README {not_repo}",
+        "watch /nonexist": "/nonexist: No such file or directory",
+        f"watch {tmp_path}": no_mount,
+        "watch mnt/default/disks": f"mnt/default/disks {not_repo}",
+        "wait /nonexist": "/nonexist: No such file or directory",
+        f"wait {tmp_path}/anyfile": f"{tmp_path}/anyfile {not_image} of a repofs mount",
+        "wait mnt/default/disks/vm9": "mnt/default/disks/vm9: No such file or directory",
+        "wait mnt/default/status/vm1": f"mnt/default/status/vm1 {not_image}",
+        "wait mnt/default": f"mnt/default {not_image}",
+        "wait mnt/README": f"mnt/README {not_image}",
+        "why /nonexist": "/nonexist: No such file or directory",
+        f"why {tmp_path}": f"{tmp_path} is not in a repofs mount",
+    }
+    for args, said in cases.items():
+        result = sh(f"{REPOFS} {args}", check=False, cwd=tmp_path)
+        assert (result.returncode, result.stdout, result.stderr) == (2, "", f"repofs: {said}\n"), (
+            args, result.stderr)  # fmt: skip
+
+
+def test_umount_names_the_processes_that_hold_the_mount(mount):
+    """EBUSY from `repofs umount` (`make stop`) names who holds the mount's files:
+    pid, command line and how, in one line, and the mount stays."""
+    sh(f"truncate -s 1M {mount.default}/disks/vm1")
+    with open(mount.default / "disks/vm1", "rb") as image:
+        reader = subprocess.Popen(["sleep", "600"], stdin=image)
+    inside = subprocess.Popen(["sleep", "601"], cwd=mount.default)
+    try:
+        result = sh(f"{REPOFS} umount {mount.path}", check=False, cwd=REPO)
+        assert result.returncode == 1 and result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"repofs: cannot unmount {mount.path}: "), line
+        assert f'{reader.pid} "sleep 600" (open file)' in line, line
+        assert f'{inside.pid} "sleep 601" (working directory)' in line, line
+        assert f"{os.getpid()} " not in line  # pytest has nothing open there
+        assert os.path.ismount(mount.path)
+    finally:
+        for proc in (reader, inside):
+            proc.kill()
+            proc.wait(10)

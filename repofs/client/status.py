@@ -18,18 +18,10 @@ TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RAT
 READ_SIZE = 1 << 16
 
 
-def gather(path: Path) -> dict[str, dict[str, list[dict]]]:
-    """The images and tasks of the repository at `path`, or of every repository
-    of the mount at `path`."""
+def gather(repos: list[Path]) -> dict[str, dict[str, list[dict]]]:
+    """The images and tasks of each repository (client/paths.py finds them)."""
     return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks")}
-            for repo in repositories(path)}  # fmt: skip
-
-
-def repositories(path: Path) -> list[Path]:
-    """The repository at `path`, or every repository of the mount at `path`."""
-    if (path / "status").is_dir():
-        return [path]
-    return sorted(p for p in path.iterdir() if (p / "status").is_dir())
+            for repo in repos}  # fmt: skip
 
 
 def read_all(directory: Path) -> list[dict]:

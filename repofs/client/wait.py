@@ -17,11 +17,10 @@ from repofs.client.status import read_all, read_events
 STATES = ("optimized", "degraded", "broken")
 
 
-def wait_for_state(image: Path, state: str, timeout_s: float | None) -> dict:
-    """Returns the image's status once it is in `state`; raises RepofsError
-    (ETIMEDOUT, or EIO saying what went wrong) otherwise. `image` is
-    REPO/disks/ID or REPO/snapshots/ID in a mount."""
-    repo, image_id = image.parent.parent, image.name
+def wait_for_state(repo: Path, image_id: str, state: str, timeout_s: float | None) -> dict:
+    """Returns the status of image `image_id` of the repository at `repo` once it
+    is in `state`; raises RepofsError (ETIMEDOUT, or EIO saying what went wrong)
+    otherwise."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with open(repo / "events", "rb", buffering=0) as events:
         status = _status(repo, image_id)

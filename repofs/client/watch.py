@@ -16,13 +16,13 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from repofs.client.status import eta, human, read_all, read_events, repositories
+from repofs.client.status import eta, human, read_all, read_events
 
 ACTIVE = ("queued", "running")
 
 
-def watch(path: Path, out: TextIO) -> int:
-    repos = repositories(path)
+def watch(repos: list[Path], out: TextIO) -> int:
+    """Shows the tasks of `repos` until none is active; 1 if one ended badly."""
     lines: queue.Queue[tuple[Path, dict]] = queue.Queue()
     for repo in repos:
         events = open(repo / "events", "rb", buffering=0)  # its thread closes it

@@ -4,7 +4,9 @@ pyfuse3 lets only FUSEError out of a handler: anything else kills the mount.
 RepofsError becomes its errno, and its reason is logged (unless the operation
 that refused logged it: ops/logged.py); a full storage is
 ENOSPC (EDQUOT); any other storage error is EIO; anything unexpected becomes
-EIO with its traceback in the log, and the mount stays up.
+EIO with its traceback in the log, and the mount stays up. What is logged here
+at WARNING or above is also kept among the mount's latest refusals (refusals.py,
+`repofs why`).
 """
 
 import errno
@@ -13,6 +15,7 @@ import logging
 
 import pyfuse3
 
+from repofs import refusals
 from repofs.errors import RepofsError
 
 log = logging.getLogger("repofs.fs")
@@ -34,25 +37,37 @@ def _wrap(handler, quiet: frozenset[int]):
         except pyfuse3.FUSEError:
             raise
         except RepofsError as exc:
-            if not exc.logged:
-                level = logging.DEBUG if exc.errno in quiet else logging.WARNING
-                log.log(level, "%s refused: %s", handler.__name__, exc)
+            if not exc.logged:  # else the operation that refused said it (ops/logged.py)
+                if exc.errno in quiet:
+                    log.debug("%s refused: %s", handler.__name__, exc)
+                else:
+                    _refused(handler.__name__, exc.errno, exc.reason)
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
+            logged = getattr(exc, "logged", False)  # ops/logged.py said it
             if exc.errno in STORAGE_FULL:
-                if not getattr(exc, "logged", False):  # ops/logged.py said it
-                    log.warning("%s refused: the repository's storage is full: %s",
-                                handler.__name__, exc)  # fmt: skip
+                if not logged:
+                    _refused(handler.__name__, exc.errno,
+                             f"the repository's storage is full: {exc}")  # fmt: skip
                 raise pyfuse3.FUSEError(exc.errno) from None
             # Storage failed under us (a repository directory vanished, a disk
             # error): EIO, with what failed; no traceback, it is not a bug.
             log.error("%s failed: storage error: %s", handler.__name__, exc)
+            if not logged:
+                refusals.record(handler.__name__, None, errno.EIO, f"storage error: {exc}")
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
+        except Exception as exc:
             log.exception("%s failed unexpectedly", handler.__name__)
+            reason = f"failed unexpectedly ({exc!r}): a bug, its traceback is in the log"
+            refusals.record(handler.__name__, None, errno.EIO, reason)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _refused(handler: str, code: int, reason: str) -> None:
+    log.warning("%s refused: %s: %s", handler, errno.errorcode.get(code, code), reason)
+    refusals.record(handler, None, code, reason)
 
 
 def boundary(handler):

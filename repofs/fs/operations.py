@@ -10,12 +10,13 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from repofs import errors
+from repofs import errors, refusals
 from repofs.events import Subscription
 from repofs.fs import render
 from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
+from repofs.mounts import PID_ATTRIBUTE
 from repofs.names import is_valid_name
 from repofs.ops import fix_repository, image_attributes, repository_facts, repository_options
 from repofs.ops.connect_repository import (
@@ -49,7 +50,7 @@ AREA_NODE_KIND = {
     Area.TASKS: NodeKind.TASK,
 }
 ROOT_ENTRIES = {"README": NodeKind.README, "connect": NodeKind.CONNECT}
-ROOT_ATTRIBUTES = ("user.repofs.pid", "user.repofs.host")
+ROOT_ATTRIBUTES = (PID_ATTRIBUTE, "user.repofs.host", refusals.ATTRIBUTE)
 ATTRIBUTE_CACHE_S = 1.0
 STATVFS_FIELDS = "f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail".split()
 
@@ -529,11 +530,15 @@ class RepofsOperations(pyfuse3.Operations):
             if attr in values:
                 return values[attr].encode()
         if node.kind is NodeKind.ROOT and attr in ROOT_ATTRIBUTES:
-            return self._root_attributes()[attr].encode()
+            return self._root_attribute(attr)
         raise errors.no_attribute(f"{node} has no attribute {attr}")
 
-    def _root_attributes(self) -> dict[str, str]:
-        return {"user.repofs.pid": str(os.getpid()), "user.repofs.host": self.registry.host_id}
+    def _root_attribute(self, attr: str) -> bytes:
+        if attr == PID_ATTRIBUTE:
+            return str(os.getpid()).encode()
+        if attr == refusals.ATTRIBUTE:
+            return refusals.encoded()
+        return self.registry.host_id.encode()
 
     @probe_boundary
     async def listxattr(self, inode, ctx):

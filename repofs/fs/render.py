@@ -19,7 +19,9 @@ rmdir NAME (disconnect), cat default/repository. Across repositories, ln copies:
 ln default/snapshots/s1 NAME/snapshots/s1, ln default/disks/vm1 NAME/disks/vm1 (clone).
 Point QEMU or libvirt at an image path with format=raw.
 At a glance: repofs status . (every image and task), repofs watch . (progress bars),
-repofs wait default/snapshots/s1 (until it is optimized); repofs --help says more.
+repofs wait default/snapshots/s1 (until it is optimized), repofs why . (the reason
+of each latest refusal, where the shell said only "Invalid argument" or the like);
+repofs --help says more.
 """
 
 

@@ -1,8 +1,9 @@
 """One log line per operation: what was asked, of which repository and image,
 the outcome (`ok` or the errno) and how long it took (logs.py has the shape).
 
-A refusal is logged here, with its reason, at warning level; the FUSE boundary
-then does not say it again (the exception's `logged`).
+A refusal is logged here, with its reason, at warning level, and kept among the
+mount's latest refusals (`repofs why`); the FUSE boundary then does not say it
+again (the exception's `logged`).
 """
 
 import enum
@@ -12,7 +13,7 @@ import inspect
 import logging
 import time
 
-from repofs import errors
+from repofs import errors, refusals
 from repofs.logs import facts
 from repofs.registry import ConnectedRepository
 
@@ -90,5 +91,8 @@ def _log(level: int, operation, asked: dict, started: float, code: int | None,
     else:
         outcome = errno.errorcode.get(code, str(code))
     duration = f"{time.monotonic() - started:.3f}s"
+    if code:
+        where = "/".join(asked[key] for key in ("repo", "image") if asked[key])
+        refusals.record(operation.__name__, where, code, reason)
     log.log(level, facts(operation=operation.__name__, **asked, outcome=outcome,
                          duration=duration, reason=reason))  # fmt: skip
