@@ -5,13 +5,15 @@ One per `repofs mount`, as a trio task. It owns tasks through leases (DESIGN.md,
 every repository every HEARTBEAT_S; a task's lease names its host and that host's
 counter when it took the task. Another host may take a task whose owner's counter
 has not moved for LEASE_S on its own monotonic clock, and a host that could not
-renew its heartbeat for LEASE_S / 2 stops its tasks before anyone may take them.
-A task of this host that no run of this process holds (the process before it
+renew its heartbeat in a shared repository for LEASE_S / 2 stops its tasks there
+before anyone may take them (in a local one, no one else can take them: they go
+on). A task of this host that no run of this process holds (the process before it
 died) is taken back at once.
 """
 
 import errno
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -42,12 +44,12 @@ class Heartbeat:
 
     renewed: float  # time.monotonic() when a write of it last returned
     writing: bool = False  # a write is under way (it may hang: storage stalled)
-    stopped: bool = False  # its tasks were stopped for a stall
+    noticed: bool = False  # it is late, and that was acted on (tasks stopped, or said)
     fenced_at: float | None = None  # when the driver cut the host off the storage
     rejoining: bool = False
 
     @property
-    def stalled(self) -> bool:
+    def late(self) -> bool:
         return time.monotonic() - self.renewed > leases.LEASE_S / 2
 
 
@@ -68,6 +70,13 @@ class FixDaemon:
         # connected between beats gets the current one at once).
         self._counter = 1
         self._heartbeats: dict[str, Heartbeat] = {}  # by repository name
+        # Threads of their own for heartbeat writes and fencing. trio's default
+        # limiter (40 threads) is shared by data copies, FUSE requests and calls
+        # stuck on a stalled storage: queued behind those, a heartbeat is late
+        # through no fault of its own write, and a fence waits for the very
+        # threads it is to free. At most one heartbeat write per repository is
+        # under way (Heartbeat.writing), so these need no limit.
+        self._lease_threads = trio.CapacityLimiter(math.inf)
         self._runs: dict[tuple[str, str], Run] = {}
         # (repository, task) the user is stopping: not to be started meanwhile.
         self._stopping: set[tuple[str, str]] = set()
@@ -114,9 +123,10 @@ class FixDaemon:
                                counter: int) -> None:  # fmt: skip
         try:
             record = HostBeat(self.host, counter, time.time())
-            await trio.to_thread.run_sync(repo.driver.write_heartbeat, record)
+            await trio.to_thread.run_sync(repo.driver.write_heartbeat, record,
+                                          limiter=self._lease_threads)  # fmt: skip
             beat.renewed = time.monotonic()
-            beat.stopped = False
+            beat.noticed = False
         except OSError as exc:
             log.error("cannot write the heartbeat of %s in %s: %s", self.host, repo.name, exc)
         finally:
@@ -132,22 +142,27 @@ class FixDaemon:
                 repo = self.registry.repositories.get(name)
                 if repo is None:
                     del self._heartbeats[name]  # disconnected
-                elif beat.stalled and not beat.stopped:
-                    await self._stop_stalled(repo, beat)
+                elif beat.late and not beat.noticed:
+                    beat.noticed = True
+                    if repo.driver.shared:
+                        await self._stop_stalled(repo, beat)
+                    else:  # no other host can take its tasks: stopping them protects nothing
+                        log.warning("heartbeat of %s in %s not renewed for %.0fs: its storage is "
+                                    "slow (a local repository: its tasks go on)", self.host,
+                                    repo.name, time.monotonic() - beat.renewed)  # fmt: skip
             await trio.sleep(STALL_CHECK_S)
 
     async def _stop_stalled(self, repo: ConnectedRepository, beat: "Heartbeat") -> None:
-        """Stops this host's tasks in a repository where it could not renew its
-        heartbeat for LEASE_S / 2, before another host may take them, and fences
+        """Stops this host's tasks in a shared repository where it could not renew
+        its heartbeat for LEASE_S / 2, before another host may take them, and fences
         the host off the storage where the driver can: what is still in flight
         must not land after someone else took over."""
         log.error("heartbeat of %s in %s not renewed for %.0fs: stopping this host's tasks there",
                   self.host, repo.name, time.monotonic() - beat.renewed)  # fmt: skip
-        beat.stopped = True
         for (name, _), run in list(self._runs.items()):
             if name == repo.name:
                 run.scope.cancel()
-        if await trio.to_thread.run_sync(repo.driver.fence):
+        if await trio.to_thread.run_sync(repo.driver.fence, limiter=self._lease_threads):
             beat.fenced_at = time.monotonic()
         else:
             log.error("%s cannot be fenced off: what this host has in flight there lands "
@@ -158,7 +173,7 @@ class FixDaemon:
         other host has taken this one's leases there for dead, so coming back
         resumes only tasks that no one took."""
         try:
-            await trio.to_thread.run_sync(repo.driver.rejoin)
+            await trio.to_thread.run_sync(repo.driver.rejoin, limiter=self._lease_threads)
         except (errors.RepofsError, OSError) as exc:
             log.error("%s: cannot rejoin yet: %s", repo.name, exc)
             beat.fenced_at, beat.rejoining = time.monotonic(), False
@@ -184,7 +199,9 @@ class FixDaemon:
             # A repository connected since the last beat gets its first one now:
             # a copy into a repository just made starts at once.
             beat = self._heartbeats.get(repo.name) or self._beat_into(repo)
-            if beat.stalled or beat.fenced_at is not None:
+            # Where even the heartbeat is late, a new task's first write would
+            # hold up this loop for every repository.
+            if beat.late or beat.fenced_at is not None:
                 continue
             found = await self._read_tasks(repo)
             if found is None:

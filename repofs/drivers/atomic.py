@@ -1,4 +1,5 @@
-"""Durable file updates: the only place repofs writes metadata files."""
+"""Metadata file updates, durable ones and the heartbeats that need not be: the
+only place repofs writes metadata files."""
 
 import errno
 import json
@@ -27,20 +28,61 @@ def atomic_write_json(path: Path, data: dict) -> None:
     fsync the directory. A crash before the rename leaves only a temp file (named
     TEMP_PREFIX..., which no listing shows and a clean removes).
     """
+    _replace(path, data, durable=True)
+    fsync_dir(path.parent)
+
+
+def replace_json(path: Path, data: dict) -> None:
+    """Replaces `path` with `data` for readers on every host, atomically but not
+    durably: write a temp file, rename it over `path`, no fsync (which would wait
+    for the journal commit, and with it for the data other files wrote before).
+    Another host sees the new file once the rename returned: NFS writes a file's
+    data to the server at close, before the rename; Gluster may still hold it
+    back (write-behind) for a moment, in which a reader finds the file empty. A
+    crash may lose the change, or leave a temp file as atomic_write_json does."""
+    _replace(path, data, durable=False)
+
+
+def _replace(path: Path, data: dict, durable: bool) -> None:
     tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    payload = json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            os.write(fd, payload)
-            os.fsync(fd)
+            os.write(fd, _encode(data))
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # e.g. ENOSPC: leave nothing half-written
         raise
-    fsync_dir(path.parent)
+
+
+def overwrite_json(path: Path, data: dict) -> None:
+    """Writes `data` over `path` in place, for a record that only this process
+    writes and reads back, and that no one needs after a crash (a local
+    repository's heartbeat). No temp file, rename, truncation or fsync: on a
+    file system busy writing back other files' data, each of those can wait
+    behind it (fsync for the journal commit and the data it orders; rename for
+    the writeback of the file it replaces; truncation for a page under
+    writeback). The record is padded with spaces to the file's length, which
+    JSON ignores, so nothing is ever cut off. Not atomic: a reader racing the
+    write may find a torn record. Durable steps: none (a crash may leave the
+    old record, the new one or a torn one)."""
+    fd = open_or_create(path)
+    try:
+        payload = _encode(data)
+        payload = payload.ljust(os.fstat(fd).st_size)
+        done = 0
+        while done < len(payload):
+            done += os.pwrite(fd, payload[done:], done)
+    finally:
+        os.close(fd)
+
+
+def _encode(data: dict) -> bytes:
+    return json.dumps(data, indent=1, sort_keys=True).encode() + b"\n"
 
 
 def durable_rename(src: Path, dst: Path) -> None:

@@ -12,8 +12,9 @@ Layout (DESIGN.md, "On-disk: localfs-1.0"; docs/on-disk.md adds trash/ and optio
     ROOT/hosts/HOST.json      host heartbeats (fix engine)
 
 Every metadata change happens under the repository lock and is an atomic write
-(drivers/atomic.py). Volumes are created before the record that names them and
-removed only after no record names them.
+(drivers/atomic.py); heartbeats are neither (write_heartbeat). Volumes are
+created before the record that names them and removed only after no record
+names them.
 """
 
 import contextlib
@@ -36,6 +37,7 @@ from repofs.drivers.atomic import (
     durable_rename,
     fsync_dir,
     open_or_create,
+    overwrite_json,
     read_json,
     read_record,
 )
@@ -156,12 +158,12 @@ class LocalRepository:
         except FileNotFoundError:
             return 0
 
-    def _write_bookkeeping(self, path: Path, data: dict) -> None:
-        """Writes a task record or a heartbeat, on a full storage in the space of
-        the reserve: queueing the clean that frees space, saying that a task
-        waits for space, and staying alive must not fail for want of it."""
+    def _write_bookkeeping(self, path: Path, data: dict, write=atomic_write_json) -> None:
+        """Writes a task record or a heartbeat (with `write`), on a full storage in
+        the space of the reserve: queueing the clean that frees space, saying that
+        a task waits for space, and staying alive must not fail for want of it."""
         try:
-            atomic_write_json(path, data)
+            write(path, data)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -170,7 +172,7 @@ class LocalRepository:
             except FileNotFoundError:
                 raise exc from None
             log.warning("%s is full: released its reserve of free space", self.root)
-            atomic_write_json(path, data)
+            write(path, data)
 
     def close(self) -> None:
         if self._connection_fd is not None:
@@ -417,8 +419,12 @@ class LocalRepository:
 
     def write_heartbeat(self, beat: HostBeat) -> None:
         """Not under the repository lock: only this host writes its record, and a
-        host that stalls holding the lock must not stop the others' heartbeats."""
-        self._write_bookkeeping(self._host_path(beat.host), beat.to_json())
+        host that stalls holding the lock must not stop the others' heartbeats.
+
+        In place and not durable (drivers/atomic.py, overwrite_json): no other
+        host reads it, and a counter lost in a crash is harmless (it only has to
+        move), but a heartbeat must not wait behind the data a copy writes back."""
+        self._write_bookkeeping(self._host_path(beat.host), beat.to_json(), overwrite_json)
 
     def read_heartbeats(self) -> dict[str, HostBeat]:
         beats = {}

@@ -6,7 +6,8 @@ What differs from localfs-1.0 (docs/multi-host.md):
 - a volume that no record names is garbage only once it is SETTLE_S old,
   since another host may be between making a volume and writing the record
   that names it (this host's `changing` lock does not reach there); so is a
-  temp file, which another host's atomic write under way shows.
+  temp file, which another host's atomic write under way shows;
+- heartbeats are replaced by rename, not written in place: other hosts read them.
 Every metadata change already happens under the repository's fcntl lock with a
 generation compare-and-swap, and record caches are bounded by file identity
 and age (drivers/localfs.py, registry.py), so no host shows another's stale
@@ -16,8 +17,9 @@ state for long.
 import os
 from pathlib import Path
 
-from repofs.drivers.atomic import open_or_create
+from repofs.drivers.atomic import open_or_create, replace_json
 from repofs.drivers.localfs import LocalRepository
+from repofs.model import HostBeat
 
 FORMAT = "posix-1.0"
 # Longer than any create takes between its volume and its record (a qemu-img
@@ -32,6 +34,17 @@ class SharedRepository(LocalRepository):
 
     def _take_connection_lock(self) -> None:
         pass  # every host connects it
+
+    def write_heartbeat(self, beat: HostBeat) -> None:
+        """As LocalRepository's, but by rename (drivers/atomic.py, replace_json):
+        the write must prove to this host that it reaches the storage now, or its
+        stall goes unnoticed while other hosts take its tasks. Creating and
+        renaming a file are answered by the server on every shared file system;
+        a write in place may be absorbed by a cache on this host (Gluster's
+        write-behind, a CephFS client's buffered writes) while the storage does
+        not answer. Still no fsync: other hosts need the counter to move, not to
+        survive a crash."""
+        self._write_bookkeeping(self._host_path(beat.host), beat.to_json(), replace_json)
 
     def unsettled_volumes(self, names: list[str]) -> set[str]:
         """Those changed in the last SETTLE_S, by the storage's clock (which all
