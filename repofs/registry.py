@@ -14,7 +14,7 @@ from repofs.drivers.localfs import LocalRepository
 from repofs.events import EventBus, Subscription
 from repofs.leases import HostWatch
 from repofs.model import ImageRecord, Pending, Strategy, Task, Volume, VolumeFormat
-from repofs.qemu import img
+from repofs.qemu import headers, img
 from repofs.qemu.storage_daemon import StorageDaemon
 
 RELEASE_GRACE_S = 1.0
@@ -44,6 +44,8 @@ class ConnectedRepository:
     # Image ID -> ID of the task this process runs on it (kept by the fix daemon).
     running_tasks: dict[str, str] = field(default_factory=dict)
     events: EventBus = field(init=False)
+    # The qcow2 headers of its chains as last looked at (qemu/headers.py).
+    header_looks: headers.HeaderLooks = field(default_factory=headers.HeaderLooks)
     # The last check's fixes and when it ran (time.monotonic()): `ls -l fixes/`
     # stats every entry right after listing them, and each stat must not run a check.
     last_check: tuple[float, list] = (0.0, [])
@@ -167,10 +169,49 @@ class ConnectedRepository:
                                    "which is not connected")  # fmt: skip
         return holder.driver.volume_path(volume.seen_from(self.name, holder.name))
 
+    def layers(self, chain: tuple[Volume, ...]) -> list[tuple[Path, VolumeFormat]]:
+        """Each volume's path and format, top first."""
+        return [(self.volume_path(v), v.format) for v in chain]
+
     async def verify_chain(self, chain: tuple[Volume, ...]) -> None:
         """EIO unless the qcow2 headers of a record's chain name exactly its
-        volumes (img.verify_chain): before QEMU opens the chain."""
-        await img.verify_chain([(self.volume_path(v), v.format) for v in chain])
+        volumes (headers.verify_chain): before QEMU opens the chain."""
+        await headers.verify_chain(self.header_looks, self.layers(chain))
+
+    async def check_headers(self, records: list[ImageRecord]) -> dict[str, str]:
+        """The records whose chains' qcow2 headers disagree with them: image ID ->
+        the question for a person. Each header as last looked at while its file
+        is unchanged, else looked at now; missing volumes are not looked at (the
+        check names them), nor chains through a repository not connected. The
+        looks at volumes of other chains are forgotten: this is the whole check."""
+        chains = await trio.to_thread.run_sync(self._qcow2_chains, records)
+        paths = {p for chain in chains.values() for p, fmt in chain if fmt is VolumeFormat.QCOW2}
+        looked = await self.header_looks.look(paths)
+        self.header_looks.keep_only(paths)
+
+        def questions() -> dict[str, str]:
+            found = {i: headers.disagreement(chain, looked) for i, chain in chains.items()}
+            return {i: d.question() for i, d in found.items() if d is not None}
+
+        return await trio.to_thread.run_sync(questions)
+
+    def _qcow2_chains(self, records: list[ImageRecord]) -> dict[str, list]:
+        """The layers of the records whose chains hold a qcow2 volume. Blocking."""
+        paths: dict[Volume, Path] = {}  # chains share their lower volumes
+
+        def path(volume: Volume) -> Path:
+            if volume not in paths:
+                paths[volume] = self.volume_path(volume)
+            return paths[volume]
+
+        chains = {}
+        for record in records:
+            if any(v.format is VolumeFormat.QCOW2 for v in record.chain):
+                try:
+                    chains[record.id] = [(path(v), v.format) for v in record.chain]
+                except errors.RepofsError:
+                    continue  # a base in a repository not connected: not opened either
+        return chains
 
     def dependents(self, image_id: str) -> list[str]:
         """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in

@@ -4,12 +4,16 @@ header of its own making and open a host file through it."""
 
 import ast
 import errno
+import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO, active_tasks, errno_of, sh, status, wait_for
+
+from repofs.qemu.headers import RECENT_S
 
 pytestmark = pytest.mark.mount
 
@@ -110,34 +114,56 @@ def _assert_raw(images, guest_bytes: bytes) -> None:
             assert f.read(len(guest_bytes)) == guest_bytes, f"{image} does not read raw"
 
 
-@pytest.mark.parametrize("spelling", ["absolute", "relative"])
-def test_a_header_naming_a_backing_file_out_of_its_record_is_refused(repo, mount, tmp_path,
-                                                                    spelling):  # fmt: skip
-    """Storage tampered with: a disk's qcow2 top names a host file as its
-    backing (an absolute path, or ../ out of the repository). Opening the disk
-    is refused with EIO and the reason; flattening it goes by the record, which
-    never names that file, and writes the header anew; the file is never
-    opened."""
+@pytest.mark.parametrize("spelling", ["absolute", "relative", "another volume"])
+def test_a_header_naming_a_backing_file_out_of_its_record_is_refused_and_reported(
+    repo, mount, tmp_path, spelling
+):
+    """Storage tampered with: a disk's qcow2 top names as its backing a host file
+    (an absolute path, or ../ out of the repository) or a volume its record does
+    not list. The check, which had looked at that header before, looks again and
+    offers a mend that asks a person, naming both files and the command that
+    restores the header; the disk's status says broken with the same words;
+    opening the disk is EIO with the reason, and the file is never opened;
+    running the mend fails with the question. Once the header is restored,
+    nothing is offered and the disk reads its own bytes."""
     secret = tmp_path / "host-secret"
     os.mkfifo(secret)
-    sh(f"truncate -s 1M {repo}/disks/vm1")
+    sh(f"truncate -s 1M {repo}/disks/vm1 {repo}/disks/other")
     sh(f"printf mine | dd of={repo}/disks/vm1 conv=notrunc status=none")
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"ln {repo}/disks/other {repo}/snapshots/s2")
     sh(f"printf MINE | dd of={repo}/disks/vm1 bs=1 seek=4096 conv=notrunc status=none")
-    top = Path(status(repo, "vm1")["chain"][0])
-    named = secret if spelling == "absolute" else os.path.relpath(secret, top.parent)
+    top, base = (Path(p) for p in status(repo, "vm1")["chain"])
+    if spelling == "another volume":
+        named = Path(status(repo, "s2")["chain"][0]).name
+    else:
+        named = secret if spelling == "absolute" else os.path.relpath(secret, top.parent)
+    # A look at a header is reused only once the file has been still for a while.
+    time.sleep(RECENT_S)
+    assert os.listdir(repo / "fixes") == []
     watch = ReaderWatch(secret)
     try:
         sh(f"qemu-img rebase -q -u -f qcow2 -b {named} -F raw {top}")
+        assert os.listdir(repo / "fixes") == ["mend-vm1"]
+        question = json.loads((repo / "fixes/mend-vm1").read_text())["description"]
+        restore = f"qemu-img rebase -u -f qcow2 -b {base.name} -F raw {top}"
+        for words in ("vm1 needs a decision", top.name, Path(named).name, str(base), restore):
+            assert words in question, f"{words!r} not in {question!r}"
+        view = status(repo, "vm1")
+        assert view["state"] == "broken" and restore in view["last_error"], view
+        assert os.getxattr(repo / "disks/vm1", "user.repofs.status") == b"broken"
         assert errno_of((repo / "disks/vm1").read_bytes) == errno.EIO
-        mount.expect_log(f"names backing file '[^']*{secret.name}' .* refused, never opened")
-        sh(f"setfattr -n user.repofs.max_chain -v 1 {repo}")
-        sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
-        wait_for(lambda: _flat(status(repo, "vm1")), 60, "vm1 flattened")
+        mount.expect_log(f"names backing file '[^']*{Path(named).name}' .* refused, never opened")
+        sh(f"mv {repo}/fixes/mend-vm1 {repo}/tasks/")
+        task = repo / "tasks/mend-vm1"
+        wait_for(lambda: json.loads(task.read_text())["state"] == "failed", 30, "the mend to fail")
+        assert restore in json.loads(task.read_text())["last_error"]
+        os.unlink(task)
+        mount.expect_log("task=mend-vm1 repo=default .*state=failed")
+        sh(restore)  # what the person decided
+        assert os.listdir(repo / "fixes") == []
+        assert status(repo, "vm1")["state"] == "optimized"
         data = (repo / "disks/vm1").read_bytes()
-        # The tampered top, named by no record now, goes: nothing may open it
-        # later (the fixture's own `qemu-img check` of every volume would).
-        wait_for(lambda: _cleaned(repo), 60, "the clean", interval=0.5)
     finally:
         opened = watch.stop()
     assert not opened, "a backing file out of the record was opened"

@@ -10,7 +10,7 @@ from repofs.drivers import posix
 from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.errors import RepofsError
-from repofs.fixes.check import check_repository
+from repofs.fixes.check import Inventory, check_repository
 from repofs.model import ImageKind, ImageRecord, VolumeFormat
 
 pytestmark = pytest.mark.unit
@@ -117,11 +117,11 @@ def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, 
     try:
         for driver in (shared, local):
             driver.create_raw_volume(4096, preallocate=False)
-        assert [f.kind for f in check_repository(local, {})] == ["clean"]
-        assert check_repository(shared, {}) == []
+        assert [f.kind for f in check_repository(local, Inventory.read(local, {}), {})] == ["clean"]
+        assert check_repository(shared, Inventory.read(shared, {}), {}) == []
         time.sleep(posix.SETTLE_S + 0.1)
         [volume] = shared.list_volumes()
-        [fix] = check_repository(shared, {})
+        [fix] = check_repository(shared, Inventory.read(shared, {}), {})
         assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
     finally:
         shared.close()

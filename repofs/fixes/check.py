@@ -1,6 +1,7 @@
 """checkStorageRepository: what is wrong in a repository, as a list of fixes.
 
-Read-only: it reads records, tasks and the volume directory, and never writes.
+Read-only: it reads records, tasks, the volume directory and the qcow2 headers
+(ConnectedRepository.check_headers), and never writes.
 """
 
 from collections import Counter
@@ -59,6 +60,19 @@ class Inventory:
             if t.state in (TaskState.STOPPED, TaskState.FAILED)
             and t.image is not None and t.image not in live
         ]  # fmt: skip
+
+    def headers_to_judge(self) -> list[ImageRecord]:
+        """The live images whose qcow2 headers must agree with their records: all
+        but those an optimize or merge task (whatever its state) works on. Those
+        rewrite a header before the record (fixes/optimize.py, fixes/merge.py),
+        and running the task again sets both right."""
+        rewriting = set()
+        for task in self.tasks:
+            if task.fix.kind is FixKind.OPTIMIZE:
+                rewriting.add(task.image)
+            elif task.fix.kind is FixKind.MERGE:
+                rewriting.update(task.fix.data.get("images", ()))
+        return [r for r in self.live if r.id not in rewriting]
 
     def named_volumes(self) -> set[str]:
         """Volumes that a record (live or trashed) or a task that may go on names,
@@ -137,12 +151,15 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, options: Reposito
     )  # fmt: skip
 
 
-def check_repository(driver: LocalRepository, used_elsewhere: dict[str, list[str]]) -> list[Fix]:
-    """checkStorageRepository of one repository; `used_elsewhere`: see Inventory."""
-    inventory = Inventory.read(driver, used_elsewhere)
+def check_repository(
+    driver: LocalRepository, inventory: Inventory, disagreeing: dict[str, str]
+) -> list[Fix]:
+    """checkStorageRepository of one repository. `disagreeing`: the images of
+    `inventory.headers_to_judge()` whose qcow2 headers disagree with their records,
+    with the question for a person (ConnectedRepository.check_headers)."""
     fixes = [
         *_unreadable_fixes(inventory),
-        *_live_image_fixes(driver, inventory, driver.read_options()),
+        *_live_image_fixes(driver, inventory, driver.read_options(), disagreeing),
         *_merge_fixes(driver, inventory),
         *_clean_fixes(driver, inventory),
     ]
@@ -163,7 +180,8 @@ def _unreadable_fixes(inventory: Inventory) -> list[Fix]:
     ]  # fmt: skip
 
 
-def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) -> list[Fix]:
+def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions,
+                      disagreeing: dict[str, str]) -> list[Fix]:  # fmt: skip
     fixes = []
     known_bases = {r.id for r in inventory.live + inventory.trashed} | {None}
     # An unfinished snapshot shares its top with its disk until mend finishes it.
@@ -187,6 +205,8 @@ def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions) 
                 and r.pending is not Pending.SNAPSHOT
             ]  # fmt: skip
             problems.append(f"its top volume is also claimed by {', '.join(others)}")
+        if record.id in disagreeing:
+            problems.append(disagreeing[record.id])
         if problems:
             fixes.append(Fix(
                 fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,

@@ -19,7 +19,10 @@ after each leaves:
 2. finish: write the snapshot's record `optimized`.
 
 What it cannot decide (volumes missing, an unknown base, a looping chain, two
-records claiming one volume) fails the task with the question as last_error.
+records claiming one volume, a qcow2 header naming another backing file than
+the record does) fails the task with the question as last_error. A header is
+not rewritten here: whether the header or the whole volume was replaced, only
+a person can tell.
 """
 
 import trio

@@ -8,7 +8,7 @@ import time
 import trio
 
 from repofs import errors
-from repofs.fixes.check import check_repository
+from repofs.fixes.check import Inventory, check_repository
 from repofs.logs import task_line
 from repofs.model import Fix, Task, TaskState
 from repofs.registry import ConnectedRepository, Registry
@@ -21,9 +21,11 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
-    fixes = await trio.to_thread.run_sync(
-        lambda: check_repository(repo.driver, repo.volumes_used_elsewhere())
+    inventory = await trio.to_thread.run_sync(
+        lambda: Inventory.read(repo.driver, repo.volumes_used_elsewhere())
     )
+    disagreeing = await repo.check_headers(inventory.headers_to_judge())
+    fixes = await trio.to_thread.run_sync(check_repository, repo.driver, inventory, disagreeing)
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 

@@ -68,6 +68,10 @@ def _status(
     except FileNotFoundError:
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
+    layers = repo.layers(record.chain)
+    # A header seen disagreeing with the record: QEMU is never given the chain.
+    # Not written into the record: the check and status only read.
+    disagreement = None if trashed else repo.header_looks.known_disagreement(layers)
     # Bases are snapshots (a trashed disk may share a live snapshot's ID); not
     # asked for a disk, whose lookups must not read every record.
     is_base = record.kind is ImageKind.SNAPSHOT
@@ -76,13 +80,13 @@ def _status(
     return ImageStatus(
         id=record.id,
         kind=record.kind,
-        state=record.state,
+        state=record.state if disagreement is None else ImageState.BROKEN,
         host=record.host,
         stage=record.stage,
         percent_complete=record.percent_complete,
-        last_error=record.last_error,
+        last_error=record.last_error if disagreement is None else disagreement.question(),
         base=record.base,
-        chain=tuple(str(repo.volume_path(v)) for v in record.chain),
+        chain=tuple(str(path) for path, _ in layers),
         # An open disk may have grown past its record (persisted at flush/close).
         size=image.size if image is not None else record.size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),

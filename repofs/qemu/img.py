@@ -70,29 +70,6 @@ async def info(path: Path, fmt: VolumeFormat) -> dict:
     return json.loads(await _run("info", "-U", "--output=json", "-f", str(fmt), str(path)))
 
 
-async def verify_chain(layers: list[tuple[Path, VolumeFormat]]) -> None:
-    """EIO unless every qcow2 layer's header names the next layer (same file,
-    same format) and the last layer's names none. QEMU follows those names when
-    it opens a chain (the storage daemon, `qemu-img map`, `check`, `commit`), so
-    a header naming anything else (a host file, a path out of the repository, a
-    volume the record does not list) must never reach it. `qemu-img info` of one
-    volume opens no backing file."""
-    for (path, fmt), below in zip(layers, [*layers[1:], None], strict=True):
-        if fmt is not VolumeFormat.QCOW2:
-            continue  # raw: no header (a raw layer is the bottom of its chain)
-        header = await info(path, fmt)
-        named = header.get("full-backing-filename")
-        if below is None and named is None:
-            continue
-        if (below is None or named is None
-                or os.path.realpath(named) != os.path.realpath(below[0])
-                or header.get("backing-filename-format") != str(below[1])):  # fmt: skip
-            wanted = f"{below[0]} ({below[1]})" if below else "none"
-            raise errors.io_error(f"volume {path.name} names backing file {named!r} "
-                                  f"({header.get('backing-filename-format')}), not its "
-                                  f"record's {wanted}: refused, never opened")  # fmt: skip
-
-
 async def repair_leaks(path: Path) -> None:
     """Repairs refcount leaks of a qcow2 volume left open for writing by a crash.
 
