@@ -202,6 +202,26 @@ def scale(mnt: Path, counts: list[int]) -> list[dict]:
     return results
 
 
+def headers(mnt: Path, count: int) -> dict:
+    """A repository of `count` disks on one snapshot (qcow2 overlays over its raw
+    volume, as clones of a template are): the first check, which reads every
+    qcow2 header (`qemu-img info`, several at once), and the checks after it,
+    which reuse what they read while the files are unchanged."""
+    repo = mnt / f"headers{count}"
+    repo.mkdir()
+    _create(repo / "disks/installed", 1 << 20)
+    os.link(repo / "disks/installed", repo / "snapshots/template")
+    disks = (repo / f"disks/d{i}" for i in range(count))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(os.link, itertools.repeat(repo / "snapshots/template"), disks))
+    time.sleep(1)  # a header read less than a second after its write is read again
+    first_s = _timed(os.listdir, repo / "fixes")
+    again_s = best_of_3(lambda: os.listdir(repo / "fixes"))
+    print(f"{count + 1} qcow2 headers: first check {first_s:.2f}s, then {again_s:.2f}s")
+    return {"images": count + 2, "qcow2_volumes": count + 1, "first_check_s": round(first_s, 3),
+            "check_s": round(again_s, 3)}  # fmt: skip
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -553,6 +573,7 @@ def main() -> None:
                 "copy": lambda: copies(mnt, data, sizes["copy_mib"], sizes["copy_mib"] // 32),
                 "latency": lambda: latency(mnt / "default", sizes["latency_rounds"]),
                 "scale": lambda: scale(mnt, sizes["scale_images"]),
+                "headers": lambda: headers(mnt, sizes["headers"]),
                 "resume": lambda: resume(mnt, data, sizes["resume_mib"], sizes["kills"]),
                 "gluster": lambda: gluster(Path(tmp), sizes["gluster_mib"], sizes["kills"]),
             }
@@ -569,15 +590,17 @@ def main() -> None:
             run(f"{REPOFS} umount {mnt}")
 
 
-SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "scale")  # scale last: the longest
+# scale last: the longest
+SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "headers", "scale")
 # 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
 # the list of live records that it rereads each second grows with them
 # (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
         "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5,
-        "gluster_mib": 1024}  # fmt: skip
+        "gluster_mib": 1024, "headers": 10_000}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
-         "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64}  # fmt: skip
+         "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64,
+         "headers": 100}  # fmt: skip
 
 
 if __name__ == "__main__":
