@@ -46,6 +46,10 @@ class ConnectedRepository:
     events: EventBus = field(init=False)
     # The qcow2 headers of its chains as last looked at (qemu/headers.py).
     header_looks: headers.HeaderLooks = field(default_factory=headers.HeaderLooks)
+    # Image ID -> (the stamps of its chain's files, why) when its last open on this
+    # host failed for the storage or QEMU (EIO): ops/open_image.py keeps it, and
+    # status and the check tell it while those files stay as they were.
+    open_failures: dict[str, tuple[tuple, str]] = field(default_factory=dict)
     # The last check's fixes and when it ran (time.monotonic()): `ls -l fixes/`
     # stats every entry right after listing them, and each stat must not run a check.
     last_check: tuple[float, list] = (0.0, [])
@@ -177,6 +181,25 @@ class ConnectedRepository:
         """EIO unless the qcow2 headers of a record's chain name exactly its
         volumes (headers.verify_chain): before QEMU opens the chain."""
         await headers.verify_chain(self.header_looks, self.layers(chain))
+
+    def chain_stamps(self, chain: tuple[Volume, ...]) -> tuple:
+        """headers.file_stamp of each volume of a chain. Blocking."""
+        return tuple(headers.file_stamp(path) for path, _ in self.layers(chain))
+
+    def unusable_here(self, record: ImageRecord) -> str | None:
+        """Why this host cannot open an image: its last open here failed, and the
+        chain's files are as they were then (a volume repaired, restored or put
+        back is worth another open). Blocking."""
+        if record.id not in self.open_failures:
+            return None
+        stamps, why = self.open_failures[record.id]
+        try:
+            if stamps != self.chain_stamps(record.chain):
+                return None
+        except errors.RepofsError:
+            return None  # a base in a repository not connected: another question
+        return (f"its last open on host {self.host_id} failed: {why}: repair what that "
+                "names and open it again, or remove the image")  # fmt: skip
 
     async def check_headers(self, records: list[ImageRecord]) -> dict[str, str]:
         """The records whose chains' qcow2 headers disagree with them: image ID ->

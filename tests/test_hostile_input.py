@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import errno_of, pattern, sh, wait_for
+from conftest import errno_of, pattern, sh, status, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -108,8 +108,8 @@ def test_absurd_sizes(repo, mount):
 
 def test_damaged_volumes_are_eio_and_reported_and_the_rest_works(repo, mount, tmp_path):
     """Volume files damaged behind repofs's back: a qcow2 layer cut short, a
-    volume gone. Opening either is EIO naming it, the check asks a person, and
-    the other images work."""
+    volume gone. Opening either is EIO naming it, its status says broken and
+    why, the check asks a person, and the other images work."""
     sh(f"truncate -s 4M {repo}/disks/cut {repo}/disks/lost {repo}/disks/fine")
     for name in ("cut", "lost"):
         sh(f"ln {repo}/disks/{name} {repo}/snapshots/{name}-base")
@@ -117,16 +117,22 @@ def test_damaged_volumes_are_eio_and_reported_and_the_rest_works(repo, mount, tm
     cut, lost = (json.loads((repo / "status" / n).read_text())["chain"][0] for n in ("cut", "lost"))
     os.truncate(cut, 4096)  # the qcow2 top: its header only
     os.rename(lost, tmp_path / "lost.qcow2")
-    for name in ("cut", "lost"):
+    for name, volume in (("cut", cut), ("lost", lost)):
         assert errno_of((repo / "disks" / name).read_bytes) == errno.EIO
+        said = status(repo, name)
+        assert said["state"] == "broken", said
+        assert os.path.basename(volume) in said["last_error"], said
     mount.expect_log(f"{os.path.basename(cut)}")
     mount.expect_log(f"{os.path.basename(lost)}")
     assert "missing" in json.loads((repo / "fixes/mend-lost").read_text())["description"]
+    asked = json.loads((repo / "fixes/mend-cut").read_text())["description"]
+    assert "its last open on host test-host failed" in asked and os.path.basename(cut) in asked
     sh(f"dd if=/dev/urandom of={repo}/disks/fine bs=1M count=1 conv=notrunc status=none")
     sh(f"cmp -n 1M {repo}/disks/fine {repo}/disks/fine")
     # What a person decides: `lost` comes back; `cut` is given up.
     os.rename(tmp_path / "lost.qcow2", lost)
     sh(f"dd if={repo}/disks/lost of=/dev/null bs=1M status=none")
+    assert status(repo, "lost")["state"] == "optimized"
     sh(f"rm {repo}/disks/cut")
     sh(f"mv {repo}/fixes/clean-cut {repo}/tasks/")
     wait_for(lambda: not os.listdir(repo / "trash"), 30, "the clean of cut")

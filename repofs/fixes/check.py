@@ -152,14 +152,16 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, options: Reposito
 
 
 def check_repository(
-    driver: LocalRepository, inventory: Inventory, disagreeing: dict[str, str]
+    driver: LocalRepository, inventory: Inventory, unusable: dict[str, str]
 ) -> list[Fix]:
-    """checkStorageRepository of one repository. `disagreeing`: the images of
-    `inventory.headers_to_judge()` whose qcow2 headers disagree with their records,
-    with the question for a person (ConnectedRepository.check_headers)."""
+    """checkStorageRepository of one repository. `unusable`: the live images this
+    host found it cannot use, with the question for a person: those whose qcow2
+    headers disagree with their records (ConnectedRepository.check_headers, of
+    `inventory.headers_to_judge()`) and those whose last open failed here
+    (ConnectedRepository.unusable_here)."""
     fixes = [
         *_unreadable_fixes(inventory),
-        *_live_image_fixes(driver, inventory, driver.read_options(), disagreeing),
+        *_live_image_fixes(driver, inventory, driver.read_options(), unusable),
         *_merge_fixes(driver, inventory),
         *_clean_fixes(driver, inventory),
     ]
@@ -181,7 +183,7 @@ def _unreadable_fixes(inventory: Inventory) -> list[Fix]:
 
 
 def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions,
-                      disagreeing: dict[str, str]) -> list[Fix]:  # fmt: skip
+                      unusable: dict[str, str]) -> list[Fix]:  # fmt: skip
     fixes = []
     known_bases = {r.id for r in inventory.live + inventory.trashed} | {None}
     # An unfinished snapshot shares its top with its disk until mend finishes it.
@@ -205,8 +207,8 @@ def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions,
                 and r.pending is not Pending.SNAPSHOT
             ]  # fmt: skip
             problems.append(f"its top volume is also claimed by {', '.join(others)}")
-        if record.id in disagreeing:
-            problems.append(disagreeing[record.id])
+        if record.id in unusable:
+            problems.append(unusable[record.id])
         if problems:
             fixes.append(Fix(
                 fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,

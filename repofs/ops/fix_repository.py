@@ -21,11 +21,15 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
-    inventory = await trio.to_thread.run_sync(
-        lambda: Inventory.read(repo.driver, repo.volumes_used_elsewhere())
-    )
-    disagreeing = await repo.check_headers(inventory.headers_to_judge())
-    fixes = await trio.to_thread.run_sync(check_repository, repo.driver, inventory, disagreeing)
+
+    def read() -> tuple[Inventory, dict[str, str]]:
+        inventory = Inventory.read(repo.driver, repo.volumes_used_elsewhere())
+        failed = {r.id: why for r in inventory.live if (why := repo.unusable_here(r))}
+        return inventory, failed
+
+    inventory, questions = await trio.to_thread.run_sync(read)
+    questions |= await repo.check_headers(inventory.headers_to_judge())
+    fixes = await trio.to_thread.run_sync(check_repository, repo.driver, inventory, questions)
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 

@@ -69,9 +69,13 @@ def _status(
         modified_ns = 0
     image = None if trashed else repo.open_images.get(record.id)
     layers = repo.layers(record.chain)
-    # A header seen disagreeing with the record: QEMU is never given the chain.
-    # Not written into the record: the check and status only read.
-    disagreement = None if trashed else repo.header_looks.known_disagreement(layers)
+    # Why this host cannot use it though the record says nothing of it: a header
+    # seen disagreeing with the record (QEMU is never given the chain), or its
+    # last open here failed. Not written into the record: status only reads.
+    unusable = None
+    if not trashed:
+        disagreement = repo.header_looks.known_disagreement(layers)
+        unusable = disagreement.question() if disagreement else repo.unusable_here(record)
     # Bases are snapshots (a trashed disk may share a live snapshot's ID); not
     # asked for a disk, whose lookups must not read every record.
     is_base = record.kind is ImageKind.SNAPSHOT
@@ -80,11 +84,11 @@ def _status(
     return ImageStatus(
         id=record.id,
         kind=record.kind,
-        state=record.state if disagreement is None else ImageState.BROKEN,
+        state=record.state if unusable is None else ImageState.BROKEN,
         host=record.host,
         stage=record.stage,
         percent_complete=record.percent_complete,
-        last_error=record.last_error if disagreement is None else disagreement.question(),
+        last_error=record.last_error if unusable is None else unusable,
         base=record.base,
         chain=tuple(str(path) for path, _ in layers),
         # An open disk may have grown past its record (persisted at flush/close).

@@ -232,11 +232,16 @@ async def _first_open(
         record = await write_claims.claim(repo, record.id)
     try:
         io = await _open_io(registry.daemon, repo, record, writable)
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, errors.RepofsError) and exc.errno == errno.EIO:
+            # The storage or QEMU refused it: its status says so until it opens.
+            stamps = await trio.to_thread.run_sync(repo.chain_stamps, record.chain)
+            repo.open_failures[record.id] = (stamps, exc.reason)
         if claimed:
             with trio.CancelScope(shield=True):
                 await write_claims.release(repo, record.id)
         raise
+    repo.open_failures.pop(record.id, None)
     image = OpenImage(repo, record, io, writable, registry.daemon)
     repo.open_images[record.id] = image
     # Opens and closes of an image's handles: a line at the first and the last.

@@ -111,8 +111,20 @@ def _stamp(path: Path) -> tuple[tuple[int, ...], bool]:
     """The file's stamp, and whether it was written RECENT_S ago or more."""
     now = time.time_ns()
     st = os.stat(path)
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return stamp, now - st.st_ctime_ns >= RECENT_S * 1e9
+    return _stamp_of(st), now - st.st_ctime_ns >= RECENT_S * 1e9
+
+
+def file_stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file at `path` is written, replaced, removed or put
+    back (None while there is none). Blocking."""
+    try:
+        return _stamp_of(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _stamp_of(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _stamps(paths: list[Path]) -> dict[Path, tuple[tuple[int, ...], bool]]:
