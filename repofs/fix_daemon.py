@@ -109,7 +109,10 @@ class FixDaemon:
         self._counter += 1
 
     def _beat_into(self, repo: ConnectedRepository) -> "Heartbeat":
-        beat = self._heartbeats.setdefault(repo.name, Heartbeat(time.monotonic()))
+        beat = self._heartbeats.get(repo.name)
+        if beat is None:  # connected since the last beat
+            beat = self._heartbeats[repo.name] = Heartbeat(time.monotonic())
+            self._nursery.start_soon(self._first_look_at_headers, repo)
         if beat.fenced_at is not None:
             if not beat.rejoining and time.monotonic() - beat.fenced_at >= leases.LEASE_S:
                 beat.rejoining = True
@@ -118,6 +121,17 @@ class FixDaemon:
             beat.writing = True
             self._nursery.start_soon(self._write_heartbeat, repo, beat, self._counter)
         return beat
+
+    async def _first_look_at_headers(self, repo: ConnectedRepository) -> None:
+        """The check's first look at every qcow2 header of the repository's
+        chains, begun once it is connected: the first `ls fixes/` then finds them
+        looked at (or waits for the rest) rather than read them all itself, some
+        35 s for 10,000 volumes (fixes.md, "Headers against records")."""
+        try:
+            records = await trio.to_thread.run_sync(repo.live_records)
+            await repo.check_headers(records)
+        except (errors.RepofsError, OSError) as exc:  # disconnected meanwhile, say
+            log.info("the first look at the headers of %s ended early: %s", repo.name, exc)
 
     async def _write_heartbeat(self, repo: ConnectedRepository, beat: "Heartbeat",
                                counter: int) -> None:  # fmt: skip

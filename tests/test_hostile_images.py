@@ -188,3 +188,26 @@ def test_every_subprocess_gets_an_argv_list_never_a_shell():
             first = node.args[0]
             assert not isinstance(first, ast.Constant | ast.JoinedStr), f"{where}: a string"
     assert calls >= 4  # fusermount, the background mount, qemu-img, the storage daemon
+
+
+def test_headers_are_looked_at_once_connected_before_any_check(repo, mount):
+    """A header damaged while repofs was not mounted: once the repository is
+    connected, the first look at its headers runs by itself, so the image's
+    status says broken before anyone lists fixes/ or opens it, and the check
+    then offers the mend at once."""
+    sh(f"truncate -s 1M {repo}/disks/vm1 {repo}/disks/other")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    sh(f"ln {repo}/disks/other {repo}/snapshots/s2")
+    top = Path(status(repo, "vm1")["chain"][0])
+    wrong = Path(status(repo, "s2")["chain"][0]).name
+    mount.stop()
+    sh(f"qemu-img rebase -q -u -f qcow2 -b {wrong} -F raw {top}")
+    time.sleep(RECENT_S)
+    mount.start()
+    said = wait_for(lambda: (s := status(repo, "vm1"))["state"] == "broken" and s, 20,
+                    "vm1's status to say broken")  # fmt: skip
+    assert wrong in said["last_error"], said
+    assert os.listdir(repo / "fixes") == ["mend-vm1"]
+    sh(f"qemu-img rebase -q -u -f qcow2 -b {Path(status(repo, 's1')['chain'][0]).name} "
+       f"-F raw {top}")  # fmt: skip
+    assert os.listdir(repo / "fixes") == []

@@ -154,6 +154,10 @@ class HeaderLooks:
 
     def __init__(self):
         self._looks: dict[Path, _Look] = {}
+        # Files being read now, and when that read ends: a look that needs one of
+        # them waits for it rather than read it twice (a check during the first
+        # look after a connect, fixes/ listed twice at once).
+        self._reading: dict[Path, trio.Event] = {}
 
     async def look(self, paths: Iterable[Path], again: bool = False) -> dict[Path, Header]:
         """The header of each of `paths` that exists (a missing file has none):
@@ -167,12 +171,28 @@ class HeaderLooks:
             if not again and known is not None and known.reusable and known.stamp == stamp:
                 found[path] = known.header
             else:
-                todo.append((path, stamp, settled))
+                todo.append((path, stamp, settled, known))
         pending = iter(todo)
 
         async def looker() -> None:
-            for path, stamp, settled in pending:
-                header = await _read(path)
+            for path, stamp, settled, before in pending:
+                if not again:
+                    # Another look may have read it since (the first look after a
+                    # connect), or be reading it now: that read came after this
+                    # look's stat, and does as well while the stamp is the same.
+                    if path in self._reading:
+                        await self._reading[path].wait()
+                    look = self._looks.get(path)
+                    if look is not None and look is not before and look.stamp == stamp:
+                        found[path] = look.header
+                        continue
+                read = self._reading[path] = trio.Event()
+                try:
+                    header = await _read(path)
+                finally:
+                    if self._reading.get(path) is read:
+                        del self._reading[path]
+                    read.set()
                 # An unreadable header is not remembered: the storage may only
                 # have failed for a moment.
                 self._looks[path] = _Look(stamp, header, settled and not header.unreadable)
