@@ -5,6 +5,7 @@ teardown unmounts it, then terminates, then kills it by PID, always. A test
 fails if the mount logged an unexpected error or traceback (s3ql's approach).
 """
 
+import contextlib
 import json
 import os
 import random
@@ -249,9 +250,10 @@ def check_through_the_mount(m: Mount) -> None:
         assert not unexpected, f"the check of {repo.name} found {sorted(unexpected)}"
 
 
-@pytest.fixture
-def mount(tmp_path):
-    m = Mount(tmp_path)
+@contextlib.contextmanager
+def checked(m: Mount):
+    """Starts `m` for a test; then repofs's own check, the log and every
+    repository's storage are judged, and `m` is stopped whatever happens."""
     try:
         yield m.start()
         check_through_the_mount(m)
@@ -262,6 +264,12 @@ def mount(tmp_path):
     for root in m.data.iterdir():
         if (root / "repofs.json").exists():
             assert_consistent(root, "clean-volumes" in m.expected_fixes)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    with checked(Mount(tmp_path)) as m:
+        yield m
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Mount, assert_consistent, check_through_the_mount, sh, status, wait_for
+from conftest import Mount, checked, sh, status, wait_for
 from test_copy_image import make_snapshot, wait_copied
 
 from repofs.drivers.localfs import LocalRepository
@@ -78,15 +78,8 @@ def mount_on_disk(tmp_path, disk):
     mount point are not."""
     m = Mount(tmp_path)
     m.data = disk.path / "data"
-    try:
-        yield m.start()
-        check_through_the_mount(m)
-        unexpected = m.unexpected_log_lines()
-        assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
-    finally:
-        m.stop()
-    for name in ("default", "r2"):
-        assert_consistent(m.data / name)
+    with checked(m) as started:
+        yield started
 
 
 class CounterWatch:
