@@ -174,24 +174,24 @@ def test_clean_waits_for_what_builds_on_a_snapshot(repo, mount):
 
 def optimize_under_way(repo, percent: int):
     """disks/vm2 made from a 2 GiB gold under strategy performance, so optimized at
-    once; returns its task file when the optimize passed `percent`."""
+    once; returns its task file and its view once the optimize's copy passed
+    `percent` (a copy from the page cache can take a second: act at once)."""
     make_gold(repo, "2G", 1024, layered=True)
     overlay_under_performance(repo)
     task = repo / "tasks/optimize-vm2"
-    wait_for(lambda: json.loads(task.read_text())["percent_complete"] >= percent, 60, "progress")
-    return task
+
+    def copying() -> dict | None:
+        view = json.loads(task.read_text())
+        return view if view["stage"] == "1/4" and view["percent_complete"] >= percent else None
+
+    return task, wait_for(copying, 60, "progress", interval=0.01)
 
 
 def test_stop_then_queue_again_resumes(repo, mount):
-    task = optimize_under_way(repo, 20)
-    assert xattr.getxattr(str(repo / "disks/vm2"), "user.repofs.tasks") == b"optimize-vm2"
-    view = json.loads(task.read_text())
-    assert view["host"] == "test-host" and view["stage"] == "1/4" and view["step"] == "copy"
-    assert view["bytes_total"] >= 512 * MiB and view["rate"] > 0 and view["started"]
-    # The task relies on vm2's chain: snapshots and removal wait for it.
-    assert errno_of(os.link, repo / "disks/vm2", repo / "snapshots/x") == errno.EBUSY
-    assert errno_of(os.unlink, repo / "disks/vm2") == errno.EBUSY
+    task, view = optimize_under_way(repo, 20)
     os.unlink(task)
+    assert view["host"] == "test-host" and view["step"] == "copy"
+    assert view["bytes_total"] >= 512 * MiB and view["rate"] > 0 and view["started"]
     stopped = stored_task(mount, "optimize-vm2")
     assert stopped["state"] == "stopped" and stopped["checkpoint"]["copied"] > 0
     s = status(repo, "vm2")
@@ -202,7 +202,6 @@ def test_stop_then_queue_again_resumes(repo, mount):
     assert first >= stopped["percent_complete"] - 1  # resumed, not restarted
     wait_optimized(repo, "vm2")
     assert_standalone_copy_of_gold(repo, "vm2")
-    mount.expect_log("cannot snapshot vm2: task optimize-vm2 works on it")
 
 
 def _progress(repo) -> int | None:
@@ -339,7 +338,7 @@ def test_mend_says_what_a_person_must_decide(repo, mount, tmp_path):
 
 
 def test_a_stopped_task_of_a_removed_image_is_cleaned(repo, mount):
-    os.unlink(optimize_under_way(repo, 10))
+    os.unlink(optimize_under_way(repo, 10)[0])
     sh(f"rm {repo}/disks/vm2")
     assert sorted(os.listdir(repo / "fixes")) == ["clean-vm2", "clean-volumes"]
     assert "1 tasks of removed images" in (repo / "fixes/clean-volumes").read_text()
@@ -458,6 +457,11 @@ def test_optimize_waits_while_the_disk_is_open(repo, mount):
         task = repo / "tasks/optimize-vm2"
         wait_for(lambda: "waiting for vm2" in (json.loads(task.read_text())["step"] or ""),
                  30, "the task to wait")  # fmt: skip
+        assert xattr.getxattr(str(repo / "disks/vm2"), "user.repofs.tasks") == b"optimize-vm2"
+        # The task relies on vm2's chain: snapshots and removal wait for it.
+        assert errno_of(os.link, repo / "disks/vm2", repo / "snapshots/x") == errno.EBUSY
+        assert errno_of(os.unlink, repo / "disks/vm2") == errno.EBUSY
+        mount.expect_log("cannot snapshot vm2: task optimize-vm2 works on it")
         disk.write(b"written while the base was copied")
         disk.flush()
         assert status(repo, "vm2")["state"] == "degraded"
@@ -468,7 +472,7 @@ def test_optimize_waits_while_the_disk_is_open(repo, mount):
 
 
 def test_disconnecting_stops_tasks_and_connecting_again_resumes_them(repo, mount):
-    task = optimize_under_way(repo, 10)
+    task, _ = optimize_under_way(repo, 10)
     os.rmdir(repo)
     persisted = stored_task(mount, "optimize-vm2")
     assert persisted["state"] == "running" and persisted["lease"]["host"] == "test-host"
