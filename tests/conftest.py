@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from repofs.mounts import repofs_pid as mount_pid
+
 REPO = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 20
@@ -58,13 +60,6 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(p) for p in text.split()]
-
-
-def mount_pid(mountpoint: Path) -> int | None:
-    try:
-        return int(os.getxattr(mountpoint, "user.repofs.pid"))
-    except OSError:
-        return None
 
 
 class Mount:
