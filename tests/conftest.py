@@ -23,6 +23,7 @@ from repofs.mounts import repofs_pid as mount_pid
 REPO = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 20
+MiB = 1 << 20
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -300,3 +301,62 @@ def errno_of(call, *args) -> int:
 def pattern(tag: bytes, length: int) -> bytes:
     """A distinct, recognisable byte pattern."""
     return (tag * (length // len(tag) + 1))[:length]
+
+
+# The root blkio cgroup's write limits (cgroup v1): they slow down every write to
+# one device, the flusher's and the journal's included.
+THROTTLE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+
+
+class Disk:
+    def __init__(self, device: str, path: Path):
+        self.device = device
+        self.path = path
+        self.number = Path(f"/sys/class/block/{Path(device).name}/dev").read_text().strip()
+
+    @contextlib.contextmanager
+    def throttled(self, bytes_per_s: int):
+        """Writes to the disk at no more than `bytes_per_s`, as a busy disk takes them."""
+        if not THROTTLE.exists():
+            pytest.skip(f"no {THROTTLE} (cgroup v1 blkio) to slow a disk down")
+        THROTTLE.write_text(f"{self.number} {bytes_per_s}\n")
+        try:
+            yield
+        finally:
+            THROTTLE.write_text(f"{self.number} 0\n")
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Every write to the disk waits until the end of the block (fsfreeze)."""
+        sh(f"fsfreeze --freeze {self.path}")
+        try:
+            yield
+        finally:
+            sh(f"fsfreeze --unfreeze {self.path}")
+
+
+@pytest.fixture
+def disk(tmp_path):
+    image, path = tmp_path / "disk.img", tmp_path / "disk"
+    sh(f"truncate -s 4G {image} && mkfs.ext4 -q {image}")
+    device = sh(f"losetup --find --show {image}").stdout.strip()
+    try:
+        path.mkdir()
+        sh(f"mount {device} {path}")
+        try:
+            yield Disk(device, path)
+        finally:
+            if sh(f"umount {path}", check=False).returncode != 0:
+                sh(f"umount -l {path}", check=False)
+    finally:
+        sh(f"losetup --detach {device}", check=False)
+
+
+@pytest.fixture
+def mount_on_disk(tmp_path, disk):
+    """A mount whose data directory (its repositories) is on `disk`; its log and
+    mount point are not."""
+    m = Mount(tmp_path)
+    m.data = disk.path / "data"
+    with checked(m) as started:
+        yield started

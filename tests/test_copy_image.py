@@ -9,6 +9,7 @@ import os
 
 import pytest
 from conftest import (
+    MiB,
     Mount,
     active_tasks,
     assert_consistent,
@@ -22,8 +23,6 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.mount
-
-MiB = 1 << 20
 
 
 def make_snapshot(repo, size: str, data_mib: int, layered: bool = False) -> None:

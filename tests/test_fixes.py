@@ -11,6 +11,7 @@ import time
 import pytest
 import xattr
 from conftest import (
+    MiB,
     Mount,
     active_tasks,
     assert_consistent,
@@ -25,7 +26,6 @@ from conftest import (
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
 GiB = 1 << 30
 TASK_TIMEOUT_S = 120
 
@@ -212,14 +212,20 @@ def _progress(repo) -> int | None:
     return view["percent_complete"] if view["state"] == "running" and view["stage"] else None
 
 
-def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path):
+def test_kill_9_at_a_random_moment_of_an_optimize_resumes(tmp_path, disk):
+    """On a disk that writes 100 MB/s, so the copy of gold's 1 GiB takes about
+    10 s (from the page cache it may end within a second, before the first
+    progress report)."""
     m = Mount(tmp_path)
+    m.data = disk.path / "data"
     repo = m.default
     try:
         m.start()
         make_gold(repo, "2G", 1024, layered=True)
-        overlay_under_performance(repo)
-        persisted = kill_at_a_random_moment(m, repo / "tasks/optimize-vm2")
+        sh("sync")
+        with disk.throttled(100 * MiB):
+            overlay_under_performance(repo)
+            persisted = kill_at_a_random_moment(m, repo / "tasks/optimize-vm2")
         m.start()
         first = wait_for(lambda: _progress(repo), 30, "progress after the remount")
         assert first >= persisted["percent_complete"]

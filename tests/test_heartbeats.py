@@ -4,7 +4,6 @@ a local repository, whose tasks no other host can take, never stops them when
 its heartbeat is late; nor do heartbeats wait for worker threads that other work
 holds (docs/multi-host.md, "Hosts and leases")."""
 
-import contextlib
 import json
 import re
 import subprocess
@@ -14,72 +13,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Mount, checked, sh, status, wait_for
+from conftest import MiB, Mount, sh, status, wait_for
 from test_copy_image import make_snapshot, wait_copied
 
 from repofs.drivers.localfs import LocalRepository
 from repofs.fix_daemon import FixDaemon
 from repofs.leases import HEARTBEAT_S, LEASE_S
 from repofs.registry import ConnectedRepository, Registry
-
-# The root blkio cgroup's write limits (cgroup v1): they slow down every write to
-# one device, the flusher's and the journal's included.
-THROTTLE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
-MiB = 1 << 20
-
-
-class Disk:
-    def __init__(self, device: str, path: Path):
-        self.device = device
-        self.path = path
-        self.number = Path(f"/sys/class/block/{Path(device).name}/dev").read_text().strip()
-
-    @contextlib.contextmanager
-    def throttled(self, bytes_per_s: int):
-        """Writes to the disk at no more than `bytes_per_s`, as a busy disk takes them."""
-        if not THROTTLE.exists():
-            pytest.skip(f"no {THROTTLE} (cgroup v1 blkio) to slow a disk down")
-        THROTTLE.write_text(f"{self.number} {bytes_per_s}\n")
-        try:
-            yield
-        finally:
-            THROTTLE.write_text(f"{self.number} 0\n")
-
-    @contextlib.contextmanager
-    def frozen(self):
-        """Every write to the disk waits until the end of the block (fsfreeze)."""
-        sh(f"fsfreeze --freeze {self.path}")
-        try:
-            yield
-        finally:
-            sh(f"fsfreeze --unfreeze {self.path}")
-
-
-@pytest.fixture
-def disk(tmp_path):
-    image, path = tmp_path / "disk.img", tmp_path / "disk"
-    sh(f"truncate -s 4G {image} && mkfs.ext4 -q {image}")
-    device = sh(f"losetup --find --show {image}").stdout.strip()
-    try:
-        path.mkdir()
-        sh(f"mount {device} {path}")
-        try:
-            yield Disk(device, path)
-        finally:
-            if sh(f"umount {path}", check=False).returncode != 0:
-                sh(f"umount -l {path}", check=False)
-    finally:
-        sh(f"losetup --detach {device}", check=False)
-
-
-@pytest.fixture
-def mount_on_disk(tmp_path, disk):
-    """A mount whose data directory (its repositories) is on `disk`; its log and
-    mount point are not."""
-    m = Mount(tmp_path)
-    m.data = disk.path / "data"
-    with checked(m) as started:
-        yield started
 
 
 class CounterWatch:

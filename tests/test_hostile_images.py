@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, active_tasks, errno_of, sh, status, wait_for
+from conftest import REPO, MiB, active_tasks, errno_of, sh, status, wait_for
 
 from repofs.qemu.headers import RECENT_S
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
 WATCH_S = 0.01
 
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from conftest import (
+    MiB,
     Mount,
     assert_consistent,
     check_through_the_mount,
@@ -35,7 +36,6 @@ from repofs.leases import HEARTBEAT_S, LEASE_S
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
 # A host shows another's changes within this (the bound).
 VISIBLE_S = 2.0
 # The earliest another host may take what a killed host held: its counter

@@ -5,11 +5,9 @@ import json
 import os
 
 import pytest
-from conftest import errno_of, sh
+from conftest import MiB, errno_of, sh
 
 pytestmark = pytest.mark.mount
-
-MiB = 1 << 20
 
 
 def listing(path) -> list[str]:

@@ -11,8 +11,6 @@ from conftest import Mount, errno_of, sh
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
-
 
 def test_root_and_repository_layout(mount):
     assert sorted(os.listdir(mount.path)) == ["README", "connect", "default"]

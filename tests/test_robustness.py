@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import (
+    MiB,
     Mount,
     assert_consistent,
     errno_of,
@@ -21,8 +22,6 @@ from conftest import (
 from repofs.fix_daemon import NO_SPACE
 
 pytestmark = pytest.mark.mount
-
-MiB = 1 << 20
 
 
 def test_an_unexpected_exception_is_eio_and_the_mount_stays_up(tmp_path):

@@ -8,11 +8,10 @@ import signal
 import time
 
 import pytest
-from conftest import Mount, errno_of, pattern, sh, status
+from conftest import MiB, Mount, errno_of, pattern, sh, status
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
 SIZE = 8 * MiB
 
 

@@ -6,11 +6,10 @@ import os
 
 import pytest
 import xattr
-from conftest import errno_of, sh
+from conftest import MiB, errno_of, sh
 
 pytestmark = pytest.mark.mount
 
-MiB = 1 << 20
 STATUS_FIELDS = {
     "id", "kind", "state", "host", "stage", "percent_complete", "last_error", "base",
     "chain", "size", "allocated", "generation",

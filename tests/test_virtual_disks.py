@@ -5,12 +5,11 @@ import mmap
 import os
 
 import pytest
-from conftest import errno_of, pattern, sh, status
+from conftest import MiB, errno_of, pattern, sh, status
 
 pytestmark = pytest.mark.mount
 
 GiB = 1 << 30
-MiB = 1 << 20
 
 
 def test_truncate_creates_a_thin_raw_disk(repo):
