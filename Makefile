@@ -47,6 +47,7 @@ SBINDIR ?= /sbin
 UNITDIR ?= /etc/systemd/system
 install: deps
 	python3 -m venv $(LIBDIR)
+	scripts/build-pyfuse3 $(LIBDIR)
 	$(LIBDIR)/bin/pip install -q --upgrade .
 	mkdir -p $(PREFIX)/bin $(SBINDIR) $(UNITDIR)
 	ln -sf $(LIBDIR)/bin/repofs $(PREFIX)/bin/repofs
