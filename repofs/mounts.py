@@ -11,6 +11,8 @@ from pathlib import Path
 
 # The mount root's attribute that names the repofs process serving it.
 PID_ATTRIBUTE = "user.repofs.pid"
+# "on", or "off: REASON": whether the mount hands open images to the kernel.
+PASSTHROUGH_ATTRIBUTE = "user.repofs.passthrough"
 
 
 class MountState:

@@ -12,11 +12,11 @@ import trio
 
 from repofs import errors, refusals
 from repofs.events import Subscription
-from repofs.fs import render
+from repofs.fs import passthrough, render
 from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
 from repofs.model import ImageKind, Owner
-from repofs.mounts import PID_ATTRIBUTE
+from repofs.mounts import PASSTHROUGH_ATTRIBUTE, PID_ATTRIBUTE
 from repofs.names import is_valid_name
 from repofs.ops import fix_repository, image_attributes, repository_facts, repository_options
 from repofs.ops.connect_repository import (
@@ -29,7 +29,7 @@ from repofs.ops.copy_image import back_up_disk, clone_disk, copy_snapshot
 from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk, create_virtual_disk_from_snapshot
 from repofs.ops.image_status import ImageStatus, get_image_status, list_image_statuses
-from repofs.ops.open_image import OpenImage, open_image, release_image
+from repofs.ops.open_image import OpenImage, open_image, passthrough_allowed, release_image
 from repofs.ops.remove_image import remove_image, restore_image
 from repofs.ops.rename_image import rename_image
 from repofs.ops.resize_virtual_disk import resize_virtual_disk
@@ -50,7 +50,7 @@ AREA_NODE_KIND = {
     Area.TASKS: NodeKind.TASK,
 }
 ROOT_ENTRIES = {"README": NodeKind.README, "connect": NodeKind.CONNECT}
-ROOT_ATTRIBUTES = (PID_ATTRIBUTE, "user.repofs.host", refusals.ATTRIBUTE)
+ROOT_ATTRIBUTES = (PID_ATTRIBUTE, "user.repofs.host", refusals.ATTRIBUTE, PASSTHROUGH_ATTRIBUTE)
 ATTRIBUTE_CACHE_S = 1.0
 STATVFS_FIELDS = "f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_favail".split()
 
@@ -91,12 +91,18 @@ def _name(raw: bytes) -> str:
 
 
 class RepofsOperations(pyfuse3.Operations):
+    enable_passthrough = True  # asked for at init (a patched pyfuse3, fs/passthrough.py)
+
     def __init__(self, registry: Registry):
         super().__init__()
         self.registry = registry
+        self.passthrough = passthrough.Passthrough()
         self.inodes = InodeTable()
         self._handles: dict[int, object] = {}
         self._next_handle = 1
+
+    def init(self):
+        self.passthrough.start()
 
     # Path <-> object
 
@@ -444,8 +450,19 @@ class RepofsOperations(pyfuse3.Operations):
             raise errors.RepofsError(errno.EBADF, f"no open file {fh}") from None
 
     async def _open_image(self, node: Node, write: bool) -> pyfuse3.FileInfo:
-        image = await open_image(self.registry, self._repo(node), node.name, write)
-        return pyfuse3.FileInfo(fh=self._add_handle(ImageHandle(image)), keep_cache=False)
+        repo = self._repo(node)
+        image = await open_image(self.registry, repo, node.name, write)
+        try:
+            allowed = passthrough_allowed(repo, image.record)
+            backing_id = await self.passthrough.backing_id(image, allowed)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await release_image(image)
+            raise
+        info = pyfuse3.FileInfo(fh=self._add_handle(ImageHandle(image)), keep_cache=False)
+        if backing_id:
+            info.backing_id = backing_id
+        return info
 
     @probe_boundary
     async def open(self, inode, flags, ctx):
@@ -512,6 +529,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, ImageHandle):
+            self.passthrough.released(handle.image)
             await release_image(handle.image)
         elif isinstance(handle, EventsHandle):
             handle.subscription.close()
@@ -538,6 +556,8 @@ class RepofsOperations(pyfuse3.Operations):
             return str(os.getpid()).encode()
         if attr == refusals.ATTRIBUTE:
             return refusals.encoded()
+        if attr == PASSTHROUGH_ATTRIBUTE:
+            return self.passthrough.state().encode()
         return self.registry.host_id.encode()
 
     @probe_boundary

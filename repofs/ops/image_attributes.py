@@ -26,6 +26,7 @@ def _status_attributes(status: ImageStatus) -> dict[str, str | None]:
         "chain": ",".join(status.chain),
         "dependents": ",".join(status.dependents) or None,
         "tasks": ",".join(status.tasks) or None,
+        "data_path": status.data_path,
     }
 
 

@@ -31,6 +31,8 @@ class ImageStatus:
     record: ImageRecord
     # The top volume's modification time: when the image's bytes last changed.
     modified_ns: int
+    # Who serves its open files: "passthrough" (the kernel), "repofs"; None: closed.
+    data_path: str | None
 
     def to_json(self) -> dict:
         return {
@@ -50,6 +52,7 @@ class ImageStatus:
             "tasks": list(self.tasks),
             "trashed": self.trashed,
             "writer": self.record.writer,  # shared repositories: who has it open for writing
+            "data_path": self.data_path,
         }
 
 
@@ -63,11 +66,15 @@ def _status(
     """`dependents_of` and `tasks_on` as ConnectedRepository's: a listing passes
     lookups in maps it gathered once for all images."""
     driver = repo.driver
+    image = None if trashed else repo.open_images.get(record.id)
     try:
-        modified_ns = os.stat(driver.volume_path(record.top)).st_mtime_ns
+        top = os.stat(driver.volume_path(record.top))
+        modified_ns = top.st_mtime_ns
+        # An open disk may have grown past its record (persisted at flush/close).
+        size = record.size if image is None else image.seen_size(top.st_size)
     except FileNotFoundError:
         modified_ns = 0
-    image = None if trashed else repo.open_images.get(record.id)
+        size = record.size if image is None else image.size
     layers = repo.layers(record.chain)
     # Why this host cannot use it though the record says nothing of it: a header
     # seen disagreeing with the record (QEMU is never given the chain), or its
@@ -91,8 +98,7 @@ def _status(
         last_error=record.last_error if unusable is None else unusable,
         base=record.base,
         chain=tuple(str(path) for path, _ in layers),
-        # An open disk may have grown past its record (persisted at flush/close).
-        size=image.size if image is not None else record.size,
+        size=size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
         dependents=tuple(dependents),
@@ -100,6 +106,7 @@ def _status(
         trashed=trashed,
         record=record,
         modified_ns=modified_ns,
+        data_path=None if image is None else "passthrough" if image.passthrough else "repofs",
     )
 
 

@@ -4,6 +4,10 @@ A single raw volume is read and written directly (drivers/volume_io.py); a chain
 with a qcow2 top goes through the storage daemon (qemu/chain_io.py). All handles
 of one image share one OpenImage, which also holds the image's current size.
 
+Where no promise needs repofs to see, pause or cut off an image's I/O, the
+kernel reads and writes its volume itself (FUSE passthrough, registered by
+fs/passthrough.py): `passthrough_allowed` says where.
+
 Every request passes a gate, so that a live snapshot can pause the image: the
 requests in flight finish, new ones wait, and the snapshot switches the top
 volume under nobody's feet (ops/create_snapshot.py).
@@ -41,6 +45,9 @@ class OpenImage:
         self.record = record
         self.io = io
         self.writable = writable
+        # The kernel serves the reads and writes (fs/passthrough.py decides at the
+        # first open, and keeps it until the last close: an inode cannot mix).
+        self.passthrough = False
         self.size = record.size
         self.handles = 1  # its opener's
         self.opened = time.monotonic()
@@ -150,9 +157,23 @@ class OpenImage:
             self.size = size
             await self.persist_size()
 
+    def backing_file(self) -> Path:
+        """The one raw volume that a passthrough open hands to the kernel."""
+        return self.repo.volume_path(self.record.top)
+
+    def seen_size(self, file_size: int) -> int:
+        """The size, given that of the volume file: passthrough writes past the
+        end grow the file without repofs seeing them (persisted as ever, at
+        flush, fsync and close)."""
+        if self.passthrough and self.writable:
+            self.size = max(self.size, file_size)
+        return self.size
+
     async def persist_size(self) -> None:
         """Durable steps: fsync the volume (the data up to the new end), then write
         the record with the new size. A crash between leaves the old size."""
+        if self.passthrough and self.writable:
+            self.seen_size((await trio.Path(self.backing_file()).stat()).st_size)
         if self.size == self.record.size:
             return
         await self.io.fsync()
@@ -172,6 +193,22 @@ class OpenImage:
         """The data written so far, and the size, made durable."""
         await self.io.fsync()
         await self.persist_size()
+
+
+def passthrough_allowed(repo: ConnectedRepository, record: ImageRecord) -> bool:
+    """Whether the kernel may serve an image's I/O itself (FUSE passthrough): then
+    repofs cannot see, pause or cut it off, so only where no promise needs that
+    (docs/performance.md, "Kernel passthrough"): a snapshot whose data is one raw
+    file (immutable), in any repository; a raw disk in a repository that only
+    this host writes, on storage where its live snapshot is a clone (a
+    point-in-time barrier that needs no pause, ops/create_snapshot.py).
+    qcow2 chains, disks of shared repositories and raw disks on other storage
+    keep repofs's own path."""
+    if not record.is_raw:
+        return False
+    if record.kind is ImageKind.SNAPSHOT:
+        return True
+    return not repo.driver.shared and repo.driver.reflink
 
 
 async def open_image(
