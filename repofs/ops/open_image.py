@@ -144,7 +144,9 @@ class OpenImage:
 
     async def _grow(self, size: int) -> None:
         async with self._resizing:
-            if size <= self.size:
+            # Growing a raw volume cuts it to the size first (growth a crash left
+            # unrecorded): never below what passthrough writes made it.
+            if size <= await self.current_size():
                 return
             driver = self.repo.driver
             if self.record.is_raw:
@@ -169,11 +171,16 @@ class OpenImage:
             self.size = max(self.size, file_size)
         return self.size
 
+    async def current_size(self) -> int:
+        """The size, with what passthrough writes grew the file by."""
+        if self.passthrough and self.writable:
+            self.seen_size((await trio.Path(self.backing_file()).stat()).st_size)
+        return self.size
+
     async def persist_size(self) -> None:
         """Durable steps: fsync the volume (the data up to the new end), then write
         the record with the new size. A crash between leaves the old size."""
-        if self.passthrough and self.writable:
-            self.seen_size((await trio.Path(self.backing_file()).stat()).st_size)
+        await self.current_size()
         if self.size == self.record.size:
             return
         await self.io.fsync()

@@ -23,7 +23,7 @@ async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: in
         record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
     if record.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
-    current = image.size if image else record.size
+    current = await image.current_size() if image else record.size
     if size < current:
         raise errors.invalid(f"cannot shrink {image_id} from {current} to {size} bytes")
     if size == current:
