@@ -335,10 +335,11 @@ class Disk:
             sh(f"fsfreeze --unfreeze {self.path}")
 
 
-@pytest.fixture
-def disk(tmp_path):
-    image, path = tmp_path / "disk.img", tmp_path / "disk"
-    sh(f"truncate -s 4G {image} && mkfs.ext4 -q {image}")
+@contextlib.contextmanager
+def loop_file_system(image: Path, path: Path, mkfs: str, size: str = "4G"):
+    """A file system made by `mkfs` on a loop file, mounted at `path`; unmounted
+    and its loop device detached whatever happens."""
+    sh(f"truncate -s {size} {image} && {mkfs} {image}")
     device = sh(f"losetup --find --show {image}").stdout.strip()
     try:
         path.mkdir()
@@ -350,6 +351,21 @@ def disk(tmp_path):
                 sh(f"umount -l {path}", check=False)
     finally:
         sh(f"losetup --detach {device}", check=False)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """An ext4 of its own."""
+    with loop_file_system(tmp_path / "disk.img", tmp_path / "disk", "mkfs.ext4 -q") as made:
+        yield made
+
+
+@pytest.fixture
+def xfs_disk(tmp_path):
+    """An XFS with reflink: storage where snapshots are clones."""
+    with loop_file_system(tmp_path / "xfs.img", tmp_path / "xfs", "mkfs.xfs -q -m reflink=1",
+                          "8G") as made:  # fmt: skip
+        yield made
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ a prefix of the final sequence: every sector up to its last written one holds
 its number, none is torn, nothing follows; and it must not change afterwards.
 """
 
+import contextlib
 import hashlib
 import signal
 import struct
@@ -51,13 +52,14 @@ def guest_disk(repo, tmp_path):
     return disk
 
 
-@pytest.fixture
-def vm(guest_disk, tmp_path):
-    """QEMU booting the guest disk from the mount; stopped by PID at the end."""
-    log = open(tmp_path / "qemu.log", "wb")
+@contextlib.contextmanager
+def running_guest(disk: Path, workdir: Path):
+    """QEMU booting `disk` as the block runs (its log in `workdir`); stopped by
+    PID at the end."""
+    log = open(workdir / "qemu.log", "wb")
     cmd = ["qemu-system-x86_64", *qemu_accel(), "-m", "32", "-nodefaults",
            "-display", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-           "-drive", f"file={guest_disk},format=raw,if=virtio,cache=none,aio=threads"]  # fmt: skip
+           "-drive", f"file={disk},format=raw,if=virtio,cache=none,aio=threads"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         yield proc
@@ -66,6 +68,12 @@ def vm(guest_disk, tmp_path):
             proc.kill()
         proc.wait(timeout=STOP_TIMEOUT_S)
         log.close()
+
+
+@pytest.fixture
+def vm(guest_disk, tmp_path):
+    with running_guest(guest_disk, tmp_path) as proc:
+        yield proc
 
 
 def read(path) -> bytes:
