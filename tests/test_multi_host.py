@@ -30,6 +30,7 @@ from conftest import (
 )
 from gluster import ClientMount, GlusterServer, gluster_mounts_under, unmount_left_behind
 from test_fixes import assert_standalone_copy_of_gold, make_gold, overlay_under_performance
+from test_passthrough import read_through
 
 from repofs.fix_daemon import STALL_CHECK_S
 from repofs.leases import HEARTBEAT_S, LEASE_S
@@ -419,3 +420,20 @@ def test_repofs_mounts_the_gluster_volume_at_connect_and_unmounts_it_at_disconne
         f.write(f"shared glusterfs-1.0 server=127.0.0.1 volume={hosts.volume}\n")
     assert gluster_mounts_under(b.data) == [where]
     assert os.listdir(hosts.repo(b) / "disks") == ["vm1"]
+
+
+def test_snapshots_of_a_shared_repository_pass_through_and_its_disks_do_not(hosts):
+    """On a posix-1.0 directory and on a Gluster volume (a backing file that is
+    itself on FUSE): host b reads a's snapshot through the kernel, moving
+    almost nothing through its repofs; a's open disk stays on repofs's path
+    (claims, fencing)."""
+    repo_a, repo_b = hosts.repo(hosts.a), hosts.repo(hosts.b)
+    sh(f"truncate -s 64M {repo_a}/disks/d")
+    sh(f"dd if=/dev/urandom of={repo_a}/disks/d bs=1M count=32 conv=notrunc status=none")
+    sh(f"ln {repo_a}/disks/d {repo_a}/snapshots/s")
+    within(VISIBLE_S, lambda: (repo_b / "snapshots/s").exists(), "b to see s")
+    with open(repo_a / "disks/d", "r+b"), open(repo_b / "snapshots/s", "rb"):
+        assert status(repo_a, "d")["data_path"] == "repofs"
+        assert status(repo_b, "s")["data_path"] == "passthrough"
+        assert read_through(hosts.b.path, repo_b / "snapshots/s") < 1 * MiB
+    sh(f"cmp {repo_b}/snapshots/s {repo_a}/snapshots/s")
