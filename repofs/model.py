@@ -93,6 +93,12 @@ class ImageRecord:
     # Top volume first; every lower volume is the backing file of the one above.
     chain: tuple[Volume, ...]
     base: str | None = None
+    # On reflink storage, the snapshot this image's raw volume was last cloned
+    # from or into (ops/create_snapshot.py): the two share the extents that did
+    # not change since, so a copy over that snapshot moves only the others
+    # (fixes/copy.py). Only a hint: nothing builds on it, and it may name an
+    # image that is gone.
+    lineage: str | None = None
     state: ImageState = ImageState.OPTIMIZED
     host: str | None = None
     stage: str | None = None
@@ -151,6 +157,7 @@ class ImageRecord:
             size=int(data["size"]),
             chain=tuple(Volume.from_ref(f) for f in data["chain"]),
             base=data.get("base"),
+            lineage=data.get("lineage"),
             state=ImageState(data["state"]),
             host=data.get("host"),
             stage=data.get("stage"),

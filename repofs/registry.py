@@ -316,6 +316,21 @@ class ConnectedRepository:
                                  holder.driver.volume_path(base.top), base.top.format)  # fmt: skip
         return (overlay, *(v.seen_from(holder.name, self.name) for v in base.chain))
 
+    def clones_from(self, holder: "ConnectedRepository") -> bool:
+        """Whether raw volumes of `holder` (this repository or another) are cloned
+        into this one (drivers/reflink.py): both on one file system that shares
+        extents. Blocking."""
+        if not (self.driver.reflink and holder.driver.reflink):
+            return False
+        return holder is self or holder.driver.storage_device() == self.driver.storage_device()
+
+    async def clone_volume(self, holder: "ConnectedRepository", volume: Volume,
+                           size: int) -> Volume:  # fmt: skip
+        """A new raw volume here sharing the extents of `volume`, a volume of a
+        record of `holder`. Durable step: the volume (named by no record yet)."""
+        source = holder.volume_path(volume)
+        return await trio.to_thread.run_sync(self.driver.clone_volume, source, size)
+
     async def commit_new_image(self, record: ImageRecord, new_volume: Volume) -> ImageRecord:
         """Writes a new image's record; if that fails, removes `new_volume`, made for
         it and named by no record yet."""

@@ -2,8 +2,9 @@
 
 It reads only the mount's files (`status/ID`, `tasks/T`), as any script would,
 so it works on every host that has the mount. `--json` prints the same for
-scripts: {"REPO": {"images": [status...], "tasks": [task...]}}. Its readers
-of those files and of `events` serve `repofs wait` and `repofs watch` too.
+scripts: {"REPO": {"images": [status...], "tasks": [task...], "reflink": bool}}.
+Its readers of those files and of `events` serve `repofs wait` and `repofs
+watch` too.
 """
 
 import json
@@ -18,9 +19,11 @@ TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RAT
 READ_SIZE = 1 << 16
 
 
-def gather(repos: list[Path]) -> dict[str, dict[str, list[dict]]]:
-    """The images and tasks of each repository (client/paths.py finds them)."""
-    return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks")}
+def gather(repos: list[Path]) -> dict[str, dict]:
+    """The images and tasks of each repository (client/paths.py finds them), and
+    whether its storage clones (`reflink`, from its `repository` file)."""
+    return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks"),
+                        "reflink": json.loads((repo / "repository").read_text())["reflink"]}
             for repo in repos}  # fmt: skip
 
 
@@ -44,11 +47,14 @@ def read_events(events) -> Iterator[list[dict]]:
         yield [json.loads(line) for line in lines if line]
 
 
-def render(repos: dict[str, dict[str, list[dict]]]) -> str:
+def render(repos: dict[str, dict]) -> str:
     """Plain-text tables, one pair per repository."""
     parts = []
     for name, seen in repos.items():
-        parts.append(f"{name}: {_count(seen['images'], 'image')}, {_count(seen['tasks'], 'task')}")
+        storage = ", reflink storage (snapshots are clones)" if seen["reflink"] else ""
+        parts.append(
+            f"{name}: {_count(seen['images'], 'image')}, {_count(seen['tasks'], 'task')}{storage}"
+        )
         parts.append(_table(IMAGE_COLUMNS, [image_row(i) for i in seen["images"]]))
         if seen["tasks"]:
             parts.append(_table(TASK_COLUMNS, [task_row(t) for t in seen["tasks"]]))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from repofs import errors
+from repofs.drivers import reflink
 from repofs.drivers.atomic import (
     TEMP_PREFIX,
     atomic_write_json,
@@ -81,6 +82,9 @@ class LocalRepository:
         # those that changed. The records this driver writes are put here as
         # written, so a reused inode cannot pass an older parse for them.
         self._parsed: dict[Path, tuple[tuple[int, ...], ImageRecord]] = {}
+        # Why volumes cannot be cloned here (drivers/reflink.py), or None if they
+        # can: probed at open.
+        self.clone_refusal: str | None = "not probed"
 
     def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self.on_change is not None:
@@ -117,7 +121,19 @@ class LocalRepository:
         repo = cls(root)
         repo._take_connection_lock()
         repo.keep_reserve()
+        # In the root, named as a temp file: a crash during the probe leaves
+        # what a clean removes.
+        repo.clone_refusal = reflink.probe(root, TEMP_PREFIX)
         return repo
+
+    @property
+    def reflink(self) -> bool:
+        """Whether volumes are cloned (FICLONE) rather than layered."""
+        return self.clone_refusal is None
+
+    def storage_device(self) -> int:
+        """The file system of the volumes: clones reach no further."""
+        return os.stat(self._volumes).st_dev
 
     def _take_connection_lock(self) -> None:
         """localfs-1.0 is for one host: a second process connecting it is refused."""
@@ -470,6 +486,24 @@ class LocalRepository:
         finally:
             if fd >= 0:
                 os.close(fd)
+        fsync_dir(self._volumes)
+        return volume
+
+    def clone_volume(self, source: Path, size: int) -> Volume:
+        """A new raw volume sharing the extents of `source` (a volume of this
+        repository or of another on the same file system), cut or extended to
+        `size` bytes.
+
+        Durable steps: create, clone and fsync the file, fsync the directory. A
+        crash leaves a volume no record names, which a clean removes.
+        """
+        volume = self.new_volume(VolumeFormat.RAW)
+        try:
+            reflink.clone(source, self.volume_path(volume), size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise errors.no_space(f"no space to clone {source.name} in {self.root}") from None
+            raise errors.from_os_error(exc, f"cloning {source} into {self.root}") from None
         fsync_dir(self._volumes)
         return volume
 

@@ -2,10 +2,14 @@
 guest-visible data they (and optimize) are made of.
 
 Only extents that hold data are copied (`qemu-img map`): unallocated and zero
-ranges stay holes of the target. The checkpoint is the offset below which the
-target holds the source's bytes; it is saved with each progress report (about
-once a second), only after the target was fsynced, so a crash redoes at most
-about a second of work and the persisted percent never goes back.
+ranges stay holes of the target. A copy over an ancestor the target holds moves
+only what differs from it: what the source's layers above the ancestor hold,
+or, between two raw clones on reflink storage, the extents the two volumes do
+not share (drivers/reflink.py). On one reflink file system a copy is a clone.
+The checkpoint is the offset below which the target holds the source's bytes;
+it is saved with each progress report (about once a second), only after the
+target was fsynced, so a crash redoes at most about a second of work and the
+persisted percent never goes back.
 """
 
 import bisect
@@ -18,6 +22,8 @@ from pathlib import Path
 import trio
 
 from repofs import errors
+from repofs.crash import crash_point
+from repofs.drivers import reflink
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import TaskContext
 from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
@@ -43,23 +49,29 @@ class Ancestor:
 
 async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
                      target: Path, target_format: VolumeFormat, size: int,
-                     over: Ancestor | None = None) -> None:  # fmt: skip
+                     over: Ancestor | list[img.Extent] | None = None) -> None:  # fmt: skip
     """Copies the data of the chain topped by volume `source` into `target`, from
     the task's checkpoint `copied` (an offset) on; saves `copied` as it goes.
 
-    `over`: only what the source's layers above that ancestor hold is copied,
-    zeros included where they hide the ancestor's data; past the ancestor's end
-    (the disk grew since) zeros hide nothing and are not written.
+    `over`: the target holds an ancestor's data already (an overlay over it, or
+    a clone of it). Only what the source's layers above that ancestor hold is
+    copied, zeros included where they hide the ancestor's data; past the
+    ancestor's end (the disk grew since) zeros hide nothing and are not written.
+    Or `over` lists the extents to copy (data) and to zero (_changes_since).
+    A raw target takes zeros as holes (punched); a qcow2 one as written zeros.
     """
-    mapped = await img.map_extents(source, source_format)
-    if over is None:
-        wanted = [e for e in mapped if e.data]
+    if isinstance(over, list):
+        wanted = over
     else:
-        wanted = [
-            e if e.data else replace(e, length=min(e.length, over.size - e.offset))
-            for e in mapped
-            if e.depth < over.depth and (e.data or (e.zero and e.offset < over.size))
-        ]  # fmt: skip
+        mapped = await img.map_extents(source, source_format)
+        if over is None:
+            wanted = [e for e in mapped if e.data]
+        else:
+            wanted = [
+                e if e.data else replace(e, length=min(e.length, over.size - e.offset))
+                for e in mapped
+                if e.depth < over.depth and (e.data or (e.zero and e.offset < over.size))
+            ]  # fmt: skip
     # Within the image's size (a volume may be longer than the size it serves).
     extents = [replace(e, length=min(e.length, size - e.offset)) for e in wanted if e.offset < size]
     total = sum(e.length for e in extents)
@@ -72,7 +84,9 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     direct = isinstance(chain, RawVolumeFile) and isinstance(out, RawVolumeFile)
 
     async def move(offset: int, length: int, zero: bool) -> None:
-        if zero:
+        if zero and isinstance(out, RawVolumeFile):
+            await trio.to_thread.run_sync(reflink.punch_hole, target, offset, length)
+        elif zero:
             await out.write(offset, bytes(length))
         elif direct:
             await chain.copy_to(out, offset, length)
@@ -88,9 +102,10 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     except errors.RepofsError as exc:
-        if exc.errno == errno.ENOSPC and isinstance(out, RawVolumeFile):
+        if exc.errno == errno.ENOSPC and isinstance(out, RawVolumeFile) and over is None:
             # What lies past the checkpoint is redone anyway: give its space back,
             # so that the records saying the copy waits for space can be written.
+            # (Not over an ancestor: past the checkpoint lie its bytes, not redone.)
             await out.truncate(ctx.checkpoint.get("copied", 0))
             await out.truncate(size)
         raise
@@ -161,34 +176,49 @@ def _chunks(extents, copied: int):
 async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRecord,
                               target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
     """Commits the image of snapshot `source`'s copy in the target, `broken` and
-    pending its copy (copy_snapshot_in does it). Call under the target's `changing`.
+    pending its copy (copy_snapshot_in does it), or, when the target can clone
+    the source's raw volume (one reflink file system), whole and `optimized` at
+    once. Call under the target's `changing`.
 
-    Durable steps: (1) create the target's volume: an empty raw one (allocated
-    under strategy performance), or a qcow2 overlay over the nearest ancestor of
-    the snapshot that the target or a repository it names `participating` holds,
-    (2) write the image's record. A crash after (1) leaves a volume no record
-    names (clean)."""
+    Durable steps: (1) create the target's volume: a clone of the source's; or
+    over the nearest ancestor of the snapshot that the target or a repository it
+    names `participating` holds, a clone of the ancestor's raw volume (on
+    reflink storage) or a qcow2 overlay over it; or an empty raw one (allocated
+    under strategy performance), (2) write the image's record. A crash after
+    (1) leaves a volume no record names (clean)."""
     if source.kind is not ImageKind.SNAPSHOT:
         raise errors.invalid(f"{source.id} is a {source.kind}; this copies snapshots")
     if source.state is ImageState.BROKEN:
         raise errors.invalid(f"snapshot {source.id} is broken: {source.last_error}")
     await target_repo.check_free(source.id)
     driver = target_repo.driver
+    if source.is_raw and await trio.to_thread.run_sync(target_repo.clones_from, source_repo):
+        volume = await target_repo.clone_volume(source_repo, source.top, source.size)
+        crash_point("copy:clone")
+        record = ImageRecord(source.id, ImageKind.SNAPSHOT, source.size, (volume,),
+                             lineage=source.lineage, owner=source.owner)  # fmt: skip
+        record = await target_repo.commit_new_image(record, volume)
+        log.info("cloned %s from %s to %s", source.id, source_repo.name, target_repo.name)
+        return record
     holder, ancestor = await trio.to_thread.run_sync(
         nearest_ancestor, source_repo, source, target_repo
     )
+    base = lineage = None
     if ancestor is None:
         preallocate = await target_repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
         chain = (volume,)
-    else:
+    elif ancestor.is_raw and await trio.to_thread.run_sync(target_repo.clones_from, holder):
         # The snapshot's size, not the ancestor's: its disk may have grown since.
+        volume = await target_repo.clone_volume(holder, ancestor.top, source.size)
+        chain, lineage = (volume,), ancestor.id
+    else:
         chain = await target_repo.new_overlay(ancestor.evolve(size=source.size), holder)
-        volume = chain[0]
+        volume, base = chain[0], ancestor.id
     record = ImageRecord(
-        source.id, ImageKind.SNAPSHOT, source.size, chain,
-        base=ancestor.id if ancestor else None, state=ImageState.BROKEN,
-        last_error=COPY_UNFINISHED, pending=Pending.COPY, owner=source.owner,
+        source.id, ImageKind.SNAPSHOT, source.size, chain, base=base, lineage=lineage,
+        state=ImageState.BROKEN, last_error=COPY_UNFINISHED, pending=Pending.COPY,
+        owner=source.owner,
     )  # fmt: skip
     record = await target_repo.commit_new_image(record, volume)
     log.info("copying %s from %s to %s%s", source.id, source_repo.name, target_repo.name,
@@ -199,15 +229,17 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
 async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
     """The data of `image_id`, a copy started by start_snapshot_copy, from a
     repository holding that snapshot: all of it into a raw volume, or, over an
-    ancestor, only what differs from it. Then the image is usable: `optimized`,
-    or `degraded` when that ancestor is in another repository."""
+    ancestor (its base, or the lineage its volume was cloned from), only what
+    differs from it. Then the image is usable: `optimized`, or `degraded` when
+    that ancestor is in another repository."""
     image = await trio.to_thread.run_sync(ctx.driver.read_image, image_id)
     source_repo, source = await trio.to_thread.run_sync(
         find_source, ctx.registry, ctx.repo, image.id
     )
+    ancestor_id = image.base if image.base is not None else image.lineage
     over = None
-    if image.base is not None:
-        over = await trio.to_thread.run_sync(_ancestor, source_repo.driver, source, image.base)
+    if ancestor_id is not None:
+        over = await _changes_since(source_repo, source, ancestor_id)
     await source_repo.verify_chain(source.chain)
     await copy_chain(
         ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
@@ -230,10 +262,12 @@ async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
 
 def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
                      target_repo: ConnectedRepository):  # fmt: skip
-    """(holder, record) of the nearest snapshot on `snapshot`'s base chain that
-    the target, or else a repository the target names `participating`, holds in
-    full: the copy then builds on it and moves only what differs; (None, None)
-    if there is none. Blocking."""
+    """(holder, record) of the nearest snapshot that `snapshot` descends from,
+    by its chain's bases or its volume's lineage, that the target, or else a
+    repository the target names `participating`, holds in full, and that a
+    copy can tell `snapshot`'s changes since (_changes_since): the copy then
+    builds on it and moves only what differs; (None, None) if there is none.
+    Blocking."""
     holders = [target_repo] + [
         target_repo.peers[name]
         for name in target_repo.driver.read_options().participating
@@ -242,28 +276,80 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
     source_driver = source_repo.driver
     record = snapshot
     # A base in yet another repository ends the walk: the copy is then whole.
-    while record.base is not None and record.base_repository is None:
-        base = record.base
-        for holder in holders:
-            if holder.driver.has_image(base):
-                held = holder.driver.read_image(base)
-                if held.is_usable_snapshot:
-                    return holder, held
-        trashed = not source_driver.has_image(base)
-        if trashed and not source_driver.has_image(base, trashed=True):
+    while record.base_repository is None and (parent := record.base or record.lineage):
+        trashed = not source_driver.has_image(parent)
+        if trashed and not source_driver.has_image(parent, trashed=True):
             break
-        record = source_driver.read_image(base, trashed)
+        record = source_driver.read_image(parent, trashed)
+        if _tells_changes(source_repo, snapshot, record):
+            for holder in holders:
+                if holder.driver.has_image(parent):
+                    held = holder.driver.read_image(parent)
+                    if held.is_usable_snapshot:
+                        return holder, held
     return None, None
 
 
-def _ancestor(source_driver, source: ImageRecord, ancestor_id: str) -> Ancestor:
-    """Where `source`'s ancestor `ancestor_id` lies in its chain, and its size.
-    Blocking."""
-    trashed = not source_driver.has_image(ancestor_id)
-    ancestor = source_driver.read_image(ancestor_id, trashed)
-    if ancestor.top not in source.chain:
-        raise errors.invalid(f"{ancestor_id} is no longer under {source.id} in its repository")
-    return Ancestor(source.chain.index(ancestor.top), ancestor.size)
+def _tells_changes(source_repo: ConnectedRepository, source: ImageRecord,
+                   ancestor: ImageRecord) -> bool:  # fmt: skip
+    """Whether what `source` changed since `ancestor` (both of `source_repo`)
+    can be told without reading their data: the ancestor's top is a layer of
+    the source's chain, or both are raw volumes of reflink storage."""
+    if ancestor.top in source.chain:
+        return True
+    return source.is_raw and ancestor.is_raw and source_repo.driver.reflink
+
+
+async def _changes_since(source_repo: ConnectedRepository, source: ImageRecord,
+                         ancestor_id: str) -> Ancestor | list[img.Extent]:  # fmt: skip
+    """What a copy of `source` over its ancestor `ancestor_id` must write
+    (copy_chain's `over`): the ancestor's place in the source's chain; or the
+    ranges where the two raw clones do not share extents (FIEMAP); or, if the
+    source's repository no longer holds the ancestor to compare with, every
+    range (its data, and zeros elsewhere): more work, the same bytes."""
+
+    def compare() -> Ancestor | list[img.Extent] | None:
+        driver = source_repo.driver
+        trashed = not driver.has_image(ancestor_id)
+        if not driver.has_image(ancestor_id, trashed):
+            return None
+        ancestor = driver.read_image(ancestor_id, trashed)
+        if ancestor.top in source.chain:
+            return Ancestor(source.chain.index(ancestor.top), ancestor.size)
+        if not _tells_changes(source_repo, source, ancestor):
+            return None
+        try:
+            new = reflink.data_extents(driver.volume_path(source.top))
+            old = reflink.data_extents(driver.volume_path(ancestor.top))
+        except FileNotFoundError:
+            return None  # cleaned meanwhile
+        return [_as_extent(c.offset, c.length, c.data)
+                for c in reflink.changes(new, old, source.size)]  # fmt: skip
+
+    found = await trio.to_thread.run_sync(compare)
+    if found is not None:
+        return found
+    log.warning("%s is no longer in %s to compare %s with: every range of it is copied",
+                ancestor_id, source_repo.name, source.id)  # fmt: skip
+    mapped = await img.map_extents(source_repo.driver.volume_path(source.top), source.top.format)
+    return _fill_zeros([e for e in mapped if e.data], source.size)
+
+
+def _as_extent(offset: int, length: int, data: bool) -> img.Extent:
+    return img.Extent(offset, length, data, 0, not data)
+
+
+def _fill_zeros(data: list[img.Extent], size: int) -> list[img.Extent]:
+    """The data extents, and zero extents for every range between them."""
+    filled, at = [], 0
+    for extent in data:
+        if extent.offset > at:
+            filled.append(_as_extent(at, extent.offset - at, False))
+        filled.append(extent)
+        at = extent.offset + extent.length
+    if at < size:
+        filled.append(_as_extent(at, size - at, False))
+    return filled
 
 
 def find_source(registry: Registry, target: ConnectedRepository, image_id: str):

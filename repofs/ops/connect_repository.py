@@ -79,6 +79,12 @@ async def connect_repository(
             await trio.to_thread.run_sync(driver.close)
             raise
     registry.repositories[name] = repo
+    if driver.reflink:
+        log.info("%s is on reflink storage: snapshots of raw disks, disks on snapshots and "
+                 "copies within its file system are clones", name)  # fmt: skip
+    else:
+        log.info("%s layers snapshots as qcow2 overlays: its storage does not clone (%s)",
+                 name, driver.clone_refusal)  # fmt: skip
     return repo
 
 

@@ -7,13 +7,15 @@ A snapshot copy only commits the new image, `broken` until its data is in; the
 copy itself is the mend fix of that image, queued at once unless autofix is off.
 A clone is usable at once: a disk of r2 over a snapshot of D in r1, `degraded`
 until its queued optimize has flattened it into a raw volume of its own.
+Between two repositories on one reflink file system, both are clones of the
+volume (drivers/reflink.py): whole, raw and `optimized` at once, with no task.
 """
 
 import trio
 
 from repofs.fixes.check import mend_fix
 from repofs.fixes.copy import start_snapshot_copy
-from repofs.model import ImageRecord, Owner
+from repofs.model import ImageRecord, Owner, Pending
 from repofs.names import check_name
 from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk_from_snapshot
@@ -26,12 +28,16 @@ from repofs.registry import ConnectedRepository, Registry
 async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, snapshot_id: str,
                         target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
     """Durable steps: those of fixes/copy.py's start_snapshot_copy (volume, then
-    the record, broken and pending its copy), then the queueing of its mend.
-    A crash before the queueing leaves a broken image whose mend the check offers."""
+    the record, broken and pending its copy, or whole if it is a clone), then
+    the queueing of its mend. A crash before the queueing leaves a broken image
+    whose mend the check offers."""
     source = await trio.to_thread.run_sync(source_repo.driver.read_image, snapshot_id)
     async with target_repo.changing:
         record = await start_snapshot_copy(source_repo, source, target_repo)
-    if (await trio.to_thread.run_sync(target_repo.driver.read_options)).autofix:
+    if (
+        record.pending is Pending.COPY
+        and (await trio.to_thread.run_sync(target_repo.driver.read_options)).autofix
+    ):
         await queue_fix(registry, target_repo, mend_fix(record))
     return record
 

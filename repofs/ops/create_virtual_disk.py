@@ -4,6 +4,7 @@ into disks/) or a disk based on a snapshot (`ln snapshots/S disks/D`)."""
 import trio
 
 from repofs import errors
+from repofs.crash import crash_point
 from repofs.fixes.check import optimize_fix
 from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
 from repofs.names import check_name
@@ -44,7 +45,8 @@ async def create_virtual_disk_from_snapshot(
     clone: bool = False,
 ) -> ImageRecord:
     """A disk that reads as snapshot `base_id` (of `base_repo`, by default this
-    repository) and writes to its own qcow2 overlay.
+    repository): on reflink storage, a clone of a raw snapshot's volume
+    (_clone_of_snapshot); otherwise a disk that writes to its own qcow2 overlay.
 
     The overlay is `degraded` under strategy `performance`, or when its base is
     in another repository; the fix that gives it its better form is queued at
@@ -71,6 +73,8 @@ async def create_virtual_disk_from_snapshot(
             local = await trio.to_thread.run_sync(_usable_snapshot, driver, base_id)
             if local is not None:
                 base, base_repo = local, repo
+        if base.is_raw and await trio.to_thread.run_sync(repo.clones_from, base_repo):
+            return await _clone_of_snapshot(repo, image_id, base, base_repo, owner)
         options = await trio.to_thread.run_sync(driver.read_options)
         chain = await repo.new_overlay(base, base_repo)
         elsewhere = any(v.repo is not None for v in chain)
@@ -83,6 +87,26 @@ async def create_virtual_disk_from_snapshot(
     if degraded and options.autofix and fix.data["plan"] == "flatten":
         await queue_fix(registry, repo, fix)
     return record
+
+
+async def _clone_of_snapshot(
+    repo: ConnectedRepository,
+    image_id: str,
+    base: ImageRecord,
+    base_repo: ConnectedRepository,
+    owner: Owner,
+) -> ImageRecord:
+    """A disk sharing the extents of raw snapshot `base` (of `base_repo`, on the
+    same reflink file system): raw, independent, `optimized` at once; its
+    lineage is the snapshot. Call under `repo.changing`.
+
+    Durable steps: (1) clone the snapshot's volume, (2) write the record. A crash
+    after (1) leaves a volume no record names (clean removes it)."""
+    volume = await repo.clone_volume(base_repo, base.top, base.size)
+    crash_point("disk:clone")
+    record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, base.size, (volume,),
+                         lineage=base.id, owner=owner)  # fmt: skip
+    return await repo.commit_new_image(record, volume)
 
 
 def _usable_snapshot(driver, snapshot_id: str) -> ImageRecord | None:

@@ -23,6 +23,7 @@ def _status_attributes(status: ImageStatus) -> dict[str, str | None]:
         "host": status.host,
         "last_error": status.last_error,
         "base": status.base,
+        "lineage": status.lineage,
         "chain": ",".join(status.chain),
         "dependents": ",".join(status.dependents) or None,
         "tasks": ",".join(status.tasks) or None,

@@ -21,6 +21,7 @@ class ImageStatus:
     percent_complete: int
     last_error: str | None
     base: str | None
+    lineage: str | None  # reflink storage: the snapshot its volume was last cloned from or into
     chain: tuple[str, ...]
     size: int
     allocated: int
@@ -44,6 +45,7 @@ class ImageStatus:
             "percent_complete": self.percent_complete,
             "last_error": self.last_error,
             "base": self.base,
+            "lineage": self.lineage,
             "chain": list(self.chain),
             "size": self.size,
             "allocated": self.allocated,
@@ -97,6 +99,7 @@ def _status(
         percent_complete=record.percent_complete,
         last_error=record.last_error if unusable is None else unusable,
         base=record.base,
+        lineage=record.lineage,
         chain=tuple(str(path) for path, _ in layers),
         size=size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),

@@ -16,6 +16,8 @@ async def repository_facts(registry: Registry, repo: ConnectedRepository) -> dic
         "format": repo.format,
         "connection": repo.params,
         "transient": repo.transient,
+        # Probed at connect: snapshots, disks on snapshots and copies are clones.
+        "reflink": repo.driver.reflink,
         "capacity": vfs.f_blocks * vfs.f_frsize,
         "free": vfs.f_bavail * vfs.f_frsize,
         "hosts": await list_hosts(registry, repo),

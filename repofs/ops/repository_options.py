@@ -12,8 +12,11 @@ from repofs.ops.logged import logged
 from repofs.registry import ConnectedRepository
 
 PREFIX = "user.repofs."
-NAMES = tuple(
-    PREFIX + n for n in ("autofix", "strategy", "participating", "image_hints", "max_chain")
+# What the storage can do, probed at connect: read-only.
+FACTS = (PREFIX + "reflink",)
+NAMES = (
+    *(PREFIX + n for n in ("autofix", "strategy", "participating", "image_hints", "max_chain")),
+    *FACTS,
 )
 
 
@@ -57,10 +60,14 @@ def _parse(options: RepositoryOptions, name: str, value: str) -> RepositoryOptio
 def _check(name: str) -> None:
     if name not in NAMES:
         raise errors.not_supported(f"no repository attribute {name}: there are {', '.join(NAMES)}")
+    if name in FACTS:
+        raise errors.not_supported(f"{name} is read-only: what the storage can do")
 
 
 async def get_options(repo: ConnectedRepository) -> dict[str, str]:
-    return render(await trio.to_thread.run_sync(repo.driver.read_options))
+    """The options, and the facts of FACTS."""
+    options = render(await trio.to_thread.run_sync(repo.driver.read_options))
+    return {**options, PREFIX + "reflink": "true" if repo.driver.reflink else "false"}
 
 
 @logged(image=None)
