@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+import bench_reflink
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/results.json"
 
@@ -576,6 +578,7 @@ def main() -> None:
                 "headers": lambda: headers(mnt, sizes["headers"]),
                 "resume": lambda: resume(mnt, data, sizes["resume_mib"], sizes["kills"]),
                 "gluster": lambda: gluster(Path(tmp), sizes["gluster_mib"], sizes["kills"]),
+                "reflink": lambda: bench_reflink.reflink_section(Path(tmp), sizes["reflink"]),
             }
             if args.only and args.results.exists():  # one section again: keep the others
                 report = {**json.loads(args.results.read_text()), **report}
@@ -591,16 +594,16 @@ def main() -> None:
 
 
 # scale last: the longest
-SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "headers", "scale")
+SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "reflink", "headers", "scale")
 # 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
 # the list of live records that it rereads each second grows with them
 # (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
         "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5,
-        "gluster_mib": 1024, "headers": 10_000}  # fmt: skip
+        "gluster_mib": 1024, "headers": 10_000, "reflink": bench_reflink.FULL}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
          "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64,
-         "headers": 100}  # fmt: skip
+         "headers": 100, "reflink": bench_reflink.QUICK}  # fmt: skip
 
 
 if __name__ == "__main__":
