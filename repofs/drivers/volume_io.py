@@ -1,13 +1,17 @@
 """Reads and writes of a raw volume file, without stalling the trio loop.
 
-On a local file system, a request runs inline when it is the only one in flight
-(an uncontended pread or pwrite costs microseconds, less than a thread handoff),
-and so does a read of a range in the page cache; when requests queue up they go
-to worker threads, so several are in flight at once (DESIGN.md, Data path).
-A file system that cannot promise not to block (no RWF_NOWAIT: FUSE, so a
-Gluster volume) is only ever touched from worker threads: a stall there must
-not stop the trio loop, which serves every other repository and writes the
-heartbeats that notice the stall.
+A read of a range in the page cache runs inline (RWF_NOWAIT: never waits for
+storage); any other read runs in the I/O threads of the volume's file system
+(io_threads.py), so that many are in flight at once. Such a read never blocks
+inline, even when no other request has reached repofs: requests still queued
+in the kernel do not show there, and blocking reads served a cold disk one
+request at a time at queue depth 16, slower than at depth 1
+(docs/performance.md). A write on a local file system runs inline when it is
+the only request in flight (a buffered pwrite costs microseconds, and waking a
+sleeping thread on this VM costs up to 200 us), else in the I/O threads. A file
+system that cannot promise not to block (no RWF_NOWAIT: FUSE, so a Gluster
+volume) is only ever touched from threads: a stall there must not stop the
+trio loop, which serves every other repository.
 Requests of any alignment are served, also for callers that opened the image with
 O_DIRECT: the volume is opened buffered and fsync makes it durable.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 import trio
 
 from repofs import errors
+from repofs.drivers import io_threads
 
 
 class RawVolumeFile:
@@ -28,14 +33,15 @@ class RawVolumeFile:
         self.path = path
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         self._local = _never_blocks_unasked(self._fd)
+        self._threads = io_threads.for_file(self._fd)
         self._in_kernel_copy = True  # until the file system refuses copy_file_range
 
-    async def _submit(self, fn, *args):
+    async def _submit(self, fn, *args, inline_if_alone: bool = True):
         RawVolumeFile._in_flight += 1
         try:
-            if RawVolumeFile._in_flight == 1 and self._local:
+            if inline_if_alone and RawVolumeFile._in_flight == 1 and self._local:
                 return fn(*args)
-            return await trio.to_thread.run_sync(fn, *args)
+            return await self._threads.run(fn, *args)
         except OSError as exc:
             raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
         finally:
@@ -50,9 +56,9 @@ class RawVolumeFile:
             raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
 
     async def read(self, offset: int, length: int) -> bytes:
-        # A range the page cache holds is read inline whatever else is in flight:
-        # RWF_NOWAIT never waits for storage (EAGAIN instead), and a thread hop
-        # costs more than the copy.
+        # A range the page cache holds is read inline whatever else is in flight
+        # (EAGAIN instead of a wait for storage): a thread hop costs more than the
+        # copy. A miss has started the read from storage; a thread waits for it.
         if self._local:
             buf = bytearray(length)
             try:
@@ -62,7 +68,7 @@ class RawVolumeFile:
                 pass
             except OSError as exc:
                 raise errors.from_os_error(exc, f"I/O on volume {self.path.name}") from None
-        data = await self._submit(os.pread, self._fd, length, offset)
+        data = await self._submit(os.pread, self._fd, length, offset, inline_if_alone=False)
         # The image record holds the size; a volume that a crash left shorter than
         # that reads as zeros beyond its end, like a hole.
         return data if len(data) == length else data.ljust(length, b"\0")
