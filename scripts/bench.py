@@ -42,6 +42,7 @@ JOBS = {
     "rand-read-4k-qd1": {"rw": "randread", "bs": "4k", "iodepth": "1"},
     "rand-read-4k-qd16": {"rw": "randread", "bs": "4k", "iodepth": "16"},
     "rand-write-4k-qd16": {"rw": "randwrite", "bs": "4k", "iodepth": "16"},
+    "rand-write-4k-qd1": {"rw": "randwrite", "bs": "4k", "iodepth": "1"},
 }
 # Seconds of each fio job (--quick: 1).
 FIO_RUNTIME_S = 10
@@ -100,7 +101,9 @@ REPOFS = f"cd {ROOT} && {sys.executable} -m repofs"
 def data_path(repo: Path, data: Path, size: int) -> list[dict]:
     """fio through the mount against its peers: for the raw disk the same file
     read directly (O_DIRECT) and buffered; for the qcow2 chain (an overlay over
-    a raw base) qemu-storage-daemon's own FUSE export of an identical chain."""
+    a raw base) qemu-storage-daemon's own FUSE export of an identical chain.
+    Then queue depth 1 against 16 (queue_depths) on the raw disk and on the
+    qcow2 chain served by the storage daemon."""
     results = []
     peer = data / "peer.raw"
     run(f"dd if=/dev/urandom of={peer} bs=1M count={size} status=none")
@@ -143,6 +146,42 @@ def data_path(repo: Path, data: Path, size: int) -> list[dict]:
         print(f"qcow2  {name:18} repofs {through:7.1f} ({cpu_us:.0f} us CPU)  "
               f"qemu-storage-daemon FUSE export "
               f"{qsd:7.1f} ({through / qsd:.2f}x) MiB/s")  # fmt: skip
+    results += queue_depths("raw", repo / "disks/raw", size, peer)
+    # A live snapshot of an open chain leaves it served by the storage daemon
+    # alone (NBD) until it is opened again: what a qcow2 disk's server path is
+    # at its slowest. The handle held keeps the image open across fio's jobs.
+    held = os.open(repo / "disks/qcow2", os.O_RDWR)
+    try:
+        os.link(repo / "disks/qcow2", repo / "snapshots/qcow2-live")
+        results += queue_depths("qcow2-daemon", repo / "disks/qcow2", size)
+    finally:
+        os.close(held)
+    return results
+
+
+def queue_depths(image: str, path: Path, size: int, peer: Path | None = None) -> list[dict]:
+    """4k random reads and writes at queue depth 1 and 16, each from cold caches,
+    through the mount (and on `peer`, the same file without repofs): the server
+    path must serve at least as many requests at depth 16 as at depth 1."""
+    results = []
+    for rw in ("read", "write"):
+        row = {"image": image, "job": f"rand-{rw}-4k-qd1-vs-qd16"}
+        for side, file in (("repofs", path), ("peer", peer)):
+            if file is None:
+                continue
+            for depth in (1, 16):
+                cold()
+                row[f"{side}_qd{depth}_iops"] = round(
+                    fio(file, JOBS[f"rand-{rw}-4k-qd{depth}"], size) * 256
+                )
+            row[f"{side}_qd16_to_qd1"] = round(
+                row[f"{side}_qd16_iops"] / row[f"{side}_qd1_iops"], 2
+            )
+        print(f"{image:12} 4k rand {rw:5} cold: repofs QD1 {row['repofs_qd1_iops']:6} "
+              f"QD16 {row['repofs_qd16_iops']:6} IOPS ({row['repofs_qd16_to_qd1']:.2f}x)" + (
+                  f"; plain file QD1 {row['peer_qd1_iops']:6} QD16 {row['peer_qd16_iops']:6}"
+                  if peer else ""))  # fmt: skip
+        results.append(row)
     return results
 
 
@@ -473,6 +512,7 @@ def gluster(tmp: Path, size: int, takeovers: int) -> dict:
                 f"--connect '{connect}'")  # fmt: skip
         try:
             return {"data_path": _gluster_data_path(hosts["a"][0] / "g", view.path, size),
+                    "queue_depths": _gluster_queue_depths(hosts["a"][0] / "g", view.path, size),
                     "takeover": _takeovers(hosts, size, takeovers)}  # fmt: skip
         finally:
             for mnt, data in hosts.values():
@@ -509,6 +549,17 @@ def _gluster_data_path(repo: Path, plain: Path, size: int) -> list[dict]:
               f"({through / cached:.2f}x) MiB/s")  # fmt: skip
     os.unlink(repo / "disks/raw")
     return results
+
+
+def _gluster_queue_depths(repo: Path, plain: Path, size: int) -> list[dict]:
+    """queue_depths of a raw disk of the glusterfs-1.0 repository, the peer being
+    the same data in a file of the plain gluster mount."""
+    peer = plain / "peer.raw"
+    run(f"cp {peer} {repo}/disks/depths")  # raw is in the trash: its ID is taken
+    try:
+        return queue_depths("gluster-raw", repo / "disks/depths", size, peer)
+    finally:
+        os.unlink(repo / "disks/depths")
 
 
 def _takeovers(hosts: dict, size: int, rounds: int) -> list[float]:

@@ -18,9 +18,17 @@ def test_the_benchmark_runs_every_section(tmp_path):
     )  # fmt: skip
     report = json.loads(results.read_text())
     assert report["quick"] is True
-    jobs = {(r["image"], r["job"]) for r in report["data_path"]}
-    assert len(jobs) == 10 and all(r["repofs_mib_s"] > 0 for r in report["data_path"])
-    assert all(r["qsd_fuse_mib_s"] > 0 for r in report["data_path"] if r["image"] == "qcow2")
+    fio_jobs = [r for r in report["data_path"] if "repofs_mib_s" in r]
+    assert len({(r["image"], r["job"]) for r in fio_jobs}) == 10
+    assert all(r["repofs_mib_s"] > 0 for r in fio_jobs)
+    assert all(r["qsd_fuse_mib_s"] > 0 for r in fio_jobs if r["image"] == "qcow2")
+    depths = [r for r in report["data_path"] if "repofs_qd16_to_qd1" in r]
+    assert {(r["image"], r["job"]) for r in depths} == {
+        (image, f"rand-{rw}-4k-qd1-vs-qd16")
+        for image in ("raw", "qcow2-daemon")
+        for rw in ("read", "write")
+    }
+    assert all(r["repofs_qd1_iops"] > 0 and r["repofs_qd16_iops"] > 0 for r in depths)
     assert report["copy"]["full_copy_s"] and report["copy"]["incremental_copy_s"] > 0
     operations = {(r["operation"], r["image"]) for r in report["latency"]}
     assert len(operations) == 9 and all(r["p50_ms"] > 0 for r in report["latency"])
@@ -30,3 +38,4 @@ def test_the_benchmark_runs_every_section(tmp_path):
     assert [r["clone_ms"] > 0 for r in report["reflink"]["clone"]] == [True, True]
     assert report["reflink"]["snapshots"]["live"]["stall_p99_ms"] > 0
     assert len(report["resume"]) == 1
+    assert len(report["gluster"]["queue_depths"]) == 2
