@@ -2,11 +2,15 @@
 and writes an image's volume and repofs sees none of it; elsewhere, and when the
 kernel refuses it, repofs serves the open itself."""
 
+import errno
+import os
+import time
 from pathlib import Path
 
 import pytest
+import test_live_snapshot as live
 import xattr
-from conftest import MiB, Mount, checked, mount_pid, sh, status
+from conftest import MiB, Mount, checked, errno_of, mount_pid, sh, status, wait_for
 
 PASSTHROUGH = "user.repofs.passthrough"
 
@@ -80,3 +84,85 @@ def test_when_the_kernel_refuses_repofs_serves_the_open_and_says_why(tmp_path):
         # Said once, not at every open.
         sh(f"cat {repo}/snapshots/s > /dev/null")
         assert m.log_text().count("kernel passthrough is off") == 1
+
+
+@pytest.fixture
+def reflink_mount(tmp_path, xfs_disk):
+    """A mount whose repositories are on XFS with reflink: raw disks pass through."""
+    m = Mount(tmp_path)
+    m.data = xfs_disk.path / "data"
+    with checked(m) as started:
+        yield started
+
+
+@pytest.mark.mount
+def test_a_raw_disk_on_reflink_storage_is_written_by_the_kernel(reflink_mount, tmp_path):
+    """Writes and reads of 64 MiB move almost nothing through repofs; writes past
+    the end grow the disk (its size follows, and is persisted at close); a
+    resize of the open disk keeps them; removal and rename of the open disk are
+    refused as on repofs's path."""
+    repo = reflink_mount.default
+    data = tmp_path / "data.bin"
+    sh(f"dd if=/dev/urandom of={data} bs=1M count=64 status=none")
+    sh(f"truncate -s 32M {repo}/disks/d")
+    with open(repo / "disks/d", "r+b") as held:
+        assert status(repo, "d")["data_path"] == "passthrough"
+        before = served_bytes(reflink_mount.path)
+        sh(f"dd if={data} of={repo}/disks/d bs=1M oflag=direct conv=notrunc status=none")
+        sh(f"cmp {data} {repo}/disks/d")
+        assert served_bytes(reflink_mount.path) - before < 1 * MiB
+        assert status(repo, "d")["size"] == 64 * MiB  # grown by the kernel's writes
+        assert errno_of(os.truncate, repo / "disks/d", 48 * MiB) == errno.EINVAL  # no shrink
+        os.truncate(repo / "disks/d", 96 * MiB)
+        assert held.seek(0, os.SEEK_END) == 96 * MiB
+        assert errno_of(os.unlink, repo / "disks/d") == errno.EBUSY
+        assert errno_of(os.rename, repo / "disks/d", repo / "disks/e") == errno.EBUSY
+    assert status(repo, "d")["data_path"] is None
+    sh(f"cmp -n {64 * MiB} {data} {repo}/disks/d")
+    sh(f"cmp -n {32 * MiB} -i {64 * MiB}:0 {repo}/disks/d /dev/zero")
+    reflink_mount.remount()
+    assert status(repo, "d")["size"] == 96 * MiB
+
+
+@pytest.mark.mount
+def test_disks_of_a_shared_repository_keep_repofs_s_path(reflink_mount):
+    """A posix-1.0 repository on the same XFS: another host may write its disks
+    (claims, fencing), so repofs serves them; its snapshots pass through."""
+    shared = reflink_mount.data / "shared"
+    shared.mkdir()
+    (reflink_mount.path / "connect").write_text(f"p posix-1.0 path={shared}\n")
+    repo = reflink_mount.path / "p"
+    sh(f"truncate -s 16M {repo}/disks/d")
+    sh(f"ln {repo}/disks/d {repo}/snapshots/s")
+    with open(repo / "disks/d", "r+b"), open(repo / "snapshots/s", "rb"):
+        assert status(repo, "d")["data_path"] == "repofs"
+        assert status(repo, "s")["data_path"] == "passthrough"
+
+
+@pytest.mark.vm
+def test_a_guest_on_a_passthrough_disk_boots_and_its_live_snapshots_are_point_in_time(
+    reflink_mount, tmp_path
+):
+    """The sequence-writing guest of test_live_snapshot.py, on a raw disk the
+    kernel serves: each live snapshot (a clone, no pause) is a prefix of what the
+    guest wrote, none torn; the disk stays raw and on the kernel's path."""
+    repo = reflink_mount.default
+    boot = tmp_path / "seqwriter.bin"
+    sh(f"nasm -f bin {live.GUEST} -o {boot}")
+    disk = repo / "disks/vm1"
+    sh(f"truncate -s {live.DISK_SIZE} {disk}")
+    sh(f"dd if={boot} of={disk} conv=notrunc status=none")
+    with live.running_guest(disk, tmp_path) as vm:
+        wait_for(lambda: live.written_prefix(live.read(disk)) > 0, live.BOOT_TIMEOUT_S,
+                 "the guest to write")  # fmt: skip
+        assert status(repo, "vm1")["data_path"] == "passthrough"
+        counts = []
+        for i in range(live.SNAPSHOTS):
+            time.sleep(0.5)
+            assert vm.poll() is None, (tmp_path / "qemu.log").read_text()
+            sh(f"ln {disk} {repo}/snapshots/s{i}")
+            counts.append(live.written_prefix(live.read(repo / f"snapshots/s{i}")))
+        assert vm.poll() is None, (tmp_path / "qemu.log").read_text()
+    final = live.written_prefix(live.read(disk))
+    assert 0 < counts[0] and counts == sorted(set(counts)) and counts[-1] < final, counts
+    assert len(status(repo, "vm1")["chain"]) == 1 and status(repo, "vm1")["base"] is None

@@ -22,9 +22,12 @@ def repofs_status(*args) -> str:
 
 def test_status_shows_images_in_every_state_and_running_tasks(mount):
     r1, r2 = mount.default, mount.path / "r2"
-    assert repofs_status(mount.path) == "default: 0 images, 0 tasks\n\n" + "  ".join(
-        ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "STAGE", "%", "LAST ERROR")
-    ) + "\n"  # a fresh mount  # fmt: skip
+    assert repofs_status(mount.path) == (
+        "default: 0 images, 0 tasks; kernel passthrough on\n\n" + "  ".join(
+            ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "IO", "STAGE", "%",
+             "LAST ERROR")
+        ) + "\n"
+    )  # a fresh mount  # fmt: skip
     sh(f"mkdir {r2}")
     sh(f"setfattr -n user.repofs.autofix -v false {r2}")
     sh(f"truncate -s 1G {r1}/disks/vm1")
@@ -40,18 +43,21 @@ def test_status_shows_images_in_every_state_and_running_tasks(mount):
     here = subprocess.run([sys.executable, "-m", "repofs", "status", "."], cwd=r2, check=True,
                           capture_output=True, text=True, timeout=60, env={**os.environ,
                           "PYTHONPATH": str(REPO)}).stdout  # fmt: skip
-    assert here.startswith("r2: 2 images, 0 tasks\n")  # `.` names the repository
+    assert here.startswith("r2: 2 images, 0 tasks;")  # `.` names the repository
     table = repofs_status(r2)
-    assert table.startswith("r2: 2 images, 0 tasks\n")
+    assert table.startswith("r2: 2 images, 0 tasks; kernel passthrough on\n")
     assert [line.split()[:3] for line in table.splitlines()[3:5]] == [
         ["gold", "snapshot", "broken"], ["vm2", "disk", "degraded"],
     ]  # fmt: skip
     assert "1.0G" in table and "copy not finished" in table
+    with open(r1 / "snapshots/gold", "rb"), open(r1 / "disks/vm1", "rb"):  # who serves them
+        rows = {row[0]: row for row in map(str.split, repofs_status(r1).splitlines()[3:])}
+    assert rows["gold"][7] == "kernel" and rows["vm1"][7] == "repofs"
     sh(f"setfattr -n user.repofs.image_hints -v gold=r3 {r2}")  # no r3: the copy fails
     sh(f"mv {r2}/fixes/mend-gold {r2}/tasks/")
     wait_for(lambda: "failed" in (r2 / "tasks/mend-gold").read_text(), 30, "the copy to fail")
     [task] = json.loads(repofs_status(r2, "--json"))["r2"]["tasks"]
-    assert repofs_status(r2).startswith("r2: 2 images, 1 task\n")
+    assert repofs_status(r2).startswith("r2: 2 images, 1 task;")
     assert (task["id"], task["state"]) == ("mend-gold", "failed")
     tasks_table = repofs_status(r2).split("TASK", 1)[1]
     assert "mend-gold" in tasks_table and "no usable snapshot gold in r3" in tasks_table

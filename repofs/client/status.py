@@ -2,9 +2,9 @@
 
 It reads only the mount's files (`status/ID`, `tasks/T`), as any script would,
 so it works on every host that has the mount. `--json` prints the same for
-scripts: {"REPO": {"images": [status...], "tasks": [task...], "reflink": bool}}.
-Its readers of those files and of `events` serve `repofs wait` and `repofs
-watch` too.
+scripts: {"REPO": {"images": [status...], "tasks": [task...], "reflink": bool,
+"passthrough": "on" | "off: REASON"}}. Its readers of those files and of
+`events` serve `repofs wait` and `repofs watch` too.
 """
 
 import json
@@ -12,18 +12,24 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-IMAGE_COLUMNS = ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "STAGE", "%",
-                 "LAST ERROR")  # fmt: skip
+from repofs.mounts import PASSTHROUGH_ATTRIBUTE
+
+IMAGE_COLUMNS = ("ID", "KIND", "STATE", "SIZE", "ALLOCATED", "BASE", "HOST", "IO", "STAGE",
+                 "%", "LAST ERROR")  # fmt: skip
+# Who serves an open image's reads and writes (status/ID "data_path").
+IO_BY = {"passthrough": "kernel", "repofs": "repofs", None: "-"}
 TASK_COLUMNS = ("TASK", "IMAGE", "STATE", "HOST", "STAGE", "DONE", "TOTAL", "RATE", "ETA",
                 "LAST ERROR")  # fmt: skip
 READ_SIZE = 1 << 16
 
 
 def gather(repos: list[Path]) -> dict[str, dict]:
-    """The images and tasks of each repository (client/paths.py finds them), and
-    whether its storage clones (`reflink`, from its `repository` file)."""
+    """The images and tasks of each repository (client/paths.py finds them),
+    whether its storage clones (`reflink`, from its `repository` file), and
+    whether its mount hands files to the kernel (the root's attribute)."""
     return {repo.name: {"images": read_all(repo / "status"), "tasks": read_all(repo / "tasks"),
-                        "reflink": json.loads((repo / "repository").read_text())["reflink"]}
+                        "reflink": json.loads((repo / "repository").read_text())["reflink"],
+                        "passthrough": os.getxattr(repo.parent, PASSTHROUGH_ATTRIBUTE).decode()}
             for repo in repos}  # fmt: skip
 
 
@@ -52,9 +58,8 @@ def render(repos: dict[str, dict]) -> str:
     parts = []
     for name, seen in repos.items():
         storage = ", reflink storage (snapshots are clones)" if seen["reflink"] else ""
-        parts.append(
-            f"{name}: {_count(seen['images'], 'image')}, {_count(seen['tasks'], 'task')}{storage}"
-        )
+        parts.append(f"{name}: {_count(seen['images'], 'image')}, {_count(seen['tasks'], 'task')}"
+                     f"{storage}; kernel passthrough {seen['passthrough']}")  # fmt: skip
         parts.append(_table(IMAGE_COLUMNS, [image_row(i) for i in seen["images"]]))
         if seen["tasks"]:
             parts.append(_table(TASK_COLUMNS, [task_row(t) for t in seen["tasks"]]))
@@ -69,7 +74,8 @@ def image_row(image: dict) -> tuple[str, ...]:
     percent = image["percent_complete"]
     return (image["id"], "disk" if image["kind"] == "virtual-disk" else image["kind"],
             image["state"], human(image["size"]), human(image["allocated"]),
-            image["base"] or "-", image["host"] or "-", image["stage"] or "-",
+            image["base"] or "-", image["host"] or "-", IO_BY[image["data_path"]],
+            image["stage"] or "-",
             "-" if percent < 0 else str(percent), image["last_error"] or "-")  # fmt: skip
 
 
