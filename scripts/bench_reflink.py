@@ -140,19 +140,20 @@ def snapshots(repo: Path, sizes: dict) -> dict:
     writers = _write_randomly(disk, size, stop, waits)
     try:
         time.sleep(sizes["warm_s"])
-        live, stalls = [], []
+        live, links = [], []
         for i in range(sizes["rounds"]):
             started = time.monotonic()
             live.append(_timed(os.link, disk, repo / f"snapshots/live-{i}"))
-            ended = time.monotonic()
-            # The longest any write overlapping the ln waited.
-            stalls.append(max((e - s for s, e in list(waits) if e >= started and s <= ended),
-                              default=0.0))  # fmt: skip
+            links.append((started, time.monotonic()))
             time.sleep(0.5)
     finally:
         stop.set()
         for thread in writers:
             thread.join()
+    # The longest any write overlapping each ln waited (counted once all ended:
+    # a write the clone held ends after the ln).
+    stalls = [max((e - s for s, e in waits if e >= started and s <= ended), default=0.0)
+              for started, ended in links]  # fmt: skip
     all_waits = [e - s for s, e in waits]
     result = {
         "disk_gib": sizes["disk_gib"], "rounds": sizes["rounds"],
