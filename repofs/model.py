@@ -84,6 +84,11 @@ class Owner:
     gid: int = 0
     mode: int = 0o644
 
+    # The permission bits an image keeps: no set-user-ID, set-group-ID or
+    # sticky bit (an image is no program), so a write has none to clear, as the
+    # mount promises the kernel (FUSE_CAP_HANDLE_KILLPRIV_V2, fs/operations.py).
+    PERMISSIONS = 0o777
+
 
 @dataclass(frozen=True)
 class ImageRecord:

@@ -100,7 +100,7 @@ def test_chown_and_chmod_persist(repo, mount):
     """What libvirt's dynamic_ownership does to a disk before it starts QEMU."""
     sh(f"truncate -s 1M {repo}/disks/vm1")
     sh(f"chown 107:108 {repo}/disks/vm1")
-    sh(f"chmod 600 {repo}/disks/vm1")
+    sh(f"chmod 6600 {repo}/disks/vm1")  # no set-user-ID or set-group-ID bit is kept
     mount.remount()
     st = os.stat(repo / "disks/vm1")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (107, 108, 0o600)

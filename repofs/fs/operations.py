@@ -92,6 +92,9 @@ def _name(raw: bytes) -> str:
 
 class RepofsOperations(pyfuse3.Operations):
     enable_passthrough = True  # asked for at init (a patched pyfuse3, fs/passthrough.py)
+    # Images never keep set-user-ID bits (model.Owner.PERMISSIONS), so the kernel
+    # need not ask for security.capability at every passthrough write.
+    enable_killpriv_v2 = True
 
     def __init__(self, registry: Registry):
         super().__init__()
@@ -346,7 +349,7 @@ class RepofsOperations(pyfuse3.Operations):
                 raise errors.read_only(f"{parent.area}/ does not take new files; disks/ does")
             raise errors.RepofsError(errno.EPERM, "new files are virtual disks, made in disks/")
         repo = self._repo(parent)
-        owner = Owner(ctx.uid, ctx.gid, mode & ~ctx.umask & 0o7777)
+        owner = Owner(ctx.uid, ctx.gid, mode & ~ctx.umask & Owner.PERMISSIONS)
         record = await create_virtual_disk(repo, _name(name), 0, owner)
         node = Node(NodeKind.IMAGE, parent.repo, Area.DISKS, record.id)
         info = await self._open_image(node, write=True)

@@ -122,7 +122,7 @@ async def set_owner(
             owner=Owner(
                 owner.uid if uid is None else uid,
                 owner.gid if gid is None else gid,
-                owner.mode if mode is None else mode & 0o7777,
+                owner.mode if mode is None else mode & Owner.PERMISSIONS,
             )
         )
 
