@@ -2,7 +2,9 @@
 """Measures repofs against peers in the same run.
 
 Data path: the same fio job on an image through a fresh repofs mount and on a
-peer (a plain file on the file system that holds the repository). Copies: a
+peer (a plain file on the file system that holds the repository); `native`:
+the same through kernel passthrough, on XFS with reflink and on Gluster
+(scripts/bench_native.py). Copies: a
 copy of a snapshot between repositories against `qemu-img convert -O raw` of
 the same volume, and an incremental copy against the full one. Commit latency
 of the operations on 1 GiB and 1 TiB images; a repository of many images
@@ -31,17 +33,14 @@ import threading
 import time
 from pathlib import Path
 
+import bench_native
 import bench_reflink
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/results.json"
 
 JOBS = {
-    "seq-read-1M-qd4": {"rw": "read", "bs": "1M", "iodepth": "4"},
-    "seq-write-1M-qd4": {"rw": "write", "bs": "1M", "iodepth": "4"},
-    "rand-read-4k-qd1": {"rw": "randread", "bs": "4k", "iodepth": "1"},
-    "rand-read-4k-qd16": {"rw": "randread", "bs": "4k", "iodepth": "16"},
-    "rand-write-4k-qd16": {"rw": "randwrite", "bs": "4k", "iodepth": "16"},
+    **bench_native.JOBS,
     "rand-write-4k-qd1": {"rw": "randwrite", "bs": "4k", "iodepth": "1"},
 }
 # Seconds of each fio job (--quick: 1).
@@ -630,6 +629,7 @@ def main() -> None:
                 "resume": lambda: resume(mnt, data, sizes["resume_mib"], sizes["kills"]),
                 "gluster": lambda: gluster(Path(tmp), sizes["gluster_mib"], sizes["kills"]),
                 "reflink": lambda: bench_reflink.reflink_section(Path(tmp), sizes["reflink"]),
+                "native": lambda: bench_native.native_section(Path(tmp), sizes["native"]),
             }
             if args.only and args.results.exists():  # one section again: keep the others
                 report = {**json.loads(args.results.read_text()), **report}
@@ -645,16 +645,19 @@ def main() -> None:
 
 
 # scale last: the longest
-SECTIONS = ("data_path", "copy", "latency", "resume", "gluster", "reflink", "headers", "scale")
+SECTIONS = ("data_path", "native", "copy", "latency", "resume", "gluster", "reflink", "headers",
+            "scale")  # fmt: skip
 # 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
 # the list of live records that it rereads each second grows with them
 # (docs/performance.md).
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
         "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5,
-        "gluster_mib": 1024, "headers": 10_000, "reflink": bench_reflink.FULL}  # fmt: skip
+        "gluster_mib": 1024, "headers": 10_000, "reflink": bench_reflink.FULL,
+        "native": bench_native.FULL}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
          "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64,
-         "headers": 100, "reflink": bench_reflink.QUICK}  # fmt: skip
+         "headers": 100, "reflink": bench_reflink.QUICK,
+         "native": bench_native.QUICK}  # fmt: skip
 
 
 if __name__ == "__main__":

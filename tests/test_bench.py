@@ -19,7 +19,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
     report = json.loads(results.read_text())
     assert report["quick"] is True
     fio_jobs = [r for r in report["data_path"] if "repofs_mib_s" in r]
-    assert len({(r["image"], r["job"]) for r in fio_jobs}) == 10
+    assert len({(r["image"], r["job"]) for r in fio_jobs}) == 12
     assert all(r["repofs_mib_s"] > 0 for r in fio_jobs)
     assert all(r["qsd_fuse_mib_s"] > 0 for r in fio_jobs if r["image"] == "qcow2")
     depths = [r for r in report["data_path"] if "repofs_qd16_to_qd1" in r]
@@ -37,5 +37,7 @@ def test_the_benchmark_runs_every_section(tmp_path):
     assert report["headers"]["qcow2_volumes"] == 101 and report["headers"]["first_check_s"] > 0
     assert [r["clone_ms"] > 0 for r in report["reflink"]["clone"]] == [True, True]
     assert report["reflink"]["snapshots"]["live"]["stall_p99_ms"] > 0
+    native = {(r["storage"], r["image"], r["job"]): r["ratio_to_direct"] for r in report["native"]}
+    assert len(native) == 7 and all(ratio > 0 for ratio in native.values())
     assert len(report["resume"]) == 1
     assert len(report["gluster"]["queue_depths"]) == 2
