@@ -17,7 +17,9 @@ getfattr -d default/disks/vm1, setfattr -n user.owner -v alice default/disks/vm1
 mkdir NAME (a new repository), echo "NAME localfs-1.0 path=/dir" > connect,
 rmdir NAME (disconnect), cat default/repository. Across repositories, ln copies:
 ln default/snapshots/s1 NAME/snapshots/s1, ln default/disks/vm1 NAME/disks/vm1 (clone).
-Point QEMU or libvirt at an image path with format=raw.
+Point QEMU or libvirt at an image path with format=raw. On XFS or btrfs, snapshots
+are clones and the kernel reads and writes raw disks itself (passthrough; repofs
+status says where it is on, and why not elsewhere).
 At a glance: repofs status . (every image and task), repofs watch . (progress bars),
 repofs wait default/snapshots/s1 (until it is optimized), repofs why . (the reason
 of each latest refusal, where the shell said only "Invalid argument" or the like);
