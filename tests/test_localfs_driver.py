@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from repofs.drivers import posix
+from repofs.drivers import atomic, posix
 from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.errors import RepofsError
@@ -123,6 +123,27 @@ def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, 
         [volume] = shared.list_volumes()
         [fix] = check_repository(shared, Inventory.read(shared, {}), {})
         assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
+    finally:
+        shared.close()
+        local.close()
+
+
+def test_a_missing_record_is_reported_at_once_in_a_local_repository(tmp_path, monkeypatch):
+    """Every new name's lookup (`truncate`, `ln`) reads a record that is not
+    there: a local file system never hides a name being renamed, so that read
+    is not tried again (30 ms of pauses); a shared repository's is (Gluster
+    may hide it for milliseconds)."""
+    pauses = []
+    monkeypatch.setattr(atomic.time, "sleep", pauses.append)
+    for name in ("shared", "local"):
+        (tmp_path / name).mkdir()
+    shared = SharedRepository.open(tmp_path / "shared")
+    local = LocalRepository.open(tmp_path / "local")
+    try:
+        fails_with(errno.ENOENT, local.read_image, "new")
+        assert pauses == []
+        fails_with(errno.ENOENT, shared.read_image, "new")
+        assert len(pauses) == atomic.STALE_RETRIES - 1
     finally:
         shared.close()
         local.close()

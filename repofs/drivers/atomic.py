@@ -114,20 +114,23 @@ def open_or_create(path: Path) -> int:
             continue  # removed in between: create it again
 
 
-def read_record(path: Path) -> tuple[bytes, os.stat_result]:
-    """The bytes of a metadata file and its stat, tried again on ESTALE and
-    ENOENT. On Gluster, a read of a name another host has just replaced by
-    rename fails with ENOENT or ESTALE for a few milliseconds although the name
-    never stopped existing (the client found the old file, which is gone by
-    the time it opens it). Writers hold the repository lock, under which no one
-    else renames a record, so they never see that; a name that is really gone
-    is reported after STALE_RETRIES tries."""
-    for attempt in range(1, STALE_RETRIES + 1):
+def read_record(path: Path, shared: bool = True) -> tuple[bytes, os.stat_result]:
+    """The bytes of a metadata file and its stat; on `shared` storage tried again
+    on ESTALE and ENOENT. On Gluster, a read of a name another host has just
+    replaced by rename fails with ENOENT or ESTALE for a few milliseconds
+    although the name never stopped existing (the client found the old file,
+    which is gone by the time it opens it). Writers hold the repository lock,
+    under which no one else renames a record, so they never see that; a name
+    that is really gone is reported after STALE_RETRIES tries, 30 ms later. A
+    local file system's rename never hides the name, so there a missing record
+    is reported at once: every new name's lookup (`truncate`, `ln`) meets one."""
+    tries = STALE_RETRIES if shared else 1
+    for attempt in range(1, tries + 1):
         try:
             with open(path, "rb") as f:
                 return f.read(), os.fstat(f.fileno())
         except OSError as exc:
-            if exc.errno not in (errno.ESTALE, errno.ENOENT) or attempt == STALE_RETRIES:
+            if exc.errno not in (errno.ESTALE, errno.ENOENT) or attempt == tries:
                 raise
         time.sleep(STALE_PAUSE_S * attempt)  # let the rename under way end
 

@@ -246,7 +246,7 @@ class LocalRepository:
     def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
         path = self._record_path(image_id, trashed)
         try:
-            data, st = read_record(path)
+            data, st = read_record(path, self.shared)
             identity = _file_identity(st)
             parsed = self._parsed.get(path)
             if parsed is not None and parsed[0] == identity:
