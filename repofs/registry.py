@@ -50,6 +50,9 @@ class ConnectedRepository:
     # host failed for the storage or QEMU (EIO): ops/open_image.py keeps it, and
     # status and the check tell it while those files stay as they were.
     open_failures: dict[str, tuple[tuple, str]] = field(default_factory=dict)
+    # IDs of raw disks whose volume had too many extents to clone within a live
+    # snapshot's stall target when last counted (ops/open_image.py clones_quickly).
+    slow_clones: set[str] = field(default_factory=set)
     # The last check's fixes and when it ran (time.monotonic()): `ls -l fixes/`
     # stats every entry right after listing them, and each stat must not run a check.
     last_check: tuple[float, list] = (0.0, [])

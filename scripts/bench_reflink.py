@@ -8,7 +8,9 @@ file), through a repofs mount whose data dir is on it.
   (p50, p99);
 - live snapshots of that disk under 16 threads of 4 KiB O_DIRECT random
   writes (a QD16 guest), after 30 s of them: how long a write waited at most
-  around each snapshot (p50, p99 over the snapshots).
+  around each snapshot (p50, p99 over the snapshots); then the same once the
+  disk was closed and opened again with its many extents (repofs's path, a
+  live snapshot is an overlay: ops/create_snapshot.py).
 
     .venv/bin/python scripts/bench.py --only reflink
     .venv/bin/python scripts/bench_reflink.py [--quick]
@@ -122,10 +124,43 @@ def _closed_links(repo: Path, disk: Path, name: str, rounds: int) -> dict:
             "disk_on_snapshot_p99_ms": _ms(on, 99)}  # fmt: skip
 
 
+def _live(repo: Path, disk: Path, sizes: dict, warm_s: float, name: str) -> dict:
+    """Live snapshots of `disk` under 16 random writers that open it and write
+    for `warm_s` first: the longest a write waited around each snapshot."""
+    stop, waits = threading.Event(), []
+    writers = _write_randomly(disk, sizes["disk_gib"] * GiB, stop, waits)
+    try:
+        time.sleep(warm_s)
+        data_path = json.loads((repo / f"status/{disk.name}").read_text())["data_path"]
+        live, links = [], []
+        for i in range(sizes["rounds"]):
+            started = time.monotonic()
+            live.append(_timed(os.link, disk, repo / f"snapshots/{name}-{i}"))
+            links.append((started, time.monotonic()))
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join()
+    time.sleep(1.5)  # the kernel's last release of the file
+    # The longest any write overlapping each ln waited (counted once all ended:
+    # a write the clone held ends after the ln).
+    stalls = [max((e - s for s, e in waits if e >= started and s <= ended), default=0.0)
+              for started, ended in links]  # fmt: skip
+    all_waits = [e - s for s, e in waits]
+    return {"data_path": data_path, "writes": len(all_waits),
+            "write_p50_ms": _ms(all_waits, 50), "snapshot_p50_ms": _ms(live, 50),
+            "snapshot_p99_ms": _ms(live, 99), "stall_p50_ms": _ms(stalls, 50),
+            "stall_p99_ms": _ms(stalls, 99)}  # fmt: skip
+
+
 def snapshots(repo: Path, sizes: dict) -> dict:
     """Snapshot and disk-on-snapshot latency of a raw disk written sequentially
-    (1 GiB of it: few extents), then of one written randomly for warm_s (its
-    extent count grows with that), and live snapshots under those writers."""
+    (1 GiB of it: few extents); live snapshots of a new disk under random
+    writers after warm_s of them (its extent count grows with that; opened
+    while it had none, the kernel serves it); the latency of that disk's
+    snapshots once closed; and live snapshots of it opened again under those
+    writers (opened with that many extents, repofs serves it)."""
     size = sizes["disk_gib"] * GiB
     sequential = repo / "disks/sequential"
     run(f"truncate -s {size} {sequential} && dd if=/dev/urandom of={sequential} bs=1M "
@@ -136,32 +171,12 @@ def snapshots(repo: Path, sizes: dict) -> dict:
     os.ftruncate(fd, size)
     os.close(fd)
     time.sleep(1.5)  # the kernel's last release of the new file
-    stop, waits = threading.Event(), []
-    writers = _write_randomly(disk, size, stop, waits)
-    try:
-        time.sleep(sizes["warm_s"])
-        live, links = [], []
-        for i in range(sizes["rounds"]):
-            started = time.monotonic()
-            live.append(_timed(os.link, disk, repo / f"snapshots/live-{i}"))
-            links.append((started, time.monotonic()))
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in writers:
-            thread.join()
-    # The longest any write overlapping each ln waited (counted once all ended:
-    # a write the clone held ends after the ln).
-    stalls = [max((e - s for s, e in waits if e >= started and s <= ended), default=0.0)
-              for started, ended in links]  # fmt: skip
-    all_waits = [e - s for s, e in waits]
     result = {
         "disk_gib": sizes["disk_gib"], "rounds": sizes["rounds"],
         "sequential": closed_sequential,
+        "live": _live(repo, disk, sizes, sizes["warm_s"], "live"),
         "random": _closed_links(repo, disk, "rnd", sizes["rounds"]),
-        "live": {"writes": len(all_waits), "write_p50_ms": _ms(all_waits, 50),
-                 "snapshot_p50_ms": _ms(live, 50), "snapshot_p99_ms": _ms(live, 99),
-                 "stall_p50_ms": _ms(stalls, 50), "stall_p99_ms": _ms(stalls, 99)},
+        "live_reopened": _live(repo, disk, sizes, 2, "relive"),
     }  # fmt: skip
     print(json.dumps(result, indent=1))
     return result

@@ -30,6 +30,8 @@ from conftest import (
     wait_for,
 )
 
+from repofs.drivers import reflink
+
 pytestmark = pytest.mark.mount
 
 BLOCK = 4096
@@ -252,6 +254,64 @@ def test_live_snapshots_of_an_open_raw_disk_are_point_in_time_clones(repo, mount
     assert record(mount, "default", "vm1")["lineage"] == "s4"
     assert record(mount, "default", "s4")["lineage"] == "s3"
     mount.expect_log(r"live snapshot s4 of vm1 \(a clone\) paused its I/O")
+
+
+def fragment(path: Path, first_block: int) -> None:
+    """Writes every other block from `first_block` on: one data extent more than
+    a live snapshot may clone (each written block an extent between holes)."""
+    extents = reflink.QUICK_CLONE_EXTENTS + 1
+    write_blocks(path, list(range(first_block, first_block + 2 * extents, 2)), b"frag")
+
+
+def test_an_open_disk_with_too_many_extents_to_clone_in_time_is_paused_for_an_overlay(repo, mount):
+    """A clone stalls the disk's writers for a time that grows with its extents:
+    a disk found past QUICK_CLONE_EXTENTS at its open is served by repofs, and
+    its live snapshot pauses it for a qcow2 overlay, as on storage that does
+    not clone; the snapshot is still point-in-time, and the disk's old volume
+    is the snapshot's."""
+    sh(f"truncate -s 64M {repo}/disks/vm1")
+    fragment(repo / "disks/vm1", 256)
+    disk_volume = volume(repo, "vm1")
+    wait_for(lambda: status(repo, "vm1")["data_path"] is None, 10, "the last release")
+    with Writer(repo / "disks/vm1", blocks=256) as writer:
+        assert status(repo, "vm1")["data_path"] == "repofs"
+        acknowledged = writer.acknowledged
+        sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+        begun = writer.begun
+        data = (repo / "snapshots/s1").read_bytes()
+        assert writer.moment_of(data[: 256 * BLOCK], acknowledged, begun) is not None
+        assert data[256 * BLOCK : 257 * BLOCK] == b"frag" * (BLOCK // 4)
+    assert volume(repo, "s1") == disk_volume
+    top, base = status(repo, "vm1")["chain"]
+    assert top.endswith(".qcow2") and Path(base) == disk_volume
+    assert status(repo, "vm1")["state"] == "optimized"
+    mount.expect_log(r"default/vm1 has more than 4096 extents, too many to clone")
+    mount.expect_log(r"live snapshot s1 of vm1 paused its I/O")
+
+
+def test_a_passthrough_disk_past_the_extents_is_still_cloned_then_served_by_repofs(repo, mount):
+    """The kernel's writes to a passthrough disk have no barrier but the clone,
+    so its live snapshots stay clones however many extents its writes made
+    (said once in the log); from its next open, repofs serves it."""
+    sh(f"truncate -s 64M {repo}/disks/vm1")
+    disk_volume = volume(repo, "vm1")
+    with Writer(repo / "disks/vm1", blocks=256) as writer:
+        assert status(repo, "vm1")["data_path"] == "passthrough"
+        fragment(repo / "disks/vm1", 256)
+        for i in range(2):
+            acknowledged = writer.acknowledged
+            sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s{i}")
+            data = (repo / f"snapshots/s{i}").read_bytes()[: 256 * BLOCK]
+            assert writer.moment_of(data, acknowledged, writer.begun) is not None
+            assert volume(repo, "vm1") == disk_volume  # a clone: the disk stays raw
+    log = mount.log_text()
+    assert len(re.findall(r"default/vm1 has more than 4096 extents", log)) == 1, log[-3000:]
+    wait_for(lambda: status(repo, "vm1")["data_path"] is None, 10, "the last release")
+    fd = os.open(repo / "disks/vm1", os.O_RDWR)
+    try:
+        assert status(repo, "vm1")["data_path"] == "repofs"
+    finally:
+        os.close(fd)
 
 
 def test_copies_within_one_file_system_are_clones(repo, mount):

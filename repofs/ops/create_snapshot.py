@@ -17,7 +17,7 @@ from repofs.model import (
 )
 from repofs.names import check_name
 from repofs.ops.logged import logged
-from repofs.ops.open_image import OpenImage, hold_open_image, release_image
+from repofs.ops.open_image import OpenImage, clones_quickly, hold_open_image, release_image
 from repofs.qemu import img
 from repofs.registry import ConnectedRepository
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 @logged(image="snapshot_id")
 async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
     """On reflink storage, the snapshot of a raw disk is a clone of its volume
-    (_clone_snapshot); otherwise the disk's current top volume becomes the
+    (_clone_snapshot), unless it is open on repofs's path with too many extents
+    to clone in time (_clones_in_time); otherwise the disk's current top volume becomes the
     snapshot's and the disk gets a new qcow2 top over it. An open disk is
     paused for steps 2 and 3 (its requests in flight finish, new ones wait) and
     its data synced first, so the snapshot holds exactly the writes acknowledged
@@ -66,7 +67,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             # reading the chain they opened, the snapshot's from now on.
             await release_image(image)
             image = None
-        if disk.is_raw and driver.reflink:
+        if disk.is_raw and driver.reflink and await _clones_in_time(repo, disk, image):
             try:
                 return await _clone_snapshot(repo, disk, snapshot_id, image)
             finally:
@@ -86,6 +87,23 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
         )
     return snapshot
+
+
+async def _clones_in_time(
+    repo: ConnectedRepository, disk: ImageRecord, image: OpenImage | None
+) -> bool:
+    """Whether a raw disk on reflink storage is snapshotted by a clone: if closed
+    (no writer waits for the clone, however long), or if its volume has few
+    enough extents for the clone to stall its writers within the target
+    (clones_quickly; counted after most of its dirty data is written, while
+    requests go on: the clone's own flush, with the writers stalled, is then
+    short), or if the kernel serves its I/O (passthrough): then a clone is the
+    only barrier for its writes, however long. Else it is paused for a qcow2
+    overlay, O(1) whatever its extents."""
+    if image is None:
+        return True
+    await image.io.fsync()
+    return await clones_quickly(repo, disk) or image.passthrough
 
 
 async def _clone_snapshot(
@@ -109,9 +127,6 @@ async def _clone_snapshot(
     if image is None:
         volume = await repo.clone_volume(repo, disk.top, disk.size)
     else:
-        # Most of the dirty data goes now, while requests go on: the clone's own
-        # flush, with the writers stalled, is then short.
-        await image.io.fsync()
         started = trio.current_time()
         async with image.paused():
             await image.sync()

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from repofs import errors
+from repofs.drivers import reflink
 from repofs.logs import facts
 from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.ops import write_claims
@@ -210,12 +211,40 @@ def passthrough_allowed(repo: ConnectedRepository, record: ImageRecord) -> bool:
     this host writes, on storage where its live snapshot is a clone (a
     point-in-time barrier that needs no pause, ops/create_snapshot.py).
     qcow2 chains, disks of shared repositories and raw disks on other storage
-    keep repofs's own path."""
+    keep repofs's own path, as do disks whose clone would stall their writers
+    too long (clones_quickly)."""
     if not record.is_raw:
         return False
     if record.kind is ImageKind.SNAPSHOT:
         return True
-    return not repo.driver.shared and repo.driver.reflink
+    return _clones_live(repo, record) and record.id not in repo.slow_clones
+
+
+def _clones_live(repo: ConnectedRepository, record: ImageRecord) -> bool:
+    """Whether a disk's live snapshot is a clone of its volume, which then has
+    no other barrier for the kernel's writes (ops/create_snapshot.py)."""
+    return record.is_raw and not repo.driver.shared and repo.driver.reflink
+
+
+async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool:
+    """Whether a raw disk's volume has few enough extents for a clone to stall its
+    writers no longer than a live snapshot may (drivers/reflink.py,
+    QUICK_CLONE_EXTENTS). Counted at each first open and at each live snapshot
+    of a disk whose snapshots are clones: a disk past it is served by repofs from
+    its next first open (passthrough_allowed), where a live snapshot pauses it
+    for an O(1) qcow2 overlay instead of a clone; said once in the log."""
+    path = repo.volume_path(record.top)
+    if await trio.to_thread.run_sync(reflink.clones_quickly, path):
+        repo.slow_clones.discard(record.id)
+        return True
+    if record.id not in repo.slow_clones:
+        repo.slow_clones.add(record.id)
+        log.info("%s/%s has more than %d extents, too many to clone within a live snapshot's "
+                 "stall target: repofs serves it from its next open, and snapshots it live by "
+                 "pausing it for a qcow2 overlay (an open through kernel passthrough is still "
+                 "cloned: nothing else holds its writes)", repo.name, record.id,
+                 reflink.QUICK_CLONE_EXTENTS)  # fmt: skip
+    return False
 
 
 async def open_image(
@@ -271,6 +300,8 @@ async def _first_open(
     """A disk is opened for writing whatever the handle asks, except in a shared
     repository, where writing needs a claim (ops/write_claims.py)."""
     writable = record.kind is ImageKind.VIRTUAL_DISK and (write or not repo.driver.shared)
+    if writable and _clones_live(repo, record):
+        await clones_quickly(repo, record)  # before passthrough_allowed asks
     claimed = writable and repo.driver.shared
     if claimed:
         record = await write_claims.claim(repo, record.id)
