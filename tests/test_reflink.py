@@ -289,6 +289,27 @@ def test_an_open_disk_with_too_many_extents_to_clone_in_time_is_paused_for_an_ov
     mount.expect_log(r"live snapshot s1 of vm1 paused its I/O")
 
 
+def test_closed_images_with_too_many_extents_to_clone_in_time_are_layered(repo, mount):
+    """`ln` of a disk or a snapshot past QUICK_CLONE_EXTENTS makes a qcow2 overlay,
+    O(1), where a clone would take a time that grows with the extents."""
+    sh(f"truncate -s 64M {repo}/disks/vm1")
+    fragment(repo / "disks/vm1", 0)
+    disk_volume = volume(repo, "vm1")
+    before = (repo / "disks/vm1").read_bytes()
+    wait_for(lambda: status(repo, "vm1")["data_path"] is None, 10, "the last release")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    assert volume(repo, "s1") == disk_volume
+    top, base = status(repo, "vm1")["chain"]
+    assert top.endswith(".qcow2") and Path(base) == disk_volume
+    sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
+    top, base = status(repo, "vm2")["chain"]
+    assert top.endswith(".qcow2") and Path(base) == disk_volume
+    assert (repo / "disks/vm2").read_bytes() == before
+    assert [status(repo, d)["state"] for d in ("vm1", "vm2")] == ["optimized", "optimized"]
+    mount.expect_log(r"default/vm1 has more than 4096 extents")
+    mount.expect_log(r"default/s1 has more than 4096 extents")
+
+
 def test_a_passthrough_disk_past_the_extents_is_still_cloned_then_served_by_repofs(repo, mount):
     """The kernel's writes to a passthrough disk have no barrier but the clone,
     so its live snapshots stay clones however many extents its writes made

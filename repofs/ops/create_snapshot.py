@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 @logged(image="snapshot_id")
 async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
     """On reflink storage, the snapshot of a raw disk is a clone of its volume
-    (_clone_snapshot), unless it is open on repofs's path with too many extents
-    to clone in time (_clones_in_time); otherwise the disk's current top volume becomes the
+    (_clone_snapshot), unless it has too many extents to clone in time
+    (_clones_in_time); otherwise the disk's current top volume becomes the
     snapshot's and the disk gets a new qcow2 top over it. An open disk is
     paused for steps 2 and 3 (its requests in flight finish, new ones wait) and
     its data synced first, so the snapshot holds exactly the writes acknowledged
@@ -92,18 +92,17 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
 async def _clones_in_time(
     repo: ConnectedRepository, disk: ImageRecord, image: OpenImage | None
 ) -> bool:
-    """Whether a raw disk on reflink storage is snapshotted by a clone: if closed
-    (no writer waits for the clone, however long), or if its volume has few
-    enough extents for the clone to stall its writers within the target
-    (clones_quickly; counted after most of its dirty data is written, while
-    requests go on: the clone's own flush, with the writers stalled, is then
-    short), or if the kernel serves its I/O (passthrough): then a clone is the
-    only barrier for its writes, however long. Else it is paused for a qcow2
-    overlay, O(1) whatever its extents."""
-    if image is None:
-        return True
-    await image.io.fsync()
-    return await clones_quickly(repo, disk) or image.passthrough
+    """Whether a raw disk on reflink storage is snapshotted by a clone: if its
+    volume has few enough extents for the clone to take no longer than a live
+    snapshot may stall the disk's writers (clones_quickly; of an open disk,
+    counted once most of its dirty data is written, while requests go on: the
+    clone's own flush, with the writers stalled, is then short), or if the
+    kernel serves its I/O (passthrough): then a clone is the only barrier for
+    its writes, however long. Else the disk gets a qcow2 overlay, O(1) whatever
+    its extents (an open one is paused for it)."""
+    if image is not None:
+        await image.io.fsync()
+    return await clones_quickly(repo, disk) or (image is not None and image.passthrough)
 
 
 async def _clone_snapshot(

@@ -10,6 +10,7 @@ from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
 from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
+from repofs.ops.open_image import clones_quickly
 from repofs.registry import ConnectedRepository, Registry
 
 
@@ -46,7 +47,8 @@ async def create_virtual_disk_from_snapshot(
 ) -> ImageRecord:
     """A disk that reads as snapshot `base_id` (of `base_repo`, by default this
     repository): on reflink storage, a clone of a raw snapshot's volume
-    (_clone_of_snapshot); otherwise a disk that writes to its own qcow2 overlay.
+    (_clone_of_snapshot) if it clones quickly (ops/open_image.py
+    clones_quickly); otherwise a disk that writes to its own qcow2 overlay.
 
     The overlay is `degraded` under strategy `performance`, or when its base is
     in another repository; the fix that gives it its better form is queued at
@@ -73,7 +75,11 @@ async def create_virtual_disk_from_snapshot(
             local = await trio.to_thread.run_sync(_usable_snapshot, driver, base_id)
             if local is not None:
                 base, base_repo = local, repo
-        if base.is_raw and await trio.to_thread.run_sync(repo.clones_from, base_repo):
+        if (
+            base.is_raw
+            and await trio.to_thread.run_sync(repo.clones_from, base_repo)
+            and await clones_quickly(base_repo, base)
+        ):
             return await _clone_of_snapshot(repo, image_id, base, base_repo, owner)
         options = await trio.to_thread.run_sync(driver.read_options)
         chain = await repo.new_overlay(base, base_repo)

@@ -227,12 +227,14 @@ def _clones_live(repo: ConnectedRepository, record: ImageRecord) -> bool:
 
 
 async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool:
-    """Whether a raw disk's volume has few enough extents for a clone to stall its
-    writers no longer than a live snapshot may (drivers/reflink.py,
-    QUICK_CLONE_EXTENTS). Counted at each first open and at each live snapshot
-    of a disk whose snapshots are clones: a disk past it is served by repofs from
-    its next first open (passthrough_allowed), where a live snapshot pauses it
-    for an O(1) qcow2 overlay instead of a clone; said once in the log."""
+    """Whether a raw image's volume has few enough extents for a clone to take
+    no longer than a live snapshot may stall the disk's writers (drivers/reflink.py,
+    QUICK_CLONE_EXTENTS). Counted at each first open of a disk whose live
+    snapshots are clones, and before each clone of a snapshot or disk: past it,
+    a snapshot of the disk or a disk on the snapshot is a qcow2 overlay, O(1),
+    and a disk is served by repofs from its next first open
+    (passthrough_allowed), where a live snapshot can pause it; said once in the
+    log."""
     path = repo.volume_path(record.top)
     if await trio.to_thread.run_sync(reflink.clones_quickly, path):
         repo.slow_clones.discard(record.id)
@@ -240,10 +242,10 @@ async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool
     if record.id not in repo.slow_clones:
         repo.slow_clones.add(record.id)
         log.info("%s/%s has more than %d extents, too many to clone within a live snapshot's "
-                 "stall target: repofs serves it from its next open, and snapshots it live by "
-                 "pausing it for a qcow2 overlay (an open through kernel passthrough is still "
-                 "cloned: nothing else holds its writes)", repo.name, record.id,
-                 reflink.QUICK_CLONE_EXTENTS)  # fmt: skip
+                 "stall target: its snapshots and disks on it are qcow2 overlays, and a disk "
+                 "is served by repofs from its next open (while the kernel serves it, its "
+                 "snapshots are still clones: nothing else holds its writes)", repo.name,
+                 record.id, reflink.QUICK_CLONE_EXTENTS)  # fmt: skip
     return False
 
 
