@@ -95,6 +95,11 @@ class RepofsOperations(pyfuse3.Operations):
     # Images never keep set-user-ID bits (model.Owner.PERMISSIONS), so the kernel
     # need not ask for security.capability at every passthrough write.
     enable_killpriv_v2 = True
+    # An image's size and data change only through this mount, so the kernel need
+    # not ask for its attributes before each read. With it asking, reads at queue
+    # depth > 1 each waited for a getattr (the kernel drops a getattr's reply when
+    # a read completes meanwhile, so its attribute cache never filled).
+    enable_auto_inval_data = False
 
     def __init__(self, registry: Registry):
         super().__init__()
