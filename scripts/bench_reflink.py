@@ -112,8 +112,9 @@ def _ms(values: list[float], p: float) -> float:
 
 def _closed_links(repo: Path, disk: Path, name: str, rounds: int) -> dict:
     """p50/p99 of `ln disks/D snapshots/S` and `ln snapshots/S disks/V` of a
-    closed disk, and its volume's extent count."""
-    volume = Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][0])
+    closed disk, and its raw volume's extent count."""
+    # Its raw volume's (below the overlays of its snapshots, if any).
+    volume = Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][-1])
     extents = len(reflink.data_extents(volume))
     time.sleep(1.5)  # the kernel's last release of the file
     snap = [_timed(os.link, disk, repo / f"snapshots/{name}-{i}") for i in range(rounds)]
@@ -130,6 +131,8 @@ def _live(repo: Path, disk: Path, sizes: dict, warm_s: float, name: str) -> dict
     stop, waits = threading.Event(), []
     writers = _write_randomly(disk, sizes["disk_gib"] * GiB, stop, waits)
     try:
+        while not waits:  # the first open (a count of the disk's extents) done
+            time.sleep(0.01)
         time.sleep(warm_s)
         data_path = json.loads((repo / f"status/{disk.name}").read_text())["data_path"]
         live, links = [], []
@@ -148,7 +151,10 @@ def _live(repo: Path, disk: Path, sizes: dict, warm_s: float, name: str) -> dict
     stalls = [max((e - s for s, e in waits if e >= started and s <= ended), default=0.0)
               for started, ended in links]  # fmt: skip
     all_waits = [e - s for s, e in waits]
-    return {"data_path": data_path, "writes": len(all_waits),
+    # The extents of the disk's raw volume (below the overlays of its snapshots).
+    raw = Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][-1])
+    return {"data_path": data_path, "extents": len(reflink.data_extents(raw)),
+            "writes": len(all_waits),
             "write_p50_ms": _ms(all_waits, 50), "snapshot_p50_ms": _ms(live, 50),
             "snapshot_p99_ms": _ms(live, 99), "stall_p50_ms": _ms(stalls, 50),
             "stall_p99_ms": _ms(stalls, 99)}  # fmt: skip
@@ -158,9 +164,10 @@ def snapshots(repo: Path, sizes: dict) -> dict:
     """Snapshot and disk-on-snapshot latency of a raw disk written sequentially
     (1 GiB of it: few extents); live snapshots of a new disk under random
     writers after warm_s of them (its extent count grows with that; opened
-    while it had none, the kernel serves it); the latency of that disk's
-    snapshots once closed; and live snapshots of it opened again under those
-    writers (opened with that many extents, repofs serves it)."""
+    while it had none, the kernel serves it); live snapshots of it opened again
+    under those writers (opened with that many extents, repofs serves it, and
+    the first snapshot puts it on a qcow2 chain); the latency of that disk's
+    snapshots once closed."""
     size = sizes["disk_gib"] * GiB
     sequential = repo / "disks/sequential"
     run(f"truncate -s {size} {sequential} && dd if=/dev/urandom of={sequential} bs=1M "
@@ -175,8 +182,8 @@ def snapshots(repo: Path, sizes: dict) -> dict:
         "disk_gib": sizes["disk_gib"], "rounds": sizes["rounds"],
         "sequential": closed_sequential,
         "live": _live(repo, disk, sizes, sizes["warm_s"], "live"),
-        "random": _closed_links(repo, disk, "rnd", sizes["rounds"]),
         "live_reopened": _live(repo, disk, sizes, 2, "relive"),
+        "random": _closed_links(repo, disk, "rnd", sizes["rounds"]),
     }  # fmt: skip
     print(json.dumps(result, indent=1))
     return result

@@ -95,11 +95,12 @@ async def _clones_in_time(
     """Whether a raw disk on reflink storage is snapshotted by a clone: if its
     volume has few enough extents for the clone to take no longer than a live
     snapshot may stall the disk's writers (clones_quickly; of an open disk,
-    counted once most of its dirty data is written, while requests go on: the
-    clone's own flush, with the writers stalled, is then short), or if the
-    kernel serves its I/O (passthrough): then a clone is the only barrier for
-    its writes, however long. Else the disk gets a qcow2 overlay, O(1) whatever
-    its extents (an open one is paused for it)."""
+    counted once its dirty data is written, which the count would otherwise
+    write under the file's I/O lock), or if the kernel serves its I/O
+    (passthrough): then a clone is the only barrier for its writes, however
+    long. Else the disk gets a qcow2 overlay, O(1) whatever its extents (an
+    open one is paused for it). Writes through the mount wait for the whole
+    `ln` anyway: the kernel holds the disk's inode lock through a link."""
     if image is not None:
         await image.io.fsync()
     return await clones_quickly(repo, disk) or (image is not None and image.passthrough)
