@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_benchmark_runs_every_section(tmp_path):
     results = tmp_path / "results.json"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, ROOT / "scripts/bench.py", "--quick", "--results", results],
-        check=True, capture_output=True, timeout=600,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(results.read_text())
     assert report["quick"] is True
     fio_jobs = [r for r in report["data_path"] if "repofs_mib_s" in r]
