@@ -21,7 +21,6 @@ import json
 import mmap
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,9 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_native import repofs_mount, run, xfs_with_reflink  # noqa: E402
+
 from repofs.drivers import reflink  # noqa: E402
 
-REPOFS = f"cd {ROOT} && {sys.executable} -m repofs"
 BLOCK = 4096
 GiB = 1 << 30
 FULL = {"extents": [1_000, 10_000, 100_000], "rounds": 20, "warm_s": 30, "disk_gib": 4}
@@ -43,10 +43,6 @@ QUICK = {"extents": [100, 1_000], "rounds": 3, "warm_s": 2, "disk_gib": 1}
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-def run(cmd: str) -> str:
-    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout
 
 
 def clone_times(xfs: Path, counts: list[int]) -> list[dict]:
@@ -191,25 +187,11 @@ def snapshots(repo: Path, sizes: dict) -> dict:
 
 def reflink_section(tmp: Path, sizes: dict) -> dict:
     """The whole section, on an XFS of its own (unmounted and detached after)."""
-    image, xfs, mnt = tmp / "xfs.img", tmp / "xfs", tmp / "mnt-xfs"
-    run(f"truncate -s 16G {image} && mkfs.xfs -q -m reflink=1 {image}")
-    device = run(f"losetup --find --show {image}").strip()
-    try:
-        xfs.mkdir()
-        run(f"mount {device} {xfs}")
-        try:
-            result = {"clone": clone_times(xfs, sizes["extents"])}
-            run(f"{REPOFS} mount {mnt} --data-dir {xfs / 'data'}")
-            try:
-                result["snapshots"] = snapshots(mnt / "default", sizes)
-            finally:
-                run(f"{REPOFS} umount {mnt}")
-            return result
-        finally:
-            run(f"umount {xfs}")
-    finally:
-        run(f"losetup --detach {device}")
-        image.unlink()
+    with xfs_with_reflink(tmp / "xfs.img", tmp / "xfs") as xfs:
+        result = {"clone": clone_times(xfs, sizes["extents"])}
+        with repofs_mount(tmp / "mnt-xfs", xfs / "data") as mnt:
+            result["snapshots"] = snapshots(mnt / "default", sizes)
+        return result
 
 
 def main() -> None:
