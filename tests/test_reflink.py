@@ -357,16 +357,23 @@ def test_copies_within_one_file_system_are_clones(repo, mount):
     assert not os.listdir(r2 / "tasks")
 
 
-def test_incremental_copy_moves_only_the_extents_that_changed(other_xfs, repo, mount):
-    """r3 on another XFS: the backups of vm1 are copies there, each over the
-    last (a clone of it in r3), and move what changed since: the blocks written,
-    and zeros where vm1 now has a hole (a disk on a snapshot that has one)."""
-    (other_xfs / "r3").mkdir()
-    (mount.path / "connect").write_text(f"r3 localfs-1.0 path={other_xfs / 'r3'}\n")
+def monday_in_r3(repo: Path, mount, where: Path) -> Path:
+    """Repository r3 connected in `where`, holding a backup `monday` of a new
+    disk vm1 (64 blocks of a pattern); returns r3 in the mount."""
+    (where / "r3").mkdir()
+    (mount.path / "connect").write_text(f"r3 localfs-1.0 path={where / 'r3'}\n")
     r3 = mount.path / "r3"
     pattern_disk(repo, "vm1", 64)
     sh(f"ln {repo}/disks/vm1 {r3}/snapshots/monday")
     wait_for(lambda: status(r3, "monday")["state"] == "optimized", 60, "monday copied")
+    return r3
+
+
+def test_incremental_copy_moves_only_the_extents_that_changed(other_xfs, repo, mount):
+    """r3 on another XFS: the backups of vm1 are copies there, each over the
+    last (a clone of it in r3), and move what changed since: the blocks written,
+    and zeros where vm1 now has a hole (a disk on a snapshot that has one)."""
+    r3 = monday_in_r3(repo, mount, other_xfs)
     changed = [7, 8, 9, 1000, 8191, 12000]  # blocks, in and past the data
     write_blocks(repo / "disks/vm1", changed, b"tuesday")
     sh(f"ln {repo}/disks/vm1 {r3}/snapshots/tuesday")
@@ -384,12 +391,7 @@ def test_incremental_copy_moves_only_the_extents_that_changed(other_xfs, repo, m
 def test_incremental_copy_into_storage_that_does_not_clone(repo, mount, tmp_path):
     """r3 on the temp directory (no reflink): the copy is a qcow2 overlay over
     r3's monday holding only what changed."""
-    (tmp_path / "r3").mkdir()
-    (mount.path / "connect").write_text(f"r3 localfs-1.0 path={tmp_path / 'r3'}\n")
-    r3 = mount.path / "r3"
-    pattern_disk(repo, "vm1", 64)
-    sh(f"ln {repo}/disks/vm1 {r3}/snapshots/monday")
-    wait_for(lambda: status(r3, "monday")["state"] == "optimized", 60, "monday copied")
+    r3 = monday_in_r3(repo, mount, tmp_path)
     write_blocks(repo / "disks/vm1", [5, 6000], b"tuesday")
     sh(f"ln {repo}/disks/vm1 {r3}/snapshots/tuesday")
     wait_for(lambda: status(r3, "tuesday")["state"] == "optimized", 60, "tuesday copied")
