@@ -35,6 +35,7 @@ from pathlib import Path
 
 import bench_native
 import bench_reflink
+from bench_native import cold
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/results.json"
@@ -427,12 +428,6 @@ def wait_optimized(repo: Path, image_id: str, timeout_s: float = 300) -> None:
     while json.loads((repo / "status" / image_id).read_text())["state"] != "optimized":
         assert time.monotonic() < deadline, f"{image_id} not optimized after {timeout_s}s"
         time.sleep(0.05)
-
-
-def cold() -> None:
-    """Both sides of a comparison start from storage, not from the page cache."""
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def copy_into(mnt: Path, snapshot: str, target: str) -> float:
