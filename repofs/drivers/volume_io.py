@@ -13,9 +13,17 @@ system that cannot promise not to block (no RWF_NOWAIT: FUSE, so a Gluster
 volume) is only ever touched from threads: a stall there must not stop the
 trio loop, which serves every other repository.
 Requests of any alignment are served, also for callers that opened the image with
-O_DIRECT: the volume is opened buffered and fsync makes it durable.
+O_DIRECT: the volume is opened buffered and fsync makes it durable. Writeback
+of a volume's dirty pages is started every WRITEBACK_BYTES written, so what an
+fsync has to write stays small: a live snapshot syncs the disk during its `ln`,
+and every write through the mount waits for the whole `ln` (the kernel holds
+the disk's inode lock through a link); and the
+kernel on its own keeps up to 10% of memory dirty for 30 s (measured: 2.5 s of
+writeback in the first live snapshot after 2 s of random 4 KiB writes).
 """
 
+import ctypes
+import ctypes.util
 import errno
 import os
 from pathlib import Path
@@ -24,6 +32,11 @@ import trio
 
 from repofs import errors
 from repofs.drivers import io_threads
+
+WRITEBACK_BYTES = 1 << 20
+SYNC_FILE_RANGE_WRITE = 2  # start writeback of the dirty pages, wait for nothing
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 class RawVolumeFile:
@@ -35,6 +48,7 @@ class RawVolumeFile:
         self._local = _never_blocks_unasked(self._fd)
         self._threads = io_threads.for_file(self._fd)
         self._in_kernel_copy = True  # until the file system refuses copy_file_range
+        self._unflushed = 0  # bytes written since writeback was last started
 
     async def _submit(self, fn, *args, inline_if_alone: bool = True):
         RawVolumeFile._in_flight += 1
@@ -74,7 +88,19 @@ class RawVolumeFile:
         return data if len(data) == length else data.ljust(length, b"\0")
 
     async def write(self, offset: int, data: bytes) -> int:
-        return await self._submit(os.pwrite, self._fd, data, offset)
+        self._unflushed += len(data)
+        if self._unflushed < WRITEBACK_BYTES:
+            return await self._submit(os.pwrite, self._fd, data, offset)
+        self._unflushed = 0
+        return await self._submit(self._write_and_start_writeback, data, offset,
+                                  inline_if_alone=False)  # fmt: skip
+
+    def _write_and_start_writeback(self, data: bytes, offset: int) -> int:
+        written = os.pwrite(self._fd, data, offset)
+        if _libc.sync_file_range(self._fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+        return written
 
     async def copy_to(self, target: "RawVolumeFile", offset: int, length: int) -> None:
         """Copies a range into the same range of `target` inside the kernel

@@ -6,6 +6,7 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
+from repofs.drivers import reflink
 from repofs.model import (
     UNFINISHED_SNAPSHOT,
     ImageKind,
@@ -134,8 +135,16 @@ async def _clone_snapshot(
             volume = await repo.clone_volume(repo, disk.top, image.size)
             disk = disk.evolve(size=image.size)
         paused_ms = (trio.current_time() - started) * 1000
-        log.info("live snapshot %s of %s (a clone) paused its I/O %.1f ms",
-                 snapshot_id, disk.id, paused_ms)  # fmt: skip
+        if disk.id in repo.slow_clones:
+            # Served by the kernel, fragmented since its open (clones_quickly).
+            log.warning("live snapshot %s of %s (a clone of a volume of more than %d extents) "
+                        "held its writes %.0f ms: the kernel serves it, and nothing but a "
+                        "clone can hold the kernel's writes; it is served by repofs from its "
+                        "next open", snapshot_id, disk.id, reflink.QUICK_CLONE_EXTENTS,
+                        paused_ms)  # fmt: skip
+        else:
+            log.info("live snapshot %s of %s (a clone) paused its I/O %.1f ms",
+                     snapshot_id, disk.id, paused_ms)  # fmt: skip
     crash_point("snapshot:clone")
     snapshot = ImageRecord(snapshot_id, ImageKind.SNAPSHOT, disk.size, (volume,),
                            lineage=disk.lineage, owner=disk.owner)  # fmt: skip
