@@ -61,9 +61,12 @@ def cold() -> None:
 @contextlib.contextmanager
 def xfs_with_reflink(image: Path, path: Path, size_gib: int = 16):
     """An XFS with reflink (mkfs.xfs -m reflink=1) on a loop file, mounted at
-    `path` for the block; unmounted, detached and removed after."""
+    `path` for the block; unmounted, detached and removed after. The loop
+    device reads and writes its file with O_DIRECT: through the host's page
+    cache, 1 MiB O_DIRECT writes on the XFS measured memory (2.6-6.2 GB/s from
+    one run to the next, in one minute)."""
     run(f"truncate -s {size_gib}G {image} && mkfs.xfs -q -m reflink=1 {image}")
-    device = run(f"losetup --find --show {image}").strip()
+    device = run(f"losetup --find --show --direct-io=on {image}").strip()
     try:
         path.mkdir()
         run(f"mount {device} {path}")

@@ -14,19 +14,23 @@ volume) is only ever touched from threads: a stall there must not stop the
 trio loop, which serves every other repository.
 Requests of any alignment are served, also for callers that opened the image with
 O_DIRECT: the volume is opened buffered and fsync makes it durable. Every
-SYNC_BYTES written, the write that passes the mark also syncs the volume's
-data, so that what an fsync finds to write stays small: a live snapshot syncs
-the disk during its `ln`, and every write through the mount waits for the
-whole `ln` (the kernel holds the disk's inode lock through a link), while the
-kernel on its own keeps up to 10% of memory dirty for 30 s. Measured under
-16 random 4 KiB writers (XFS on a loop file, docs/performance.md): the first
-live snapshot's sync 2.5 s -> 67 ms; only starting writeback every 1 MiB
-(sync_file_range) left the journal to the snapshot (326 ms). fio through the
-mount on ext4, 1 MiB QD4 / 4 KiB QD16 writes: 1,084 MiB/s and 9.9k IOPS
-(sync_file_range: 885 and 7.1k; in memory, no sync: 2,262 and 12.2k).
+SYNC_BYTES written, a sync of the volume's data starts behind the writes (the
+writes go on; if the sync before is still running they wait for it, as they
+would for the storage), so that what an fsync finds to write stays small: a
+live snapshot syncs the disk during its `ln`, and every write through the
+mount waits for the whole `ln` (the kernel holds the disk's inode lock through
+a link), while the kernel on its own keeps up to 10% of memory dirty for 30 s.
+Measured under 16 random 4 KiB writers (XFS on a loop file, docs/performance.md):
+the first live snapshot's sync 2.5 s -> 67 ms with a sync every 4 MiB; only
+starting writeback every 1 MiB (sync_file_range) left the journal to the
+snapshot (326 ms). fio through the mount on ext4, against no sync at all (the
+page cache): 1 MiB QD4 writes 1,085-1,600 MiB/s (2,262), 4 KiB QD16 12-12.8k
+IOPS (12.2k), 4 KiB QD1 7.7k IOPS, as many as O_DIRECT on the file itself
+(18.8k); a sync the write itself waited for made that 4k.
 """
 
 import errno
+import logging
 import os
 from pathlib import Path
 
@@ -34,6 +38,8 @@ import trio
 
 from repofs import errors
 from repofs.drivers import io_threads
+
+log = logging.getLogger(__name__)
 
 SYNC_BYTES = 4 << 20
 
@@ -47,7 +53,11 @@ class RawVolumeFile:
         self._local = _never_blocks_unasked(self._fd)
         self._threads = io_threads.for_file(self._fd)
         self._in_kernel_copy = True  # until the file system refuses copy_file_range
-        self._unsynced = 0  # bytes written since the last sync
+        self._unsynced = 0  # bytes written since the last sync started
+        self._sync_turn = trio.Lock()  # one writer starts the next sync
+        self._synced = trio.Event()  # the sync behind the writes ended
+        self._synced.set()
+        self._sync_error: errors.RepofsError | None = None  # for the next fsync
 
     async def _submit(self, fn, *args, inline_if_alone: bool = True):
         RawVolumeFile._in_flight += 1
@@ -87,16 +97,27 @@ class RawVolumeFile:
         return data if len(data) == length else data.ljust(length, b"\0")
 
     async def write(self, offset: int, data: bytes) -> int:
-        self._unsynced += len(data)
-        if self._unsynced < SYNC_BYTES:
-            return await self._submit(os.pwrite, self._fd, data, offset)
-        self._unsynced = 0
-        return await self._submit(self._write_and_sync, data, offset, inline_if_alone=False)
-
-    def _write_and_sync(self, data: bytes, offset: int) -> int:
-        written = os.pwrite(self._fd, data, offset)
-        os.fdatasync(self._fd)
+        written = await self._submit(os.pwrite, self._fd, data, offset)
+        self._unsynced += written
+        if self._unsynced >= SYNC_BYTES:
+            self._unsynced = 0
+            async with self._sync_turn:
+                await self._synced.wait()
+                self._synced = trio.Event()
+                trio.lowlevel.spawn_system_task(self._sync_behind, self._synced)
         return written
+
+    async def _sync_behind(self, synced: trio.Event) -> None:
+        """A sync of the data written so far, behind the writes. A failure is kept
+        for the next fsync: the kernel reports a writeback error once per open
+        file, and it belongs to whoever asked for durability."""
+        try:
+            await self._in_thread(os.fdatasync, self._fd)
+        except errors.RepofsError as exc:
+            log.warning("syncing volume %s behind its writes: %s", self.path.name, exc)
+            self._sync_error = exc
+        finally:
+            synced.set()
 
     async def copy_to(self, target: "RawVolumeFile", offset: int, length: int) -> None:
         """Copies a range into the same range of `target` inside the kernel
@@ -129,11 +150,15 @@ class RawVolumeFile:
     async def fsync(self) -> None:
         # With a copy's data dirty it takes up to seconds.
         await self._in_thread(os.fsync, self._fd)
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise error
 
     async def truncate(self, size: int) -> None:
         await self._submit(os.ftruncate, self._fd, size)
 
     async def close(self) -> None:
+        await self._synced.wait()
         if self._local:
             os.close(self._fd)
         else:  # FUSE sends a flush, which waits for the storage
