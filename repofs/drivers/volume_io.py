@@ -26,7 +26,7 @@ starting writeback every 1 MiB (sync_file_range) left the journal to the
 snapshot (326 ms). fio through the mount on ext4, against no sync at all (the
 page cache): 1 MiB QD4 writes 1,085-1,600 MiB/s (2,262), 4 KiB QD16 12-12.8k
 IOPS (12.2k), 4 KiB QD1 7.7k IOPS, as many as O_DIRECT on the file itself
-(18.8k); a sync the write itself waited for made that 4k.
+(7.8k); a sync the write itself waited for made that 4k.
 """
 
 import errno
