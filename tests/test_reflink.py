@@ -313,7 +313,8 @@ def test_closed_images_with_too_many_extents_to_clone_in_time_are_layered(repo, 
 def test_a_passthrough_disk_past_the_extents_is_still_cloned_then_served_by_repofs(repo, mount):
     """The kernel's writes to a passthrough disk have no barrier but the clone,
     so its live snapshots stay clones however many extents its writes made
-    (said once in the log); from its next open, repofs serves it."""
+    (said once in the log, and a warning at each); from its next open, repofs
+    serves it."""
     sh(f"truncate -s 64M {repo}/disks/vm1")
     disk_volume = volume(repo, "vm1")
     with Writer(repo / "disks/vm1", blocks=256) as writer:
@@ -327,6 +328,9 @@ def test_a_passthrough_disk_past_the_extents_is_still_cloned_then_served_by_repo
             assert volume(repo, "vm1") == disk_volume  # a clone: the disk stays raw
     log = mount.log_text()
     assert len(re.findall(r"default/vm1 has more than 4096 extents", log)) == 1, log[-3000:]
+    for i in range(2):  # and each such snapshot warns how long it held the writes
+        mount.expect_log(rf"WARNING .*live snapshot s{i} of vm1 \(a clone of a volume of more "
+                         rf"than 4096 extents\) held its writes \d+ ms")  # fmt: skip
     wait_for(lambda: status(repo, "vm1")["data_path"] is None, 10, "the last release")
     fd = os.open(repo / "disks/vm1", os.O_RDWR)
     try:
