@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_native import repofs_mount, run, xfs_with_reflink  # noqa: E402
+from bench_native import data_path, repofs_mount, run, xfs_with_reflink  # noqa: E402
 
 from repofs.drivers import reflink  # noqa: E402
 
@@ -107,11 +107,16 @@ def _ms(values: list[float], p: float) -> float:
     return round(percentile(values, p) * 1000, 2)
 
 
+def raw_volume(repo: Path, disk: Path) -> Path:
+    """A disk's raw volume: the bottom of its chain, below the overlays of its
+    snapshots if any."""
+    return Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][-1])
+
+
 def _closed_links(repo: Path, disk: Path, name: str, rounds: int) -> dict:
     """p50/p99 of `ln disks/D snapshots/S` and `ln snapshots/S disks/V` of a
     closed disk, and its raw volume's extent count."""
-    # Its raw volume's (below the overlays of its snapshots, if any).
-    volume = Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][-1])
+    volume = raw_volume(repo, disk)
     extents = len(reflink.data_extents(volume))
     time.sleep(1.5)  # the kernel's last release of the file
     snap = [_timed(os.link, disk, repo / f"snapshots/{name}-{i}") for i in range(rounds)]
@@ -131,7 +136,7 @@ def _live(repo: Path, disk: Path, sizes: dict, warm_s: float, name: str) -> dict
         while not waits:  # the first open (a count of the disk's extents) done
             time.sleep(0.01)
         time.sleep(warm_s)
-        data_path = json.loads((repo / f"status/{disk.name}").read_text())["data_path"]
+        path = data_path(repo, disk.name)
         live, links = [], []
         for i in range(sizes["rounds"]):
             started = time.monotonic()
@@ -155,9 +160,7 @@ def _live(repo: Path, disk: Path, sizes: dict, warm_s: float, name: str) -> dict
     quiet = [longest(ended + 0.1, ended + 0.1 + min(ended - started, 0.3))
              for started, ended in links]  # fmt: skip
     all_waits = [e - s for s, e in waits]
-    # The extents of the disk's raw volume (below the overlays of its snapshots).
-    raw = Path(json.loads((repo / f"status/{disk.name}").read_text())["chain"][-1])
-    return {"data_path": data_path, "extents": len(reflink.data_extents(raw)),
+    return {"data_path": path, "extents": len(reflink.data_extents(raw_volume(repo, disk))),
             "writes": len(all_waits),
             "write_p50_ms": _ms(all_waits, 50), "snapshot_p50_ms": _ms(live, 50),
             "snapshot_p99_ms": _ms(live, 99), "stall_p50_ms": _ms(stalls, 50),

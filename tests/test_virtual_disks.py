@@ -149,9 +149,9 @@ def dirty_bytes() -> int:
 
 def test_writes_repofs_serves_are_written_back_as_they_come(repo):
     """A disk's dirty pages are what a live snapshot's sync writes while every
-    write through the mount waits (drivers/volume_io.py): repofs starts their
-    writeback as they come instead of leaving them to the kernel (up to 10% of
-    memory, 30 s)."""
+    write through the mount waits (drivers/volume_io.py): repofs syncs them
+    behind the writes as they come instead of leaving them to the kernel (up to
+    10% of memory, 30 s)."""
     sh(f"truncate -s 256M {repo}/disks/vm1")
     chunk = mmap.mmap(-1, MiB)  # aligned, for O_DIRECT
     chunk.write(pattern(b"vm1", MiB))
