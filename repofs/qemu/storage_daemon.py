@@ -72,7 +72,12 @@ class StorageDaemon:
         self._nodes: dict[Path, Node] = {}
         self._process: subprocess.Popen | None = None
         self._qmp: QmpConnection | None = None
+        # Requests wait while anything holds them (_hold): the start, a restart,
+        # a resize. `_ready` is replaced only once set, so nobody waits on an
+        # event that is never set.
         self._ready = trio.Event()
+        self._holds = 1  # the start
+        self._restarting = False
         self._nursery: trio.Nursery | None = None
         self._node_lock = trio.Lock()
 
@@ -85,12 +90,11 @@ class StorageDaemon:
             self._nursery = nursery
             try:
                 await self._start()
-                self._ready.set()
+                self._release()
                 task_status.started()
                 while True:
                     await self._wait_for_exit()
-                    if self._ready.is_set():  # else a restart already holds requests
-                        self._ready = trio.Event()
+                    self._hold_for_restart()
                     log.error(
                         "qemu-storage-daemon exited with %s; restarting", self._process.returncode
                     )
@@ -98,7 +102,8 @@ class StorageDaemon:
                     await trio.sleep(RESTART_DELAY_S)
                     await self._start()
                     await self._add_all_nodes()
-                    self._ready.set()
+                    self._restarting = False
+                    self._release()
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop()
@@ -141,6 +146,25 @@ class StorageDaemon:
         await self._qmp.connect(self.qmp_socket)
         log.info("qemu-storage-daemon started, pid %d", self._process.pid)
 
+    def _hold(self) -> None:
+        """Requests wait from now on, until every hold is released."""
+        if self._ready.is_set():
+            self._ready = trio.Event()
+        self._holds += 1
+
+    def _release(self) -> None:
+        self._holds -= 1
+        if not self._holds:
+            self._ready.set()
+
+    def _hold_for_restart(self) -> None:
+        """One hold for a restart, from the moment it is decided (or the daemon
+        is found dead) until `run` has added every node again: a hold of
+        another change (a resize) that ends meanwhile must not let requests in."""
+        if not self._restarting:
+            self._restarting = True
+            self._hold()
+
     async def _wait_ready(self) -> None:
         """Returns once the daemon serves: `_ready` is replaced while it does not
         (a restart, a resize), so the current one is waited for until it is set."""
@@ -164,8 +188,7 @@ class StorageDaemon:
         Requests wait meanwhile."""
         log.error("qemu-storage-daemon no longer matches the open images (%s): restarting it",
                   reason)  # fmt: skip
-        if self._ready.is_set():
-            self._ready = trio.Event()
+        self._hold_for_restart()
         process = self._process
         with trio.move_on_after(STOP_TIMEOUT_S):
             try:
@@ -304,7 +327,7 @@ class StorageDaemon:
         await self._wait_ready()
         async with self._node_lock:
             node = self._nodes[top]
-            resized = self._ready = trio.Event()
+            self._hold()
             try:
                 async with self._restarted_on_failure(f"resizing {top.name}"):
                     await self._remove_export(node)
@@ -315,7 +338,7 @@ class StorageDaemon:
                     finally:
                         await self._add_export(node)
             finally:
-                resized.set()
+                self._release()
 
     async def connect(self, node_name: str) -> NbdConnection:
         """An NBD connection to a node's export, waiting for a restart in progress."""
