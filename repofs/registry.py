@@ -4,6 +4,7 @@ fix daemon."""
 
 import time
 from collections import defaultdict
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,10 @@ class ConnectedRepository:
     peers: dict[str, "ConnectedRepository"] = field(default_factory=dict)
     # Image ID -> OpenImage (ops/open_image.py), while any handle has it open.
     open_images: dict = field(default_factory=dict)
-    # Serialises this process's check-then-change sequences on the repository
-    # (e.g. "nothing depends on S" then "trash S"); the driver's lock covers
-    # single record writes against other processes.
-    changing: trio.Lock = field(default_factory=trio.Lock)
+    # Image ID -> the lock of `guard`, while anyone holds or waits for it.
+    _guards: dict[str, "_Guard"] = field(default_factory=dict, init=False)
+    # Orders changes of the repository's options (read, change, write).
+    options_changing: trio.Lock = field(default_factory=trio.Lock)
     # Image ID -> ID of the task this process runs on it (kept by the fix daemon).
     running_tasks: dict[str, str] = field(default_factory=dict)
     events: EventBus = field(init=False)
@@ -86,6 +87,13 @@ class ConnectedRepository:
 
         self.driver.on_change = on_change
         self.driver.on_task_change = on_task_change
+
+    def guard(self, *image_ids: str):
+        """`async with repo.guard(A, B)`: holds images A and B (by ID, taken or
+        not) against every other guarded change of them in this process, for
+        check-then-change sequences ("nothing depends on S", then trash S). See
+        `guarded`."""
+        return guarded(*((self, i) for i in image_ids))
 
     def live_records(self) -> list[ImageRecord]:
         """The repository's live image records. Blocking: call from a worker thread.
@@ -408,6 +416,40 @@ class ConnectedRepository:
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):
             raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
+
+
+@dataclass
+class _Guard:
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    users: int = 0  # holding or waiting
+
+
+@asynccontextmanager
+async def guarded(*images: tuple[ConnectedRepository, str]):
+    """Holds each (repository, image ID) against every other guarded change of it
+    in this process: a first open, a snapshot, a create, a removal, a rename, a
+    resize, a fix's step on the image. Locks are taken sorted, so two guards of
+    overlapping images cannot deadlock, and only for the images named: a long
+    step under one image's guard (a commit, the sync of a large disk) delays
+    nobody else. Other processes and hosts are ordered by the driver's
+    compare-and-swap writes, not by this."""
+    waiting, held = [], []
+    try:
+        named = {(repo.name, image_id): repo for repo, image_id in images}
+        for (_, image_id), repo in sorted(named.items()):
+            guard = repo._guards.setdefault(image_id, _Guard())
+            guard.users += 1
+            waiting.append((repo, image_id, guard))
+            await guard.lock.acquire()
+            held.append(guard)
+        yield
+    finally:
+        for guard in held:
+            guard.lock.release()
+        for repo, image_id, guard in waiting:
+            guard.users -= 1
+            if not guard.users:
+                del repo._guards[image_id]
 
 
 class Registry:

@@ -20,6 +20,7 @@ import logging
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 FORMAT = "glusterfs-1.0"
 MOUNT_TIMEOUT_S = 30
+# How long a new client may take to answer its first statfs. A client whose
+# brick does not answer (a stalled storage: a rejoin after a fence while the
+# stall lasts) holds every call on the repository until Gluster gives up on the
+# brick (network.ping-timeout, 42 s), each call a thread of repofs: mount() gives
+# up sooner, and the fix daemon tries again LEASE_S later.
+ANSWER_TIMEOUT_S = 5
 UNMOUNT_TIMEOUT_S = 30
 # A host name or an IPv4/IPv6 address; Gluster's own rule for volume names.
 _SERVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:\-]{0,252}")
@@ -81,21 +88,26 @@ class GlusterClient:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        waited = MOUNT_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 break
-            if mount_state(self.mountpoint) == MountState.LIVE:
+            state = _within(ANSWER_TIMEOUT_S, mount_state, self.mountpoint)
+            if state is None:  # mounted, and its statfs waits for the brick
+                waited = ANSWER_TIMEOUT_S
+                break
+            if state == MountState.LIVE:
                 log.info("mounted gluster volume %s:%s at %s (client %d)", self.server,
                          self.volume, self.mountpoint, self._process.pid)  # fmt: skip
                 return
             time.sleep(0.05)
         exited = self._process.poll()
-        self.kill()
+        self.kill()  # which ends a statfs left waiting (ECONNABORTED)
         clear_dead_mount(self.mountpoint)
         raise errors.unreachable(f"cannot mount gluster volume {self.server}:{self.volume}: "
-                                 f"{self._reason(start, exited)}")  # fmt: skip
+                                 f"{self._reason(start, exited, waited)}")  # fmt: skip
 
-    def _reason(self, start: int, exited: int | None) -> str:
+    def _reason(self, start: int, exited: int | None, waited: float) -> str:
         """The client's last error line since `start` in its log; else how it ended."""
         try:
             with open(self.log_file, errors="replace") as f:
@@ -106,11 +118,15 @@ class GlusterClient:
         if not failed:
             if exited is not None:
                 return f"the glusterfs client exited with status {exited} (see {self.log_file})"
-            return f"no answer within {MOUNT_TIMEOUT_S}s"
+            return f"no answer within {waited}s"
         return failed[-1].split("]", 2)[-1].strip()
 
     def unmount(self) -> None:
-        """Unmounts the volume; the client exits with it."""
+        """Unmounts the volume; the client exits with it. A client fenced off and
+        not mounted again since is gone: what it left is at most a dead mount."""
+        if self._process is None or self._process.poll() is not None:
+            clear_dead_mount(self.mountpoint)
+            return
         result = fusermount("-u", str(self.mountpoint))
         if result.returncode != 0:
             log.error("cannot unmount %s: %s; detaching it", self.mountpoint, result.stderr.strip())
@@ -128,6 +144,18 @@ class GlusterClient:
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait()
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) from a thread of its own; None if it has not returned within
+    `seconds`. The thread is left to its call (a daemon: it cannot keep the
+    process alive)."""
+    returned = []
+    thread = threading.Thread(target=lambda: returned.append(fn(*args)), daemon=True,
+                              name=f"repofs {fn.__name__}")  # fmt: skip
+    thread.start()
+    thread.join(seconds)
+    return returned[0] if returned else None
 
 
 class GlusterRepository(SharedRepository):

@@ -85,6 +85,9 @@ class LocalRepository:
         # Why volumes cannot be cloned here (drivers/reflink.py), or None if they
         # can: probed at open.
         self.clone_refusal: str | None = "not probed"
+        # Volumes this process named and no record or task names yet: being made
+        # for one (unsettled_volumes). Forgotten at a crash, with the creates.
+        self._unsettled: set[str] = set()
 
     def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self.on_change is not None:
@@ -305,6 +308,7 @@ class LocalRepository:
             self.check_unused(record.id)
             record = record.evolve(generation=1)
             self._write_record(path, record)
+        self._settle(v.file_name for v in record.chain)
         self._notify("created", record.id, record)
         return record
 
@@ -325,6 +329,7 @@ class LocalRepository:
             _check_generation(f"image {image_id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
             self._write_record(self._record_path(image_id, trashed), record)
+        self._settle(v.file_name for v in record.chain)
         self._notify("updated", image_id, record)
         return record
 
@@ -416,6 +421,7 @@ class LocalRepository:
                 _check_generation(f"task {task.id}", current.generation, task.generation)
             task = task.evolve(generation=task.generation + 1)
             self._write_bookkeeping(path, task.to_json())
+        self._settle(task.checkpoint.get("volumes", ()))
         if self.on_task_change is not None:
             self.on_task_change(task.id, task)
         return task
@@ -460,7 +466,14 @@ class LocalRepository:
         return self._volumes / volume.file_name
 
     def new_volume(self, fmt: VolumeFormat) -> Volume:
-        return Volume(uuid.uuid4().hex, fmt)
+        """A name for a volume to make: unsettled until a record or a task names it."""
+        volume = Volume(uuid.uuid4().hex, fmt)
+        self._unsettled.add(volume.file_name)
+        return volume
+
+    def _settle(self, names) -> None:
+        """Volumes a record or task written now names: no longer being made."""
+        self._unsettled.difference_update(names)
 
     def create_raw_volume(self, size: int, preallocate: bool) -> Volume:
         """Creates a raw volume of `size` bytes, allocated on storage if `preallocate`.
@@ -529,10 +542,12 @@ class LocalRepository:
 
     def unsettled_volumes(self, names: list[str]) -> set[str]:
         """Of the volume file names `names`, those that may be being made for a
-        record to come, so not garbage even if no record names them yet. None here: this process's
-        own creates are ordered against clean by the `changing` lock, and a
-        repository of one host has no other creates."""
-        return set()
+        record or task to come, so not garbage even if nothing names them yet:
+        here, those this process named and has not written a record or task
+        naming (a repository of one host has no other creates). Ask after
+        listing the volumes and before reading the records: a volume listed is
+        then either still unsettled here or named by a record read after."""
+        return self._unsettled.intersection(names)
 
     def list_volumes(self) -> list[Volume]:
         volumes = []
@@ -546,6 +561,7 @@ class LocalRepository:
         sure that no record and no task names it."""
         self.volume_path(volume).unlink(missing_ok=True)
         fsync_dir(self._volumes)
+        self._settle([volume.file_name])
 
     def remove_temp_files(self) -> None:
         """Under the repository lock, which every atomic write holds: no temp file

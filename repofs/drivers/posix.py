@@ -5,7 +5,7 @@ What differs from localfs-1.0 (docs/multi-host.md):
 - no connection lock: every host connects it;
 - a volume that no record names is garbage only once it is SETTLE_S old,
   since another host may be between making a volume and writing the record
-  that names it (this host's `changing` lock does not reach there); so is a
+  that names it (what this host's process is making, it knows); so is a
   temp file, which another host's atomic write under way shows;
 - heartbeats are replaced by rename, not written in place: other hosts read them.
 Every metadata change already happens under the repository's fcntl lock with a
@@ -47,10 +47,11 @@ class SharedRepository(LocalRepository):
         self._write_bookkeeping(self._host_path(beat.host), beat.to_json(), replace_json)
 
     def unsettled_volumes(self, names: list[str]) -> set[str]:
-        """Those changed in the last SETTLE_S, by the storage's clock (which all
-        hosts see alike, unlike their own)."""
+        """This process's, and those changed in the last SETTLE_S, by the
+        storage's clock (which all hosts see alike, unlike their own)."""
         now = self._storage_now()
-        return {name for name in names if self._changed_since(self._volumes / name, now)}
+        recent = {name for name in names if self._changed_since(self._volumes / name, now)}
+        return super().unsettled_volumes(names) | recent
 
     def temp_files(self) -> list[Path]:
         """Another host's atomic write under way shows a temp file too (the check

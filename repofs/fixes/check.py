@@ -39,7 +39,10 @@ class Inventory:
 
     @classmethod
     def read(cls, driver: LocalRepository, used_elsewhere: dict[str, list[str]]) -> "Inventory":
+        # In this order (drivers/localfs.py unsettled_volumes): a volume listed
+        # is either still being made, or named by what is read after.
         volumes = [v.file_name for v in driver.list_volumes()]
+        unsettled = driver.unsettled_volumes(volumes)
         live, unreadable = driver.read_images()
         trashed, unreadable_trashed = driver.read_images(trashed=True)
         return cls(
@@ -47,7 +50,7 @@ class Inventory:
             trashed,
             driver.list_tasks(),
             volumes,
-            driver.unsettled_volumes(volumes),
+            unsettled,
             unreadable | unreadable_trashed,
             used_elsewhere,
         )

@@ -8,9 +8,9 @@ the volumes that nothing names any more; "clean-volumes" only does the second.
 Durable steps, and what a crash after each leaves:
 1. purge: unlink the trashed record (refused while an image builds on it). After
    a crash its volumes are named by nothing: the next check offers clean-volumes.
-2. free: under the repository's `changing` lock (so no create is between making
-   a volume and writing its record), forget the stale tasks, then unlink each
-   volume that no record and no other task names, and every temp file. Each
+2. free: forget the stale tasks, then unlink each volume that no record and no
+   other task names and that is not being made (drivers/localfs.py
+   unsettled_volumes: no lock holds creates back), and every temp file. Each
    unlink is final; a crash leaves fewer to do. Then the repository's reserve
    of free space is allocated again if bookkeeping on a full storage used it
    (drivers/localfs.py).
@@ -23,6 +23,7 @@ import trio
 from repofs import errors
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import TaskContext
+from repofs.model import Volume
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ async def run(ctx: TaskContext) -> None:
             await trio.to_thread.run_sync(driver.purge_trashed_image, image_id)
             ctx.crash_point("free")
     await ctx.enter_stage("free")
-    async with ctx.repo.changing:
-        freed = await trio.to_thread.run_sync(_free, driver, ctx.repo.volumes_used_elsewhere)
+    freed = await trio.to_thread.run_sync(_free, driver, ctx.repo.volumes_used_elsewhere)
     await trio.to_thread.run_sync(driver.keep_reserve)
     await ctx.report("free", freed, freed, force=True)
     log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
@@ -60,8 +60,11 @@ def _free(driver, used_elsewhere) -> int:
     for task in inventory.stale_tasks():
         driver.delete_task(task)
     freed = 0
-    for volume in driver.list_volumes():
-        if volume.file_name not in named:
+    # Only those listed before the records were read (Inventory.read): a volume
+    # made since may be named by a record written since.
+    for name in inventory.volumes:
+        if name not in named:
+            volume = Volume.from_file_name(name)
             freed += driver.allocated_bytes(volume)
             driver.remove_volume(volume)
     driver.remove_temp_files()

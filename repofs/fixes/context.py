@@ -110,19 +110,16 @@ class TaskContext:
     @asynccontextmanager
     async def exclusive(self, step: str, image_ids: list[str]):
         """Holds images closed: waits (saying so in the task's step) while one is
-        open, then keeps the repository's `changing` lock, so that no one opens
-        them, snapshots them or creates anything until the block ends."""
+        open, then keeps their guards, so that no one opens, snapshots, removes,
+        renames or resizes them until the block ends; the repository's other
+        images go on meanwhile."""
         while True:
-            await self.repo.changing.acquire()
-            still_open = [i for i in image_ids if not await self.repo.wait_for_release(i)]
-            if not still_open:
-                break
-            self.repo.changing.release()
+            async with self.repo.guard(*image_ids):
+                still_open = [i for i in image_ids if not await self.repo.wait_for_release(i)]
+                if not still_open:
+                    await self.enter_stage(step)
+                    yield
+                    return
             waiting = f"{step}: waiting for {', '.join(still_open)} to be closed"
             await self.save(stage=self._stage(step), step=waiting)
             await trio.sleep(WAIT_FOR_CLOSE_S)
-        try:
-            await self.enter_stage(step)
-            yield
-        finally:
-            self.repo.changing.release()

@@ -178,7 +178,7 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
     """Commits the image of snapshot `source`'s copy in the target, `broken` and
     pending its copy (copy_snapshot_in does it), or, when the target can clone
     the source's raw volume (one reflink file system), whole and `optimized` at
-    once. Call under the target's `changing`.
+    once. Call under the guards of its ID in both repositories.
 
     Durable steps: (1) create the target's volume: a clone of the source's; or
     over the nearest ancestor of the snapshot that the target or a repository it

@@ -51,7 +51,7 @@ async def run(ctx: TaskContext) -> None:
     disks = await trio.to_thread.run_sync(driver.list_images)
     unswitched = [d for d in disks if d.kind is ImageKind.VIRTUAL_DISK and d.top == snapshot.top]
     for disk in unswitched:
-        async with ctx.repo.changing:
+        async with ctx.repo.guard(disk.id, snapshot.id):
             await ctx.enter_stage("switch")
             if not await ctx.repo.wait_for_release(disk.id):
                 raise errors.busy(f"{disk.id} is open: close it so its snapshot can finish")

@@ -38,12 +38,13 @@ async def run(ctx: TaskContext) -> None:
     snapshot = await trio.to_thread.run_sync(driver.read_image, ctx.task.image, True)
     layer = snapshot.top
     await ctx.enter_stage("measure")
-    users = await _users(ctx, layer)
-    live = [u.id for u in users if ctx.driver.has_image(u.id)]
-    async with ctx.exclusive("commit", live):
-        users = await _users(ctx, layer)  # no snapshot or create can come between now
+    guarded = [u.id for u in await _users(ctx, layer)]
+    async with ctx.exclusive("commit", guarded):
+        # A snapshot of a user, or a disk on one, waits for its guard; a copy into
+        # the repository may still have made a chain through the layer.
+        users = await _users(ctx, layer)
         for user in users:
-            if user.id not in live and not await ctx.repo.wait_for_release(user.id):
+            if user.id not in guarded and not await ctx.repo.wait_for_release(user.id):
                 raise errors.busy(f"{user.id} is open: queue the merge again when it is closed")
         below = snapshot.chain[1] if len(snapshot.chain) > 1 else None
         uppers = {r.chain[r.chain.index(layer) - 1] for r in users}

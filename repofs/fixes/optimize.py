@@ -46,6 +46,7 @@ from repofs.fixes.context import TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
 from repofs.model import ImageKind, ImageRecord, ImageState, Pending, Volume, VolumeFormat
 from repofs.qemu import img
+from repofs.registry import guarded
 
 # Whether the image record shows the task's progress.
 PROGRESS_ON_IMAGE = True
@@ -126,7 +127,7 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
     if not await trio.to_thread.run_sync(driver.has_image, base_id):
         source_repo = ctx.registry.get(elsewhere)
         source = await trio.to_thread.run_sync(source_repo.driver.read_image, base_id)
-        async with ctx.repo.changing:
+        async with guarded((source_repo, base_id), (ctx.repo, base_id)):
             await start_snapshot_copy(source_repo, source, ctx.repo)
     local = await trio.to_thread.run_sync(driver.read_image, base_id)
     if local.pending is Pending.COPY:

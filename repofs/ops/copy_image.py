@@ -21,7 +21,7 @@ from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk_from_snapshot
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import ConnectedRepository, Registry, guarded
 
 
 @logged(image="snapshot_id", repo="target_repo")
@@ -32,7 +32,7 @@ async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, sn
     the queueing of its mend. A crash before the queueing leaves a broken image
     whose mend the check offers."""
     source = await trio.to_thread.run_sync(source_repo.driver.read_image, snapshot_id)
-    async with target_repo.changing:
+    async with guarded((source_repo, snapshot_id), (target_repo, snapshot_id)):
         record = await start_snapshot_copy(source_repo, source, target_repo)
     if (
         record.pending is Pending.COPY

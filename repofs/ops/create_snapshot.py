@@ -49,7 +49,7 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
     """
     check_name(snapshot_id)
     driver = repo.driver
-    async with repo.changing:
+    async with repo.guard(disk_id, snapshot_id):
         disk = await trio.to_thread.run_sync(driver.read_image, disk_id)
         if disk.kind is not ImageKind.VIRTUAL_DISK:
             raise errors.invalid(f"{disk_id} is a snapshot; snapshots are taken of disks")

@@ -11,7 +11,7 @@ from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
 from repofs.ops.open_image import clones_quickly
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import ConnectedRepository, Registry, guarded
 
 
 @logged()
@@ -26,7 +26,7 @@ async def create_virtual_disk(
     """
     check_name(image_id)
     driver = repo.driver
-    async with repo.changing:
+    async with repo.guard(image_id):
         await repo.check_free(image_id)
         preallocate = await repo.preallocates()
         volume = await trio.to_thread.run_sync(driver.create_raw_volume, size, preallocate)
@@ -62,7 +62,8 @@ async def create_virtual_disk_from_snapshot(
     check_name(image_id)
     driver = repo.driver
     base_repo = base_repo or repo
-    async with repo.changing:
+    # The base's guard too: its removal or rename must not come between.
+    async with guarded((repo, image_id), (base_repo, base_id)):
         await repo.check_free(image_id)
         base = await trio.to_thread.run_sync(base_repo.driver.read_image, base_id)
         if base.kind is not ImageKind.SNAPSHOT:
@@ -104,7 +105,7 @@ async def _clone_of_snapshot(
 ) -> ImageRecord:
     """A disk sharing the extents of raw snapshot `base` (of `base_repo`, on the
     same reflink file system): raw, independent, `optimized` at once; its
-    lineage is the snapshot. Call under `repo.changing`.
+    lineage is the snapshot. Call under the guards of both images.
 
     Durable steps: (1) clone the snapshot's volume, (2) write the record. A crash
     after (1) leaves a volume no record names (clean removes it)."""

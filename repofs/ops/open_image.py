@@ -82,7 +82,8 @@ class OpenImage:
     @asynccontextmanager
     async def paused(self):
         """No request runs inside: those in flight finish first, new ones wait
-        until the block ends. Pauses do not nest (callers hold repo.changing)."""
+        until the block ends. Pauses do not nest (callers hold the image's guard,
+        or its upgrade lock)."""
         resumed = self._paused = trio.Event()
         try:
             await self._idle.wait()
@@ -254,12 +255,12 @@ async def open_image(
 ) -> OpenImage:
     """Opens an image for one more handle. Snapshots are read-only (EROFS).
 
-    A first open holds the repository's `changing` lock, so that it cannot open
-    the top volume that a snapshot, removal or rename of the image is changing.
+    A first open holds the image's guard, so that it cannot open the top
+    volume that a snapshot, removal or rename of the image is changing.
     """
     image = await hold_open_image(repo, image_id)
     if image is None:
-        async with repo.changing:
+        async with repo.guard(image_id):
             image = await hold_open_image(repo, image_id)
             if image is None:
                 record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)

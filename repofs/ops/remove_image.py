@@ -14,8 +14,10 @@ from repofs.registry import ConnectedRepository
 
 @logged()
 async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
-    """Durable step: one rename of the record into the trash."""
-    async with repo.changing:
+    """Durable step: one rename of the record into the trash. Under the image's
+    guard, which a disk made on it would need too: no dependent comes between
+    the look and the trash."""
+    async with repo.guard(image_id):
         record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
         if record.kind is not kind:
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
@@ -36,7 +38,7 @@ async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind
 @logged()
 async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
     """Durable step: one rename of the record out of the trash."""
-    async with repo.changing:
+    async with repo.guard(image_id):
         record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, True)
         if record.kind is not kind:
             raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")

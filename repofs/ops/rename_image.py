@@ -17,7 +17,7 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
     base by ID.
     """
     check_name(new_id)
-    async with repo.changing:
+    async with repo.guard(old_id, new_id):
         await trio.to_thread.run_sync(repo.driver.read_image, old_id)
         await repo.ensure_closed(old_id, "rename")
         await repo.ensure_no_task(old_id, "rename")

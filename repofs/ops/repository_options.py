@@ -77,7 +77,7 @@ async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None
     than the limit is degraded). A crash between leaves states of the old limit;
     the check offers the optimize of every chain longer than the new one."""
     _check(name)
-    async with repo.changing:
+    async with repo.options_changing:
         old = await trio.to_thread.run_sync(repo.driver.read_options)
         options = _parse(old, name, value.decode(errors="replace").strip())
         await trio.to_thread.run_sync(repo.driver.write_options, options)

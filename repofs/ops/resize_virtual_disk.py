@@ -31,7 +31,7 @@ async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: in
     if image is not None:
         await image.grow(size)
     else:
-        async with repo.changing:
+        async with repo.guard(image_id):
             await _grow_closed(repo, image_id, size)
 
 
