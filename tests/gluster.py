@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 from conftest import wait_for
 
@@ -69,9 +70,12 @@ class GlusterServer:
         return name
 
     def brick_pid(self, volume: str) -> int:
-        [line] = [line for line in self.cli("volume", "status", volume).stdout.splitlines()
-                  if line.startswith("Brick ")]  # fmt: skip
-        return int(line.split()[-1])
+        """The PID of the volume's brick process. From the XML status: the table
+        wraps a brick's line where its path is long, a test's base directory."""
+        status = ElementTree.fromstring(self.cli("volume", "status", volume, "--xml").stdout)
+        [pid] = [int(node.findtext("pid")) for node in status.iter("node")
+                 if node.findtext("path") == str(self._brick(volume))]  # fmt: skip
+        return pid
 
     def delete_volume(self, name: str) -> None:
         self.cli("volume", "stop", name, "force", check=False)
