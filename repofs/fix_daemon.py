@@ -13,7 +13,6 @@ died) is taken back at once.
 
 import errno
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +23,8 @@ from repofs.fixes import KINDS
 from repofs.fixes.context import LeaseLost, TaskContext
 from repofs.logs import task_line
 from repofs.model import HostBeat, Lease, Task, TaskState
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Heartbeat:
 
 @dataclass
 class Run:
-    repo: ConnectedRepository
+    repo: Repository
     task_id: str
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
@@ -70,13 +70,6 @@ class FixDaemon:
         # connected between beats gets the current one at once).
         self._counter = 1
         self._heartbeats: dict[str, Heartbeat] = {}  # by repository name
-        # Threads of their own for heartbeat writes and fencing. trio's default
-        # limiter (40 threads) is shared by data copies, FUSE requests and calls
-        # stuck on a stalled storage: queued behind those, a heartbeat is late
-        # through no fault of its own write, and a fence waits for the very
-        # threads it is to free. At most one heartbeat write per repository is
-        # under way (Heartbeat.writing), so these need no limit.
-        self._lease_threads = trio.CapacityLimiter(math.inf)
         self._runs: dict[tuple[str, str], Run] = {}
         # (repository, task) the user is stopping: not to be started meanwhile.
         self._stopping: set[tuple[str, str]] = set()
@@ -108,7 +101,7 @@ class FixDaemon:
             self._beat_into(repo)
         self._counter += 1
 
-    def _beat_into(self, repo: ConnectedRepository) -> "Heartbeat":
+    def _beat_into(self, repo: Repository) -> "Heartbeat":
         beat = self._heartbeats.get(repo.name)
         if beat is None:  # connected since the last beat
             beat = self._heartbeats[repo.name] = Heartbeat(time.monotonic())
@@ -122,23 +115,22 @@ class FixDaemon:
             self._nursery.start_soon(self._write_heartbeat, repo, beat, self._counter)
         return beat
 
-    async def _first_look_at_headers(self, repo: ConnectedRepository) -> None:
+    async def _first_look_at_headers(self, repo: Repository) -> None:
         """The check's first look at every qcow2 header of the repository's
         chains, begun once it is connected: the first `ls fixes/` then finds them
         looked at (or waits for the rest) rather than read them all itself, some
         35 s for 10,000 volumes (fixes.md, "Headers against records")."""
         try:
-            records = await trio.to_thread.run_sync(repo.live_records)
+            records = await repo.list_images()
             await repo.check_headers(records)
         except (errors.RepofsError, OSError) as exc:  # disconnected meanwhile, say
             log.info("the first look at the headers of %s ended early: %s", repo.name, exc)
 
-    async def _write_heartbeat(self, repo: ConnectedRepository, beat: "Heartbeat",
+    async def _write_heartbeat(self, repo: Repository, beat: "Heartbeat",
                                counter: int) -> None:  # fmt: skip
         try:
             record = HostBeat(self.host, counter, time.time())
-            await trio.to_thread.run_sync(repo.driver.write_heartbeat, record,
-                                          limiter=self._lease_threads)  # fmt: skip
+            await repo.write_heartbeat(record)
             beat.renewed = time.monotonic()
             beat.noticed = False
         except OSError as exc:
@@ -158,7 +150,7 @@ class FixDaemon:
                     del self._heartbeats[name]  # disconnected
                 elif beat.late and not beat.noticed:
                     beat.noticed = True
-                    if repo.driver.shared:
+                    if repo.shared:
                         await self._stop_stalled(repo, beat)
                     else:  # no other host can take its tasks: stopping them protects nothing
                         log.warning("heartbeat of %s in %s not renewed for %.0fs: its storage is "
@@ -166,7 +158,7 @@ class FixDaemon:
                                     repo.name, time.monotonic() - beat.renewed)  # fmt: skip
             await trio.sleep(STALL_CHECK_S)
 
-    async def _stop_stalled(self, repo: ConnectedRepository, beat: "Heartbeat") -> None:
+    async def _stop_stalled(self, repo: Repository, beat: "Heartbeat") -> None:
         """Stops this host's tasks in a shared repository where it could not renew
         its heartbeat for LEASE_S / 2, before another host may take them, and fences
         the host off the storage where the driver can: what is still in flight
@@ -176,18 +168,18 @@ class FixDaemon:
         for (name, _), run in list(self._runs.items()):
             if name == repo.name:
                 run.scope.cancel()
-        if await trio.to_thread.run_sync(repo.driver.fence, limiter=self._lease_threads):
+        if await repo.fence():
             beat.fenced_at = time.monotonic()
         else:
             log.error("%s cannot be fenced off: what this host has in flight there lands "
                       "when its storage comes back", repo.name)  # fmt: skip
 
-    async def _rejoin(self, repo: ConnectedRepository, beat: "Heartbeat") -> None:
+    async def _rejoin(self, repo: Repository, beat: "Heartbeat") -> None:
         """Reconnects a fenced repository, LEASE_S after fencing: by then every
         other host has taken this one's leases there for dead, so coming back
         resumes only tasks that no one took."""
         try:
-            await trio.to_thread.run_sync(repo.driver.rejoin, limiter=self._lease_threads)
+            await repo.rejoin()
         except (errors.RepofsError, OSError) as exc:
             log.error("%s: cannot rejoin yet: %s", repo.name, exc)
             beat.fenced_at, beat.rejoining = time.monotonic(), False
@@ -195,7 +187,7 @@ class FixDaemon:
         log.info("%s: rejoined after fencing", repo.name)
         self._heartbeats[repo.name] = Heartbeat(time.monotonic())
 
-    def _runnable(self, repo: ConnectedRepository, task: Task) -> bool:
+    def _runnable(self, repo: Repository, task: Task) -> bool:
         if (repo.name, task.id) in self._runs or (repo.name, task.id) in self._stopping:
             return False
         if task.state is TaskState.QUEUED:
@@ -235,28 +227,26 @@ class FixDaemon:
                 if self._runnable(repo, task):
                     await self._start(repo, task)
 
-    async def _read_tasks(self, repo: ConnectedRepository):
+    async def _read_tasks(self, repo: Repository):
         """The repository's tasks and heartbeats, or None if they cannot be read
         now. A read that hangs (the storage stalled) is left behind."""
         with trio.move_on_after(leases.LEASE_S / 2):
             try:
-                tasks = await trio.to_thread.run_sync(repo.driver.list_tasks,
-                                                      abandon_on_cancel=True)  # fmt: skip
-                beats = await trio.to_thread.run_sync(repo.driver.read_heartbeats,
-                                                      abandon_on_cancel=True)  # fmt: skip
+                tasks = await repo.list_tasks(abandon=True)
+                beats = await repo.read_heartbeats(abandon=True)
                 return tasks, beats
             except OSError as exc:
                 log.error("cannot read the tasks of %s: %s", repo.name, exc)
         return None
 
-    async def _start(self, repo: ConnectedRepository, task: Task) -> None:
+    async def _start(self, repo: Repository, task: Task) -> None:
         previous = task.lease.host if task.lease and task.lease.host != self.host else None
         taken = task.evolve(
             state=TaskState.RUNNING, lease=Lease(self.host, self._counter),
             started=time.time(), last_error=None,
         )  # fmt: skip
         try:
-            task = await trio.to_thread.run_sync(repo.driver.write_task, taken)
+            task = await repo.write_task(taken)
         except errors.RepofsError:
             return  # another host took it first
         except OSError as exc:
@@ -283,7 +273,7 @@ class FixDaemon:
         try:
             with run.scope:
                 await self._run_while_space_lacks(ctx, fix)
-                await trio.to_thread.run_sync(repo.driver.delete_task, ctx.task)
+                await repo.delete_task(ctx.task)
                 say(logging.INFO, "done")
         except LeaseLost as exc:
             say(logging.WARNING, "lost", str(exc))
@@ -319,7 +309,7 @@ class FixDaemon:
                 log.warning(task_line(ctx.repo.name, ctx.task.id, ctx.task.image, "waiting",
                                       reason=f"{exc.reason}; trying again every "
                                       f"{NO_SPACE_RETRY_S}s"))  # fmt: skip
-            free = await trio.to_thread.run_sync(ctx.driver.space_beyond_reserve)
+            free = await ctx.repo.space_beyond_reserve()
             # The image's own error (a copy's "copy not finished") comes back after.
             before = (await ctx.read_image()).last_error if ctx.live_image else None
             await self._say(ctx, NO_SPACE, NO_SPACE)
@@ -327,13 +317,13 @@ class FixDaemon:
             # more is free beyond the reserve than when it stopped (space someone
             # freed, not the reserve's own) and the reserve is whole again.
             await trio.sleep(NO_SPACE_RETRY_S)
-            while not await trio.to_thread.run_sync(self._space_came_back, ctx.driver, free):
+            while not await self._space_came_back(ctx.repo, free):
                 await trio.sleep(NO_SPACE_RETRY_S)
             await self._say(ctx, None, before)
 
     @staticmethod
-    def _space_came_back(driver, free: int) -> bool:
-        return driver.space_beyond_reserve() > free and driver.keep_reserve()
+    async def _space_came_back(repo: Repository, free: int) -> bool:
+        return await repo.space_beyond_reserve() > free and await repo.keep_reserve()
 
     @staticmethod
     async def _say(ctx: TaskContext, task_error: str | None, image_error: str | None) -> None:
@@ -357,7 +347,7 @@ class FixDaemon:
             except (LeaseLost, errors.RepofsError, OSError) as exc:
                 log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)
 
-    async def let_go(self, repo: ConnectedRepository) -> None:
+    async def let_go(self, repo: Repository) -> None:
         """Ends this process's runs in a repository being disconnected. Their tasks
         stay running under this host's lease: whoever connects it next (this host,
         or another once the lease ran out) resumes them from their checkpoints."""
@@ -370,7 +360,7 @@ class FixDaemon:
 
     # What users ask (ops/fix_repository.py)
 
-    async def stop(self, repo: ConnectedRepository, task_id: str) -> None:
+    async def stop(self, repo: Repository, task_id: str) -> None:
         """Stops a task: its run ends, its checkpoint stays, the image keeps its state
         and says it was stopped. Queueing the same fix again resumes it."""
         run = self._runs.get((repo.name, task_id))
@@ -382,16 +372,14 @@ class FixDaemon:
                 run.scope.cancel()
                 with trio.fail_after(leases.LEASE_S):
                     await run.done.wait()
-            task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
-            task = await trio.to_thread.run_sync(
-                repo.driver.write_task,
-                task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER),
+            task = await repo.read_task(task_id)
+            task = await repo.write_task(
+                task.evolve(state=TaskState.STOPPED, lease=None, last_error=STOPPED_BY_USER)
             )
         finally:
             self._stopping.discard((repo.name, task_id))
         if KINDS[task.fix.kind].PROGRESS_ON_IMAGE:
-            await trio.to_thread.run_sync(
-                repo.driver.change_image, task.image,
-                lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None),
-            )  # fmt: skip
+            await repo.change_image(
+                task.image, lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None)
+            )
         log.info(task_line(repo.name, task_id, task.image, "stopped", reason=STOPPED_BY_USER))

@@ -19,7 +19,8 @@ from test_copy_image import make_snapshot, wait_copied
 from repofs.drivers.localfs import LocalRepository
 from repofs.fix_daemon import FixDaemon
 from repofs.leases import HEARTBEAT_S, LEASE_S
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 
 class CounterWatch:
@@ -137,7 +138,7 @@ def test_heartbeats_do_not_wait_for_the_worker_threads_others_hold(tmp_path):
 
     async def main() -> None:
         registry = Registry(tmp_path, "a", daemon=None)
-        registry.repositories["r"] = ConnectedRepository(
+        registry.repositories["r"] = Repository(
             "r", driver, "localfs-1.0", {}, False, "a", registry.host_watch
         )
         async with trio.open_nursery() as nursery:

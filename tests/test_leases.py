@@ -12,7 +12,8 @@ from repofs.drivers.localfs import LocalRepository
 from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import Inventory, check_repository
 from repofs.model import HostBeat, Lease, Task, TaskState
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 pytestmark = pytest.mark.unit
 
@@ -35,7 +36,7 @@ def driver(tmp_path, monkeypatch):
 
 def host_b(tmp_path, driver) -> Registry:
     registry = Registry(tmp_path, "b", daemon=None)
-    registry.repositories["r"] = ConnectedRepository(
+    registry.repositories["r"] = Repository(
         "r", driver, "localfs-1.0", {}, False, "b", registry.host_watch
     )
     return registry

@@ -459,7 +459,7 @@ class LocalRepository:
     # Volumes
 
     def volume_path(self, volume: Volume) -> Path:
-        """Of a volume of this repository (ConnectedRepository.volume_path finds
+        """Of a volume of this repository (Repository.volume_path finds
         the volumes of bases in other repositories)."""
         if volume.repo is not None:
             raise ValueError(f"{volume.ref} is not a volume of {self.root}")

@@ -1,7 +1,7 @@
 """checkStorageRepository: what is wrong in a repository, as a list of fixes.
 
 Read-only: it reads records, tasks, the volume directory and the qcow2 headers
-(ConnectedRepository.check_headers), and never writes.
+(Repository.check_headers), and never writes.
 """
 
 from collections import Counter
@@ -159,9 +159,9 @@ def check_repository(
 ) -> list[Fix]:
     """checkStorageRepository of one repository. `unusable`: the live images this
     host found it cannot use, with the question for a person: those whose qcow2
-    headers disagree with their records (ConnectedRepository.check_headers, of
+    headers disagree with their records (Repository.check_headers, of
     `inventory.headers_to_judge()`) and those whose last open failed here
-    (ConnectedRepository.unusable_here)."""
+    (Repository.unusable_here)."""
     fixes = [
         *_unreadable_fixes(inventory),
         *_live_image_fixes(driver, inventory, driver.read_options(), unusable),

@@ -18,8 +18,6 @@ Durable steps, and what a crash after each leaves:
 
 import logging
 
-import trio
-
 from repofs import errors
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import TaskContext
@@ -37,7 +35,7 @@ async def run(ctx: TaskContext) -> None:
     image_id = ctx.task.image
     if image_id is not None:
         await ctx.enter_stage("purge")
-        inventory = await trio.to_thread.run_sync(
+        inventory = await ctx.repo.run(
             lambda: Inventory.read(driver, ctx.repo.volumes_used_elsewhere())
         )
         record = next((r for r in inventory.trashed if r.id == image_id), None)
@@ -45,11 +43,11 @@ async def run(ctx: TaskContext) -> None:
             references = inventory.references(record)
             if references:
                 raise errors.busy(f"cannot purge {image_id}: {', '.join(references)} build on it")
-            await trio.to_thread.run_sync(driver.purge_trashed_image, image_id)
+            await ctx.repo.purge_trashed_image(image_id)
             ctx.crash_point("free")
     await ctx.enter_stage("free")
-    freed = await trio.to_thread.run_sync(_free, driver, ctx.repo.volumes_used_elsewhere)
-    await trio.to_thread.run_sync(driver.keep_reserve)
+    freed = await ctx.repo.run(_free, driver, ctx.repo.volumes_used_elsewhere)
+    await ctx.repo.keep_reserve()
     await ctx.report("free", freed, freed, force=True)
     log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
 

@@ -12,7 +12,8 @@ import trio
 from repofs import errors
 from repofs.crash import crash_point
 from repofs.model import ImageRecord, Task
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class LeaseLost(Exception):
 
 
 class TaskContext:
-    def __init__(self, registry: Registry, repo: ConnectedRepository, task: Task,
+    def __init__(self, registry: Registry, repo: Repository, task: Task,
                  stages: tuple[str, ...], live_image: bool):  # fmt: skip
         self.registry = registry  # where copies find their sources
         self.repo = repo
@@ -51,9 +52,7 @@ class TaskContext:
     async def save(self, **changes) -> Task:
         """Writes the task record (compare-and-swap on its generation)."""
         try:
-            self.task = await trio.to_thread.run_sync(
-                self.driver.write_task, self.task.evolve(**changes)
-            )
+            self.task = await self.repo.write_task(self.task.evolve(**changes))
         except errors.RepofsError as exc:
             if exc.errno not in (errno.ESTALE, errno.ENOENT):
                 raise
@@ -101,11 +100,11 @@ class TaskContext:
         return f"{self.stages.index(step) + 1}/{len(self.stages)}"
 
     async def read_image(self) -> ImageRecord:
-        return await trio.to_thread.run_sync(self.driver.read_image, self.task.image)
+        return await self.repo.read_image(self.task.image)
 
     async def update_image(self, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
         """Read, change and write the image record in one step (driver.change_image)."""
-        return await trio.to_thread.run_sync(self.driver.change_image, self.task.image, change)
+        return await self.repo.change_image(self.task.image, change)
 
     @asynccontextmanager
     async def exclusive(self, step: str, image_ids: list[str]):

@@ -29,7 +29,8 @@ from repofs.fixes.context import TaskContext
 from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
 from repofs.qemu import img
 from repofs.qemu.chain_io import open_chain
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,8 @@ def _chunks(extents, copied: int):
             offset += length
 
 
-async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRecord,
-                              target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
+async def start_snapshot_copy(source_repo: Repository, source: ImageRecord,
+                              target_repo: Repository) -> ImageRecord:  # fmt: skip
     """Commits the image of snapshot `source`'s copy in the target, `broken` and
     pending its copy (copy_snapshot_in does it), or, when the target can clone
     the source's raw volume (one reflink file system), whole and `optimized` at
@@ -191,8 +192,7 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
     if source.state is ImageState.BROKEN:
         raise errors.invalid(f"snapshot {source.id} is broken: {source.last_error}")
     await target_repo.check_free(source.id)
-    driver = target_repo.driver
-    if source.is_raw and await trio.to_thread.run_sync(target_repo.clones_from, source_repo):
+    if source.is_raw and await target_repo.run(target_repo.clones_from, source_repo):
         volume = await target_repo.clone_volume(source_repo, source.top, source.size)
         crash_point("copy:clone")
         record = ImageRecord(source.id, ImageKind.SNAPSHOT, source.size, (volume,),
@@ -200,15 +200,13 @@ async def start_snapshot_copy(source_repo: ConnectedRepository, source: ImageRec
         record = await target_repo.commit_new_image(record, volume)
         log.info("cloned %s from %s to %s", source.id, source_repo.name, target_repo.name)
         return record
-    holder, ancestor = await trio.to_thread.run_sync(
-        nearest_ancestor, source_repo, source, target_repo
-    )
+    holder, ancestor = await target_repo.run(nearest_ancestor, source_repo, source, target_repo)
     base = lineage = None
     if ancestor is None:
         preallocate = await target_repo.preallocates()
-        volume = await trio.to_thread.run_sync(driver.create_raw_volume, source.size, preallocate)
+        volume = await target_repo.create_raw_volume(source.size, preallocate)
         chain = (volume,)
-    elif ancestor.is_raw and await trio.to_thread.run_sync(target_repo.clones_from, holder):
+    elif ancestor.is_raw and await target_repo.run(target_repo.clones_from, holder):
         # The snapshot's size, not the ancestor's: its disk may have grown since.
         volume = await target_repo.clone_volume(holder, ancestor.top, source.size)
         chain, lineage = (volume,), ancestor.id
@@ -232,10 +230,8 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
     ancestor (its base, or the lineage its volume was cloned from), only what
     differs from it. Then the image is usable: `optimized`, or `degraded` when
     that ancestor is in another repository."""
-    image = await trio.to_thread.run_sync(ctx.driver.read_image, image_id)
-    source_repo, source = await trio.to_thread.run_sync(
-        find_source, ctx.registry, ctx.repo, image.id
-    )
+    image = await ctx.repo.read_image(image_id)
+    source_repo, source = await ctx.repo.run(find_source, ctx.registry, ctx.repo, image.id)
     ancestor_id = image.base if image.base is not None else image.lineage
     over = None
     if ancestor_id is not None:
@@ -257,11 +253,11 @@ async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
         return record.evolve(state=record.usable_state, last_error=None, stage=None,
                              pending=None)  # fmt: skip
 
-    return await trio.to_thread.run_sync(ctx.driver.change_image, image_id, usable)
+    return await ctx.repo.change_image(image_id, usable)
 
 
-def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
-                     target_repo: ConnectedRepository):  # fmt: skip
+def nearest_ancestor(source_repo: Repository, snapshot: ImageRecord,
+                     target_repo: Repository):  # fmt: skip
     """(holder, record) of the nearest snapshot that `snapshot` descends from,
     by its chain's bases or its volume's lineage, that the target, or else a
     repository the target names `participating`, holds in full, and that a
@@ -290,7 +286,7 @@ def nearest_ancestor(source_repo: ConnectedRepository, snapshot: ImageRecord,
     return None, None
 
 
-def _tells_changes(source_repo: ConnectedRepository, source: ImageRecord,
+def _tells_changes(source_repo: Repository, source: ImageRecord,
                    ancestor: ImageRecord) -> bool:  # fmt: skip
     """Whether what `source` changed since `ancestor` (both of `source_repo`)
     can be told without reading their data: the ancestor's top is a layer of
@@ -300,7 +296,7 @@ def _tells_changes(source_repo: ConnectedRepository, source: ImageRecord,
     return source.is_raw and ancestor.is_raw and source_repo.driver.reflink
 
 
-async def _changes_since(source_repo: ConnectedRepository, source: ImageRecord,
+async def _changes_since(source_repo: Repository, source: ImageRecord,
                          ancestor_id: str) -> Ancestor | list[img.Extent]:  # fmt: skip
     """What a copy of `source` over its ancestor `ancestor_id` must write
     (copy_chain's `over`): the ancestor's place in the source's chain; or the
@@ -326,7 +322,7 @@ async def _changes_since(source_repo: ConnectedRepository, source: ImageRecord,
         return [_as_extent(c.offset, c.length, c.data)
                 for c in reflink.changes(new, old, source.size)]  # fmt: skip
 
-    found = await trio.to_thread.run_sync(compare)
+    found = await source_repo.run(compare)
     if found is not None:
         return found
     log.warning("%s is no longer in %s to compare %s with: every range of it is copied",
@@ -352,7 +348,7 @@ def _fill_zeros(data: list[img.Extent], size: int) -> list[img.Extent]:
     return filled
 
 
-def find_source(registry: Registry, target: ConnectedRepository, image_id: str):
+def find_source(registry: Registry, target: Repository, image_id: str):
     """A connected repository other than `target` holding a usable snapshot
     `image_id` (snapshot IDs name the same immutable data everywhere), looked for
     where the target's options say: a hint `ID=repo` names the only place; else

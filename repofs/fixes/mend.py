@@ -25,8 +25,6 @@ not rewritten here: whether the header or the whole volume was replaced, only
 a person can tell.
 """
 
-import trio
-
 from repofs import errors
 from repofs.fixes.context import TaskContext
 from repofs.fixes.copy import copy_snapshot_in, settle
@@ -47,8 +45,7 @@ async def run(ctx: TaskContext) -> None:
     if not fix.data.get("unfinished_snapshot"):
         raise errors.invalid(f"{fix.image} is broken and mend cannot tell why: {fix.description}")
     snapshot = await ctx.read_image()
-    driver = ctx.driver
-    disks = await trio.to_thread.run_sync(driver.list_images)
+    disks = await ctx.repo.list_images()
     unswitched = [d for d in disks if d.kind is ImageKind.VIRTUAL_DISK and d.top == snapshot.top]
     for disk in unswitched:
         async with ctx.repo.guard(disk.id, snapshot.id):
@@ -56,8 +53,6 @@ async def run(ctx: TaskContext) -> None:
             if not await ctx.repo.wait_for_release(disk.id):
                 raise errors.busy(f"{disk.id} is open: close it so its snapshot can finish")
             chain = await ctx.repo.new_overlay(disk)
-            await trio.to_thread.run_sync(
-                driver.update_image, disk.evolve(chain=chain, base=snapshot.id)
-            )
+            await ctx.repo.update_image(disk.evolve(chain=chain, base=snapshot.id))
     await ctx.enter_stage("finish")
     await settle(ctx, snapshot.id)

@@ -20,8 +20,6 @@ Durable steps, and what a crash after each leaves:
 All images whose chains hold L must be closed (the task waits, saying so).
 """
 
-import trio
-
 from repofs import errors
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import TaskContext
@@ -35,7 +33,7 @@ STAGES = ("measure", "commit", "record")
 
 async def run(ctx: TaskContext) -> None:
     driver = ctx.driver
-    snapshot = await trio.to_thread.run_sync(driver.read_image, ctx.task.image, True)
+    snapshot = await ctx.repo.read_image(ctx.task.image, True)
     layer = snapshot.top
     await ctx.enter_stage("measure")
     guarded = [u.id for u in await _users(ctx, layer)]
@@ -54,13 +52,13 @@ async def run(ctx: TaskContext) -> None:
         ctx.crash_point("record")
         await ctx.enter_stage("record")
         for user in users:
-            await trio.to_thread.run_sync(_drop_layer, driver, user, snapshot)
+            await ctx.repo.run(_drop_layer, driver, user, snapshot)
     await ctx.report("record", 1, 1, force=True)
 
 
 async def _users(ctx: TaskContext, layer: Volume) -> list:
     """Records (live or trashed) that read through `layer` from above."""
-    inventory = await trio.to_thread.run_sync(Inventory.read, ctx.driver, {})
+    inventory = await ctx.repo.run(Inventory.read, ctx.driver, {})
     return [r for r in inventory.live + inventory.trashed if layer in r.chain[1:]]
 
 

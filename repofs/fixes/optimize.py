@@ -39,14 +39,12 @@ The image is never broken: until step 4's record write it is degraded and reads
 its old, equal bytes.
 """
 
-import trio
-
 from repofs import errors
 from repofs.fixes.context import TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
 from repofs.model import ImageKind, ImageRecord, ImageState, Pending, Volume, VolumeFormat
 from repofs.qemu import img
-from repofs.registry import guarded
+from repofs.repository import guarded
 
 # Whether the image record shows the task's progress.
 PROGRESS_ON_IMAGE = True
@@ -69,7 +67,7 @@ async def run(ctx: TaskContext) -> None:
 
     if target is None:
         preallocate = await ctx.repo.preallocates()
-        volume = await trio.to_thread.run_sync(driver.create_raw_volume, image.size, preallocate)
+        volume = await ctx.repo.create_raw_volume(image.size, preallocate)
         target = volume.file_name
         base_chain = [v.ref for v in image.chain[1:]]
         await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
@@ -116,7 +114,7 @@ async def _commit_locked(ctx: TaskContext, target: str) -> None:
         )
     )  # fmt: skip
     ctx.crash_point("unlink")
-    await trio.to_thread.run_sync(ctx.driver.remove_volume, image.top)
+    await ctx.repo.remove_volume(image.top)
 
 
 async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
@@ -124,12 +122,12 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
     if elsewhere is None:
         return  # done before a crash, or by someone else
     driver = ctx.driver
-    if not await trio.to_thread.run_sync(driver.has_image, base_id):
+    if not await ctx.repo.has_image(base_id):
         source_repo = ctx.registry.get(elsewhere)
-        source = await trio.to_thread.run_sync(source_repo.driver.read_image, base_id)
+        source = await source_repo.read_image(base_id)
         async with guarded((source_repo, base_id), (ctx.repo, base_id)):
             await start_snapshot_copy(source_repo, source, ctx.repo)
-    local = await trio.to_thread.run_sync(driver.read_image, base_id)
+    local = await ctx.repo.read_image(base_id)
     if local.pending is Pending.COPY:
         local = await copy_snapshot_in(ctx, base_id)
     if not local.is_usable_snapshot:

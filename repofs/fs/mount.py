@@ -50,7 +50,7 @@ async def _serve(config: MountConfig, run_dir: Path) -> None:
         # of a repository open any more (a Gluster volume unmounts only then).
         with trio.CancelScope(shield=True):
             for repo in registry.repositories.values():
-                await trio.to_thread.run_sync(repo.driver.close)
+                await repo.close()
     log.info("unmounted %s", config.mountpoint)
 
 

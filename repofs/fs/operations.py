@@ -168,7 +168,7 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind is NodeKind.AREA:
             repo = self._repo(node)
             if node.area is Area.STATUS:
-                return await trio.to_thread.run_sync(repo.driver.list_image_ids)
+                return await repo.list_image_ids()
             if node.area is Area.FIXES:
                 return [f.id for f in await fix_repository.list_fixes(repo)]
             if node.area is Area.TASKS:
@@ -420,7 +420,7 @@ class RepofsOperations(pyfuse3.Operations):
             raise errors.invalid(f"ln {source} {target}/{name} maps to no operation")
         source_repo, repo = self._repo(source), self._repo(target)
         if source.area is Area.SNAPSHOTS and target.area is Area.DISKS:
-            record = await trio.to_thread.run_sync(source_repo.driver.read_image, source.name)
+            record = await source_repo.read_image(source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode | 0o200)
             await create_virtual_disk_from_snapshot(
                 self.registry, repo, name, source.name, owner, base_repo=source_repo
@@ -432,7 +432,7 @@ class RepofsOperations(pyfuse3.Operations):
                 f"ln {source.area}/{source.name} {target.area}/{name} maps to no operation"
             )
         elif target.area is Area.DISKS:
-            record = await trio.to_thread.run_sync(source_repo.driver.read_image, source.name)
+            record = await source_repo.read_image(source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode)
             await clone_disk(self.registry, source_repo, source.name, name, repo, owner)
         elif source.area is Area.DISKS:

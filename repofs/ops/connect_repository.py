@@ -15,7 +15,8 @@ from repofs.drivers.posix import SharedRepository
 from repofs.names import check_name
 from repofs.ops import write_claims
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def parse_connection(line: str) -> tuple[str, str, dict[str, str]]:
 @logged(image=None, repo="name")
 async def connect_repository(
     registry: Registry, name: str, fmt: str, params: dict[str, str], transient: bool = True
-) -> ConnectedRepository:
+) -> Repository:
     check_name(name, "repository name")
     if name in RESERVED_NAMES or name in registry.repositories:
         raise errors.exists(f"a repository named {name} is already connected")
@@ -68,7 +69,7 @@ async def connect_repository(
         if _place(other.format, other.params) == place:
             raise errors.busy(f"{place} is already connected as {other.name}")
     driver = await trio.to_thread.run_sync(_attach, registry, name, fmt, params)
-    repo = ConnectedRepository(
+    repo = Repository(
         name, driver, fmt, params, transient, registry.host_id,
         registry.host_watch, registry.repositories,
     )  # fmt: skip
@@ -107,7 +108,7 @@ def _attach(registry: Registry, name: str, fmt: str, params: dict[str, str]) -> 
     return DIRECTORY_DRIVERS[fmt].open(Path(params["path"]))
 
 
-async def create_local_repository(registry: Registry, name: str) -> ConnectedRepository:
+async def create_local_repository(registry: Registry, name: str) -> Repository:
     """`mkdir MOUNT/NAME`: creates (or reopens) DATA_DIR/NAME and connects it."""
     check_name(name, "repository name")
     root = registry.data_dir / name
@@ -135,7 +136,7 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         await repo.wait_for_release(image_id)
     if repo.open_images:
         raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
-    dependents = await trio.to_thread.run_sync(repo.dependents_elsewhere)
+    dependents = await repo.run(repo.dependents_elsewhere)
     if dependents:
         raise errors.busy(f"cannot disconnect {name}: {', '.join(dependents)} read through "
                           "its snapshots until optimized")  # fmt: skip
@@ -143,5 +144,4 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
     if registry.fix_daemon is not None:
         # Its running tasks stop where they are; a later connection resumes them.
         await registry.fix_daemon.let_go(repo)
-    repo.driver.on_change = repo.driver.on_task_change = None
-    await trio.to_thread.run_sync(repo.driver.close)
+    await repo.close()

@@ -11,8 +11,6 @@ Between two repositories on one reflink file system, both are clones of the
 volume (drivers/reflink.py): whole, raw and `optimized` at once, with no task.
 """
 
-import trio
-
 from repofs.fixes.check import mend_fix
 from repofs.fixes.copy import start_snapshot_copy
 from repofs.model import ImageRecord, Owner, Pending
@@ -21,23 +19,21 @@ from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk_from_snapshot
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository, Registry, guarded
+from repofs.registry import Registry
+from repofs.repository import Repository, guarded
 
 
 @logged(image="snapshot_id", repo="target_repo")
-async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, snapshot_id: str,
-                        target_repo: ConnectedRepository) -> ImageRecord:  # fmt: skip
+async def copy_snapshot(registry: Registry, source_repo: Repository, snapshot_id: str,
+                        target_repo: Repository) -> ImageRecord:  # fmt: skip
     """Durable steps: those of fixes/copy.py's start_snapshot_copy (volume, then
     the record, broken and pending its copy, or whole if it is a clone), then
     the queueing of its mend. A crash before the queueing leaves a broken image
     whose mend the check offers."""
-    source = await trio.to_thread.run_sync(source_repo.driver.read_image, snapshot_id)
+    source = await source_repo.read_image(snapshot_id)
     async with guarded((source_repo, snapshot_id), (target_repo, snapshot_id)):
         record = await start_snapshot_copy(source_repo, source, target_repo)
-    if (
-        record.pending is Pending.COPY
-        and (await trio.to_thread.run_sync(target_repo.driver.read_options)).autofix
-    ):
+    if record.pending is Pending.COPY and (await target_repo.read_options()).autofix:
         await queue_fix(registry, target_repo, mend_fix(record))
     return record
 
@@ -45,10 +41,10 @@ async def copy_snapshot(registry: Registry, source_repo: ConnectedRepository, sn
 @logged(image="backup_id", repo="target_repo")
 async def back_up_disk(
     registry: Registry,
-    source_repo: ConnectedRepository,
+    source_repo: Repository,
     disk_id: str,
     backup_id: str,
-    target_repo: ConnectedRepository,
+    target_repo: Repository,
 ) -> ImageRecord:
     """`ln r1/disks/D r2/snapshots/B`: snapshot D as B in r1 (point in time, O(1)),
     then copy B into r2. B stays in r1 as the base of D's next backup, which then
@@ -62,8 +58,8 @@ async def back_up_disk(
 
 
 @logged(image="clone_id", repo="target_repo")
-async def clone_disk(registry: Registry, source_repo: ConnectedRepository, disk_id: str,
-                     clone_id: str, target_repo: ConnectedRepository,
+async def clone_disk(registry: Registry, source_repo: Repository, disk_id: str,
+                     clone_id: str, target_repo: Repository,
                      owner: Owner) -> ImageRecord:  # fmt: skip
     """`ln r1/disks/D r2/disks/D2`: snapshot D in r1 as `D.to-r2.D2` (the point in
     time of the clone; it stays, like a backup's), then a disk D2 of r2 over it,

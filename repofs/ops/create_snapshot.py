@@ -20,13 +20,13 @@ from repofs.names import check_name
 from repofs.ops.logged import logged
 from repofs.ops.open_image import OpenImage, clones_quickly, hold_open_image, release_image
 from repofs.qemu import img
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
 
 @logged(image="snapshot_id")
-async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: str) -> ImageRecord:
+async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> ImageRecord:
     """On reflink storage, the snapshot of a raw disk is a clone of its volume
     (_clone_snapshot), unless it has too many extents to clone in time
     (_clones_in_time); otherwise the disk's current top volume becomes the
@@ -50,14 +50,14 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
     check_name(snapshot_id)
     driver = repo.driver
     async with repo.guard(disk_id, snapshot_id):
-        disk = await trio.to_thread.run_sync(driver.read_image, disk_id)
+        disk = await repo.read_image(disk_id)
         if disk.kind is not ImageKind.VIRTUAL_DISK:
             raise errors.invalid(f"{disk_id} is a snapshot; snapshots are taken of disks")
         await repo.ensure_no_task(disk_id, "snapshot")
         if disk.state is ImageState.BROKEN:
             raise errors.invalid(f"cannot snapshot broken disk {disk_id}: {disk.last_error}")
         await repo.check_free(snapshot_id)
-        max_chain = (await trio.to_thread.run_sync(driver.read_options)).max_chain
+        max_chain = (await repo.read_options()).max_chain
         writer = repo.writer_elsewhere(disk)
         if writer is not None:
             raise errors.busy(f"cannot snapshot {disk_id}: it is open for writing on host "
@@ -83,16 +83,13 @@ async def create_snapshot(repo: ConnectedRepository, disk_id: str, snapshot_id: 
             finally:
                 await release_image(image)
         crash_point("snapshot:finish")
-        snapshot = await trio.to_thread.run_sync(
-            driver.update_image,
-            snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None),
+        snapshot = await repo.update_image(
+            snapshot.evolve(state=snapshot.usable_state, last_error=None, pending=None)
         )
     return snapshot
 
 
-async def _clones_in_time(
-    repo: ConnectedRepository, disk: ImageRecord, image: OpenImage | None
-) -> bool:
+async def _clones_in_time(repo: Repository, disk: ImageRecord, image: OpenImage | None) -> bool:
     """Whether a raw disk on reflink storage is snapshotted by a clone: if its
     volume has few enough extents for the clone to take no longer than a live
     snapshot may stall the disk's writers (clones_quickly; of an open disk,
@@ -108,7 +105,7 @@ async def _clones_in_time(
 
 
 async def _clone_snapshot(
-    repo: ConnectedRepository, disk: ImageRecord, snapshot_id: str, image: OpenImage | None
+    repo: Repository, disk: ImageRecord, snapshot_id: str, image: OpenImage | None
 ) -> ImageRecord:
     """The snapshot of a raw disk on reflink storage: a new raw volume sharing
     the disk's extents. The disk stays as it is, raw, one volume. An open disk is
@@ -124,7 +121,6 @@ async def _clone_snapshot(
     next incremental copy of its snapshots moves more than it must, never less
     (it compares the volumes' extents, drivers/reflink.py).
     """
-    driver = repo.driver
     if image is None:
         volume = await repo.clone_volume(repo, disk.top, disk.size)
     else:
@@ -154,14 +150,14 @@ async def _clone_snapshot(
     def descend(current: ImageRecord) -> ImageRecord:
         return current.evolve(lineage=snapshot_id)
 
-    record = await trio.to_thread.run_sync(driver.change_image, disk.id, descend)
+    record = await repo.change_image(disk.id, descend)
     if image is not None:
         image.record = record
     return snapshot
 
 
 async def _switch_live(
-    repo: ConnectedRepository, image: OpenImage, snapshot_id: str, max_chain: int
+    repo: Repository, image: OpenImage, snapshot_id: str, max_chain: int
 ) -> ImageRecord:
     """Steps 1-3 of an open disk: what does not need the pause (most of the sync,
     NEW) is done while requests go on; the pause lasts steps 2 and 3."""
@@ -182,7 +178,7 @@ async def _switch_live(
 
 
 async def _switch(
-    repo: ConnectedRepository,
+    repo: Repository,
     disk: ImageRecord,
     chain: tuple[Volume, ...],
     snapshot_id: str,
@@ -190,7 +186,6 @@ async def _switch(
     image: OpenImage | None,
 ) -> ImageRecord:
     """Steps 2 and 3, given NEW's chain; returns the snapshot's record (broken)."""
-    driver = repo.driver
     snapshot = ImageRecord(
         snapshot_id,
         ImageKind.SNAPSHOT,
@@ -208,7 +203,7 @@ async def _switch(
     switched = disk.evolve(chain=chain, base=snapshot_id, state=state)
     if image is None:
         try:
-            await trio.to_thread.run_sync(driver.update_image, switched)
+            await repo.update_image(switched)
         except errors.RepofsError:
             # Another host changed or removed the disk since it was read.
             await _undo(repo, snapshot_id, switched.top)
@@ -218,18 +213,17 @@ async def _switch(
     return snapshot
 
 
-async def _undo(repo: ConnectedRepository, snapshot_id: str, new_top: Volume) -> None:
+async def _undo(repo: Repository, snapshot_id: str, new_top: Volume) -> None:
     """Takes back steps 1 and 2 when step 3 did not happen: the snapshot's record
     goes, then NEW (if that fails too, it is what a crash after step 2 leaves)."""
-    driver = repo.driver
     with trio.CancelScope(shield=True):
-        for undo in (driver.trash_image, driver.purge_trashed_image):
-            await trio.to_thread.run_sync(undo, snapshot_id)
-        await trio.to_thread.run_sync(driver.remove_volume, new_top)
+        await repo.trash_image(snapshot_id)
+        await repo.purge_trashed_image(snapshot_id)
+        await repo.remove_volume(new_top)
 
 
 async def _switch_open_disk(
-    repo: ConnectedRepository, image: OpenImage, switched: ImageRecord, snapshot_id: str
+    repo: Repository, image: OpenImage, switched: ImageRecord, snapshot_id: str
 ) -> None:
     """Step 3 for an open disk: NEW goes above TOP where the disk is served, then
     the record follows. If the first fails, the disk stays as it was and the
@@ -243,7 +237,7 @@ async def _switch_open_disk(
         await _undo(repo, snapshot_id, switched.top)
         raise
     try:
-        image.record = await trio.to_thread.run_sync(driver.update_image, switched)
+        image.record = await repo.update_image(switched)
     except BaseException as exc:
         image.fail(f"its live snapshot {snapshot_id} could not be recorded: {exc}")
         raise

@@ -1,8 +1,6 @@
 """createVirtualDisk: an empty disk (`truncate`, `cp`, `dd`, `qemu-img convert`
 into disks/) or a disk based on a snapshot (`ln snapshots/S disks/D`)."""
 
-import trio
-
 from repofs import errors
 from repofs.crash import crash_point
 from repofs.fixes.check import optimize_fix
@@ -11,12 +9,13 @@ from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
 from repofs.ops.open_image import clones_quickly
-from repofs.registry import ConnectedRepository, Registry, guarded
+from repofs.registry import Registry
+from repofs.repository import Repository, guarded
 
 
 @logged()
 async def create_virtual_disk(
-    repo: ConnectedRepository, image_id: str, size: int, owner: Owner
+    repo: Repository, image_id: str, size: int, owner: Owner
 ) -> ImageRecord:
     """An empty thin raw disk; preallocated when the repository's strategy is
     `performance`.
@@ -25,11 +24,10 @@ async def create_virtual_disk(
     (1) leaves a volume no record names: a clean fix removes it.
     """
     check_name(image_id)
-    driver = repo.driver
     async with repo.guard(image_id):
         await repo.check_free(image_id)
         preallocate = await repo.preallocates()
-        volume = await trio.to_thread.run_sync(driver.create_raw_volume, size, preallocate)
+        volume = await repo.create_raw_volume(size, preallocate)
         record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, size, (volume,), owner=owner)
         record = await repo.commit_new_image(record, record.top)
     return record
@@ -38,11 +36,11 @@ async def create_virtual_disk(
 @logged()
 async def create_virtual_disk_from_snapshot(
     registry: Registry,
-    repo: ConnectedRepository,
+    repo: Repository,
     image_id: str,
     base_id: str,
     owner: Owner,
-    base_repo: ConnectedRepository | None = None,
+    base_repo: Repository | None = None,
     clone: bool = False,
 ) -> ImageRecord:
     """A disk that reads as snapshot `base_id` (of `base_repo`, by default this
@@ -65,7 +63,7 @@ async def create_virtual_disk_from_snapshot(
     # The base's guard too: its removal or rename must not come between.
     async with guarded((repo, image_id), (base_repo, base_id)):
         await repo.check_free(image_id)
-        base = await trio.to_thread.run_sync(base_repo.driver.read_image, base_id)
+        base = await base_repo.read_image(base_id)
         if base.kind is not ImageKind.SNAPSHOT:
             raise errors.invalid(f"{base_id} is not a snapshot; a disk is based on a snapshot")
         if base.state is ImageState.BROKEN:
@@ -73,16 +71,16 @@ async def create_virtual_disk_from_snapshot(
         if base_repo is not repo:
             # A snapshot ID names the same data wherever it is: a usable copy here
             # spares the disk reading through (and depending on) the other one.
-            local = await trio.to_thread.run_sync(_usable_snapshot, driver, base_id)
+            local = await repo.run(_usable_snapshot, driver, base_id)
             if local is not None:
                 base, base_repo = local, repo
         if (
             base.is_raw
-            and await trio.to_thread.run_sync(repo.clones_from, base_repo)
+            and await repo.run(repo.clones_from, base_repo)
             and await clones_quickly(base_repo, base)
         ):
             return await _clone_of_snapshot(repo, image_id, base, base_repo, owner)
-        options = await trio.to_thread.run_sync(driver.read_options)
+        options = await repo.read_options()
         chain = await repo.new_overlay(base, base_repo)
         elsewhere = any(v.repo is not None for v in chain)
         degraded = elsewhere or options.strategy is Strategy.PERFORMANCE
@@ -97,10 +95,10 @@ async def create_virtual_disk_from_snapshot(
 
 
 async def _clone_of_snapshot(
-    repo: ConnectedRepository,
+    repo: Repository,
     image_id: str,
     base: ImageRecord,
-    base_repo: ConnectedRepository,
+    base_repo: Repository,
     owner: Owner,
 ) -> ImageRecord:
     """A disk sharing the extents of raw snapshot `base` (of `base_repo`, on the

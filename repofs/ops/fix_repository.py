@@ -5,13 +5,12 @@ import errno
 import logging
 import time
 
-import trio
-
 from repofs import errors
 from repofs.fixes.check import Inventory, check_repository
 from repofs.logs import task_line
 from repofs.model import Fix, Task, TaskState
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +18,7 @@ CHECK_REUSE_S = 2.0
 VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 
 
-async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
+async def list_fixes(repo: Repository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
 
     def read() -> tuple[Inventory, dict[str, str]]:
@@ -27,14 +26,14 @@ async def list_fixes(repo: ConnectedRepository) -> list[Fix]:
         failed = {r.id: why for r in inventory.live if (why := repo.unusable_here(r))}
         return inventory, failed
 
-    inventory, questions = await trio.to_thread.run_sync(read)
+    inventory, questions = await repo.run(read)
     questions |= await repo.check_headers(inventory.headers_to_judge())
-    fixes = await trio.to_thread.run_sync(check_repository, repo.driver, inventory, questions)
+    fixes = await repo.run(check_repository, repo.driver, inventory, questions)
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 
 
-async def get_fix(repo: ConnectedRepository, fix_id: str, reuse_s: float = CHECK_REUSE_S) -> Fix:
+async def get_fix(repo: Repository, fix_id: str, reuse_s: float = CHECK_REUSE_S) -> Fix:
     """A fix of a check at most `reuse_s` old; one the reused check lacks is
     looked for in a new check (`rm disks/X && mv fixes/clean-X tasks/` right
     after an `ls fixes/`)."""
@@ -50,7 +49,7 @@ async def get_fix(repo: ConnectedRepository, fix_id: str, reuse_s: float = CHECK
     raise errors.not_found(f"no fix {fix_id} in {repo.name}")
 
 
-async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> Task:
+async def queue_fix(registry: Registry, repo: Repository, fix: Fix) -> Task:
     """fixStorageRepository. A stopped or failed task of the same fix is queued
     again with its checkpoint: it resumes. Durable step: one task record write."""
 
@@ -67,7 +66,7 @@ async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> 
             task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)
         )
 
-    task = await trio.to_thread.run_sync(queue)
+    task = await repo.run(queue)
     log.info(task_line(repo.name, task.id, task.image, str(task.state),
                        description=fix.description))  # fmt: skip
     if registry.fix_daemon is not None:
@@ -75,18 +74,18 @@ async def queue_fix(registry: Registry, repo: ConnectedRepository, fix: Fix) -> 
     return task
 
 
-async def list_tasks(repo: ConnectedRepository) -> list[Task]:
-    tasks = await trio.to_thread.run_sync(repo.driver.list_tasks)
+async def list_tasks(repo: Repository) -> list[Task]:
+    tasks = await repo.list_tasks()
     return [t for t in tasks if t.state in VISIBLE_TASK_STATES]
 
 
-async def get_task(repo: ConnectedRepository, task_id: str) -> Task:
-    task = await trio.to_thread.run_sync(repo.driver.read_task, task_id)
+async def get_task(repo: Repository, task_id: str) -> Task:
+    task = await repo.read_task(task_id)
     if task.state not in VISIBLE_TASK_STATES:
         raise errors.not_found(f"task {task_id} in {repo.name} is {task.state}")
     return task
 
 
-async def stop_task(registry: Registry, repo: ConnectedRepository, task_id: str) -> None:
+async def stop_task(registry: Registry, repo: Repository, task_id: str) -> None:
     await get_task(repo, task_id)
     await registry.fix_daemon.stop(repo, task_id)

@@ -1,13 +1,11 @@
 """Image attributes: the read-only user.repofs.* status attributes, userData (every
 other user.* attribute, persisted in the record) and ownership (chown/chmod)."""
 
-import trio
-
 from repofs import errors
 from repofs.model import ImageRecord, Owner
 from repofs.ops.image_status import ImageStatus, get_image_status
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 PREFIX = "user.repofs."
 MAX_VALUE = 4096
@@ -44,23 +42,21 @@ def _check_namespace(name: str) -> None:
         raise errors.not_supported(f"attribute {name}: only user.* attributes are supported")
 
 
-async def list_attributes(repo: ConnectedRepository, image_id: str, trashed: bool) -> list[str]:
+async def list_attributes(repo: Repository, image_id: str, trashed: bool) -> list[str]:
     status = await get_image_status(repo, image_id, trashed)
-    record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, trashed)
+    record = await repo.read_image(image_id, trashed)
     names = [PREFIX + k for k, v in _status_attributes(status).items() if v is not None]
     return names + sorted(record.user_data)
 
 
-async def get_attribute(
-    repo: ConnectedRepository, image_id: str, name: str, trashed: bool
-) -> bytes:
+async def get_attribute(repo: Repository, image_id: str, name: str, trashed: bool) -> bytes:
     _check_namespace(name)
     if name.startswith(PREFIX):
         value = _status_attributes(await get_image_status(repo, image_id, trashed)).get(
             name[len(PREFIX) :]
         )
     else:
-        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, trashed)
+        record = await repo.read_image(image_id, trashed)
         value = record.user_data.get(name)
     if value is None:
         raise errors.no_attribute(f"{image_id} has no attribute {name}")
@@ -75,7 +71,7 @@ def _check_writable(name: str) -> None:
 
 
 @logged()
-async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, value: bytes) -> None:
+async def set_user_data(repo: Repository, image_id: str, name: str, value: bytes) -> None:
     _check_namespace(name)
     _check_writable(name)
     if len(value) > MAX_VALUE:
@@ -94,7 +90,7 @@ async def set_user_data(repo: ConnectedRepository, image_id: str, name: str, val
 
 
 @logged()
-async def remove_user_data(repo: ConnectedRepository, image_id: str, name: str) -> None:
+async def remove_user_data(repo: Repository, image_id: str, name: str) -> None:
     _check_namespace(name)
     _check_writable(name)
 
@@ -108,7 +104,7 @@ async def remove_user_data(repo: ConnectedRepository, image_id: str, name: str) 
 
 @logged()
 async def set_owner(
-    repo: ConnectedRepository,
+    repo: Repository,
     image_id: str,
     uid: int | None = None,
     gid: int | None = None,
@@ -129,9 +125,9 @@ async def set_owner(
     await _update(repo, image_id, change)
 
 
-async def _update(repo: ConnectedRepository, image_id: str, change) -> None:
+async def _update(repo: Repository, image_id: str, change) -> None:
     """Durable in one atomic record write (driver.change_image)."""
-    record = await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+    record = await repo.change_image(image_id, change)
     image = repo.open_images.get(image_id)
     if image is not None:
         image.record = record

@@ -5,10 +5,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
-
 from repofs.model import ImageKind, ImageRecord, ImageState, Task
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 
 @dataclass(frozen=True)
@@ -59,13 +57,13 @@ class ImageStatus:
 
 
 def _status(
-    repo: ConnectedRepository,
+    repo: Repository,
     record: ImageRecord,
     trashed: bool,
     dependents_of: Callable[[str], list[str]],
     tasks_on: Callable[[str], list[Task]],
 ) -> ImageStatus:
-    """`dependents_of` and `tasks_on` as ConnectedRepository's: a listing passes
+    """`dependents_of` and `tasks_on` as Repository's: a listing passes
     lookups in maps it gathered once for all images."""
     driver = repo.driver
     image = None if trashed else repo.open_images.get(record.id)
@@ -113,19 +111,15 @@ def _status(
     )
 
 
-async def get_image_status(
-    repo: ConnectedRepository, image_id: str, trashed: bool = False
-) -> ImageStatus:
+async def get_image_status(repo: Repository, image_id: str, trashed: bool = False) -> ImageStatus:
     def status() -> ImageStatus:
         record = repo.driver.read_image(image_id, trashed)
         return _status(repo, record, trashed, repo.dependents, repo.tasks_on)
 
-    return await trio.to_thread.run_sync(status)
+    return await repo.run(status)
 
 
-async def list_image_statuses(
-    repo: ConnectedRepository, trashed: bool = False
-) -> list[ImageStatus]:
+async def list_image_statuses(repo: Repository, trashed: bool = False) -> list[ImageStatus]:
     """The statuses of all live (or all trashed) images, in one pass: what `ls -l`
     of an area shows."""
 
@@ -141,4 +135,4 @@ async def list_image_statuses(
 
         return [_status(repo, record, trashed, dependents_of, tasks_on) for record in records]
 
-    return await trio.to_thread.run_sync(statuses)
+    return await repo.run(statuses)

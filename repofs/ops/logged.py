@@ -15,7 +15,7 @@ import time
 
 from repofs import errors, refusals
 from repofs.logs import facts
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 log = logging.getLogger("repofs.operations")
 
@@ -35,7 +35,7 @@ def logged(image: str | None = "image_id", repo: str = "repo"):
         async def wrapper(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             where = bound.arguments[repo]  # a repository, or the name of one
-            asked = {"repo": where.name if isinstance(where, ConnectedRepository) else where,
+            asked = {"repo": where.name if isinstance(where, Repository) else where,
                      "image": bound.arguments[image] if image else None,
                      **_plain(bound.arguments, (repo, image))}  # fmt: skip
             started = time.monotonic()
@@ -66,7 +66,7 @@ def _plain(arguments: dict, named: tuple[str | None, ...]) -> dict:
     for name, value in arguments.items():
         if name in named:
             continue
-        if isinstance(value, ConnectedRepository):
+        if isinstance(value, Repository):
             value = value.name
         elif isinstance(value, bytes):
             value = value.decode(errors="replace")

@@ -28,7 +28,8 @@ from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.ops import write_claims
 from repofs.qemu.chain_io import add_overlay, open_chain
 from repofs.qemu.storage_daemon import StorageDaemon
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 class OpenImage:
     def __init__(
         self,
-        repo: ConnectedRepository,
+        repo: Repository,
         record: ImageRecord,
         io,
         writable: bool,
@@ -150,12 +151,9 @@ class OpenImage:
             # unrecorded): never below what passthrough writes made it.
             if size <= await self.current_size():
                 return
-            driver = self.repo.driver
             if self.record.is_raw:
                 preallocate = await self.repo.preallocates()
-                await trio.to_thread.run_sync(
-                    driver.grow_raw_volume, self.record.top, self.size, size, preallocate
-                )
+                await self.repo.grow_raw_volume(self.record.top, self.size, size, preallocate)
             else:
                 await self.io.resize(size)
             self.size = size
@@ -187,9 +185,7 @@ class OpenImage:
             return
         await self.io.fsync()
         size = self.size
-        self.record = await trio.to_thread.run_sync(
-            self.repo.driver.change_image, self.record.id, lambda r: r.evolve(size=size)
-        )
+        self.record = await self.repo.change_image(self.record.id, lambda r: r.evolve(size=size))
 
     async def flush(self) -> None:
         if self.writable:
@@ -204,7 +200,7 @@ class OpenImage:
         await self.persist_size()
 
 
-def passthrough_allowed(repo: ConnectedRepository, record: ImageRecord) -> bool:
+def passthrough_allowed(repo: Repository, record: ImageRecord) -> bool:
     """Whether the kernel may serve an image's I/O itself (FUSE passthrough): then
     repofs cannot see, pause or cut it off, so only where no promise needs that
     (docs/performance.md, "Kernel passthrough"): a snapshot whose data is one raw
@@ -221,13 +217,13 @@ def passthrough_allowed(repo: ConnectedRepository, record: ImageRecord) -> bool:
     return _clones_live(repo, record) and record.id not in repo.slow_clones
 
 
-def _clones_live(repo: ConnectedRepository, record: ImageRecord) -> bool:
+def _clones_live(repo: Repository, record: ImageRecord) -> bool:
     """Whether a disk's live snapshot is a clone of its volume, which then has
     no other barrier for the kernel's writes (ops/create_snapshot.py)."""
     return record.is_raw and not repo.driver.shared and repo.driver.reflink
 
 
-async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool:
+async def clones_quickly(repo: Repository, record: ImageRecord) -> bool:
     """Whether a raw image's volume has few enough extents for a clone to take
     no longer than a live snapshot may stall the disk's writers (drivers/reflink.py,
     QUICK_CLONE_EXTENTS). Counted at each first open of a disk whose live
@@ -237,7 +233,7 @@ async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool
     (passthrough_allowed), where a live snapshot can pause it; said once in the
     log."""
     path = repo.volume_path(record.top)
-    if await trio.to_thread.run_sync(reflink.clones_quickly, path):
+    if await repo.run(reflink.clones_quickly, path):
         repo.slow_clones.discard(record.id)
         return True
     if record.id not in repo.slow_clones:
@@ -250,9 +246,7 @@ async def clones_quickly(repo: ConnectedRepository, record: ImageRecord) -> bool
     return False
 
 
-async def open_image(
-    registry: Registry, repo: ConnectedRepository, image_id: str, write: bool
-) -> OpenImage:
+async def open_image(registry: Registry, repo: Repository, image_id: str, write: bool) -> OpenImage:
     """Opens an image for one more handle. Snapshots are read-only (EROFS).
 
     A first open holds the image's guard, so that it cannot open the top
@@ -263,7 +257,7 @@ async def open_image(
         async with repo.guard(image_id):
             image = await hold_open_image(repo, image_id)
             if image is None:
-                record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+                record = await repo.read_image(image_id)
                 _check_writable(record.kind, image_id, write)
                 if record.pending is Pending.COPY:
                     raise errors.RepofsError(
@@ -280,7 +274,7 @@ async def open_image(
     return image
 
 
-async def hold_open_image(repo: ConnectedRepository, image_id: str) -> OpenImage | None:
+async def hold_open_image(repo: Repository, image_id: str) -> OpenImage | None:
     """The image's OpenImage with one more handle (give it back with release_image)
     if the image is open; None if it is closed. An image whose last handle is being
     released is waited for, not revived: its close is under way."""
@@ -298,7 +292,7 @@ def _check_writable(kind: ImageKind, image_id: str, write: bool) -> None:
 
 
 async def _first_open(
-    registry: Registry, repo: ConnectedRepository, record: ImageRecord, write: bool
+    registry: Registry, repo: Repository, record: ImageRecord, write: bool
 ) -> OpenImage:
     """A disk is opened for writing whatever the handle asks, except in a shared
     repository, where writing needs a claim (ops/write_claims.py)."""
@@ -313,7 +307,7 @@ async def _first_open(
     except BaseException as exc:
         if isinstance(exc, errors.RepofsError) and exc.errno == errno.EIO:
             # The storage or QEMU refused it: its status says so until it opens.
-            stamps = await trio.to_thread.run_sync(repo.chain_stamps, record.chain)
+            stamps = await repo.run(repo.chain_stamps, record.chain)
             repo.open_failures[record.id] = (stamps, exc.reason)
         if claimed:
             with trio.CancelScope(shield=True):
@@ -328,9 +322,7 @@ async def _first_open(
     return image
 
 
-async def _open_io(
-    daemon: StorageDaemon, repo: ConnectedRepository, record: ImageRecord, writable: bool
-):
+async def _open_io(daemon: StorageDaemon, repo: Repository, record: ImageRecord, writable: bool):
     await repo.verify_chain(record.chain)
     chain = [repo.volume_path(v) for v in record.chain]
     io = await open_chain(daemon, chain, record.top.format, record.size, writable)

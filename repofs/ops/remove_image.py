@@ -4,53 +4,50 @@ Removal is logical: the record moves into the trash in one rename and the volume
 stay until a clean fix frees them.
 """
 
-import trio
-
 from repofs import errors
 from repofs.model import ImageKind
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 
 @logged()
-async def remove_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
+async def remove_image(repo: Repository, image_id: str, kind: ImageKind) -> None:
     """Durable step: one rename of the record into the trash. Under the image's
     guard, which a disk made on it would need too: no dependent comes between
     the look and the trash."""
     async with repo.guard(image_id):
-        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+        record = await repo.read_image(image_id)
         if record.kind is not kind:
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
         await repo.ensure_closed(image_id, "remove")
         await repo.ensure_no_task(image_id, "remove")
-        dependents = await trio.to_thread.run_sync(repo.dependents, image_id)
+        dependents = await repo.run(repo.dependents, image_id)
         if dependents:
             raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
-        copies = await trio.to_thread.run_sync(repo.copies_elsewhere, image_id)
+        copies = await repo.run(repo.copies_elsewhere, image_id)
         if copies:
             raise errors.busy(
                 f"cannot remove {image_id}: its copy into {', '.join(copies)} is not finished "
                 "(wait for it, or remove the copy)"
             )
-        await trio.to_thread.run_sync(repo.driver.trash_image, image_id)
+        await repo.trash_image(image_id)
 
 
 @logged()
-async def restore_image(repo: ConnectedRepository, image_id: str, kind: ImageKind) -> None:
+async def restore_image(repo: Repository, image_id: str, kind: ImageKind) -> None:
     """Durable step: one rename of the record out of the trash."""
     async with repo.guard(image_id):
-        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id, True)
+        record = await repo.read_image(image_id, True)
         if record.kind is not kind:
             raise errors.invalid(f"{image_id} is a {record.kind}; restore it to its own kind")
         # A base in the trash is fine: the image reads through its layer, and a
         # merge fix folds that layer in so the base can be cleaned.
         holder = repo.peers.get(record.base_repository or repo.name)
-        if record.base is not None and not (holder and await trio.to_thread.run_sync(
-            lambda: holder.driver.has_image(record.base)
-            or holder.driver.has_image(record.base, True)
+        if record.base is not None and not (holder and (
+            await holder.has_image(record.base) or await holder.has_image(record.base, True)
         )):  # fmt: skip
             where = record.base_repository or repo.name
             raise errors.not_found(
                 f"cannot restore {image_id}: its base {record.base} is gone from {where}"
             )
-        await trio.to_thread.run_sync(repo.driver.restore_image, image_id)
+        await repo.restore_image(image_id)

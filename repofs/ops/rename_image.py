@@ -1,15 +1,13 @@
 """Renaming an image: `mv disks/a disks/b` (within one repository)."""
 
-import trio
-
 from repofs import errors
 from repofs.names import check_name
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 
 @logged(image="old_id")
-async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> None:
+async def rename_image(repo: Repository, old_id: str, new_id: str) -> None:
     """Durable step: one rename of the record.
 
     Refused while the image is open (a running VM keeps using the old path), and
@@ -18,12 +16,12 @@ async def rename_image(repo: ConnectedRepository, old_id: str, new_id: str) -> N
     """
     check_name(new_id)
     async with repo.guard(old_id, new_id):
-        await trio.to_thread.run_sync(repo.driver.read_image, old_id)
+        await repo.read_image(old_id)
         await repo.ensure_closed(old_id, "rename")
         await repo.ensure_no_task(old_id, "rename")
-        dependents = await trio.to_thread.run_sync(
+        dependents = await repo.run(
             lambda: repo.dependents(old_id) + repo.trashed_dependents(old_id)
         )
         if dependents:
             raise errors.busy(f"cannot rename {old_id}: {', '.join(dependents)} depend on it")
-        await trio.to_thread.run_sync(repo.driver.rename_image, old_id, new_id)
+        await repo.rename_image(old_id, new_id)

@@ -3,14 +3,13 @@ the hosts that use the repository, each with its heartbeat and its tasks."""
 
 import datetime
 
-import trio
-
 from repofs.ops import repository_options
-from repofs.registry import ConnectedRepository, Registry
+from repofs.registry import Registry
+from repofs.repository import Repository
 
 
-async def repository_facts(registry: Registry, repo: ConnectedRepository) -> dict:
-    vfs = await trio.to_thread.run_sync(repo.driver.statvfs)
+async def repository_facts(registry: Registry, repo: Repository) -> dict:
+    vfs = await repo.statvfs()
     return {
         "name": repo.name,
         "format": repo.format,
@@ -25,12 +24,12 @@ async def repository_facts(registry: Registry, repo: ConnectedRepository) -> dic
     }
 
 
-async def list_hosts(registry: Registry, repo: ConnectedRepository) -> list[dict]:
+async def list_hosts(registry: Registry, repo: Repository) -> list[dict]:
     """Every host with a heartbeat record here (this one first): its counter, when
     it last wrote it (by its own clock), how long this host has seen the counter
     stand still, whether its lease is alive, and the tasks it holds."""
-    beats = await trio.to_thread.run_sync(repo.driver.read_heartbeats)
-    tasks = await trio.to_thread.run_sync(repo.driver.list_tasks)
+    beats = await repo.read_heartbeats()
+    tasks = await repo.list_tasks()
     watch = registry.host_watch
     watch.observe(repo.name, beats)
     hosts = []

@@ -3,13 +3,11 @@ user.repofs.autofix, .strategy, .participating, .image_hints (DESIGN.md)."""
 
 from dataclasses import replace
 
-import trio
-
 from repofs import errors
 from repofs.model import ImageKind, ImageRecord, ImageState, RepositoryOptions, Strategy
 from repofs.names import check_name
 from repofs.ops.logged import logged
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 PREFIX = "user.repofs."
 # What the storage can do, probed at connect: read-only.
@@ -64,25 +62,25 @@ def _check(name: str) -> None:
         raise errors.not_supported(f"{name} is read-only: what the storage can do")
 
 
-async def get_options(repo: ConnectedRepository) -> dict[str, str]:
+async def get_options(repo: Repository) -> dict[str, str]:
     """The options, and the facts of FACTS."""
-    options = render(await trio.to_thread.run_sync(repo.driver.read_options))
+    options = render(await repo.read_options())
     return {**options, PREFIX + "reflink": "true" if repo.driver.reflink else "false"}
 
 
 @logged(image=None)
-async def set_option(repo: ConnectedRepository, name: str, value: bytes) -> None:
+async def set_option(repo: Repository, name: str, value: bytes) -> None:
     """Durable steps: (1) one atomic write of the options file; (2) for a new
     max_chain, one record write per disk whose state it changes (a chain longer
     than the limit is degraded). A crash between leaves states of the old limit;
     the check offers the optimize of every chain longer than the new one."""
     _check(name)
     async with repo.options_changing:
-        old = await trio.to_thread.run_sync(repo.driver.read_options)
+        old = await repo.read_options()
         options = _parse(old, name, value.decode(errors="replace").strip())
-        await trio.to_thread.run_sync(repo.driver.write_options, options)
+        await repo.write_options(options)
         if options.max_chain != old.max_chain:
-            for record in await trio.to_thread.run_sync(_restate, repo.driver, options):
+            for record in await repo.run(_restate, repo.driver, options):
                 image = repo.open_images.get(record.id)
                 if image is not None:
                     image.record = record
@@ -106,7 +104,7 @@ def _restate(driver, options: RepositoryOptions) -> list[ImageRecord]:
     return changed
 
 
-async def reset_option(repo: ConnectedRepository, name: str) -> None:
+async def reset_option(repo: Repository, name: str) -> None:
     """removexattr: back to the default (set_option logs it)."""
     _check(name)
     default = render(RepositoryOptions())[name]

@@ -1,16 +1,14 @@
 """Growing a virtual disk: `truncate -s BIGGER disks/D`. Shrinking is refused."""
 
-import trio
-
 from repofs import errors
 from repofs.model import ImageKind
 from repofs.ops.logged import logged
 from repofs.qemu import img
-from repofs.registry import ConnectedRepository
+from repofs.repository import Repository
 
 
 @logged()
-async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: int) -> None:
+async def resize_virtual_disk(repo: Repository, image_id: str, size: int) -> None:
     """Durable steps: (1) grow the top volume (raw: extend the file, allocating
     the new range under strategy `performance`; qcow2: qemu-img resize), (2) write
     the record with the new size. A crash after (1) leaves a volume bigger than the
@@ -20,7 +18,7 @@ async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: in
     if image is not None:
         record = image.record
     else:
-        record = await trio.to_thread.run_sync(repo.driver.read_image, image_id)
+        record = await repo.read_image(image_id)
     if record.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.read_only(f"{image_id} is a snapshot: snapshots are read-only")
     current = await image.current_size() if image else record.size
@@ -35,15 +33,13 @@ async def resize_virtual_disk(repo: ConnectedRepository, image_id: str, size: in
             await _grow_closed(repo, image_id, size)
 
 
-async def _grow_closed(repo: ConnectedRepository, image_id: str, size: int) -> None:
+async def _grow_closed(repo: Repository, image_id: str, size: int) -> None:
     driver = repo.driver
-    record = await trio.to_thread.run_sync(driver.read_image, image_id)
+    record = await repo.read_image(image_id)
     path = driver.volume_path(record.top)
     if record.is_raw:
         preallocate = await repo.preallocates()
-        await trio.to_thread.run_sync(
-            driver.grow_raw_volume, record.top, record.size, size, preallocate
-        )
+        await repo.grow_raw_volume(record.top, record.size, size, preallocate)
     else:
         await img.resize(path, record.top.format, size)
-    await trio.to_thread.run_sync(driver.update_image, record.evolve(size=size))
+    await repo.update_image(record.evolve(size=size))

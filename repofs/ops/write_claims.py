@@ -5,7 +5,7 @@ A disk open for writing on one host is EBUSY for write opens on the others
 it died (leases.py). The claim is the image record's `writer`: set under the
 repository lock, with the check, by the first write open of a host; cleared by
 its last close. Removal, renames, snapshots and fixes of an image another host
-writes wait or fail as for an image open here (ConnectedRepository.wait_for_release).
+writes wait or fail as for an image open here (Repository.wait_for_release).
 One-host repositories need no claim: the process's own bookkeeping is enough.
 """
 
@@ -16,12 +16,12 @@ import trio
 
 from repofs import errors
 from repofs.model import ImageRecord
-from repofs.registry import CLAIM_POLL_S, RELEASE_GRACE_S, ConnectedRepository
+from repofs.repository import CLAIM_POLL_S, RELEASE_GRACE_S, Repository
 
 log = logging.getLogger(__name__)
 
 
-async def claim(repo: ConnectedRepository, image_id: str) -> ImageRecord:
+async def claim(repo: Repository, image_id: str) -> ImageRecord:
     """Durable step: the record names this host as its writer; EBUSY if another
     live host still does after RELEASE_GRACE_S (its claim is cleared a moment
     after its close(2) returned)."""
@@ -36,7 +36,7 @@ async def claim(repo: ConnectedRepository, image_id: str) -> ImageRecord:
     return await _claim_now(repo, image_id)
 
 
-async def _claim_now(repo: ConnectedRepository, image_id: str) -> ImageRecord:
+async def _claim_now(repo: Repository, image_id: str) -> ImageRecord:
 
     def change(record: ImageRecord) -> ImageRecord:
         holder = repo.writer_elsewhere(record)
@@ -47,26 +47,26 @@ async def _claim_now(repo: ConnectedRepository, image_id: str) -> ImageRecord:
                         repo.name, image_id, record.writer)  # fmt: skip
         return record.evolve(writer=repo.host_id)
 
-    return await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+    return await repo.change_image(image_id, change)
 
 
-async def release(repo: ConnectedRepository, image_id: str) -> None:
+async def release(repo: Repository, image_id: str) -> None:
     """Durable step: the record names no writer (if it still names this host)."""
 
     def change(record: ImageRecord) -> ImageRecord:
         return record.evolve(writer=None) if record.writer == repo.host_id else record
 
     try:
-        await trio.to_thread.run_sync(repo.driver.change_image, image_id, change)
+        await repo.change_image(image_id, change)
     except errors.RepofsError as exc:
         if exc.errno != errno.ENOENT:
             raise
 
 
-async def drop_stale_claims(repo: ConnectedRepository) -> None:
+async def drop_stale_claims(repo: Repository) -> None:
     """At connect: claims of this host are its previous process's, which died
     holding them (nothing is open yet)."""
-    records = await trio.to_thread.run_sync(repo.driver.list_images)
+    records = await repo.list_images()
     for record in records:
         if record.writer == repo.host_id:
             log.info("%s/%s: dropping this host's write claim of a previous run",

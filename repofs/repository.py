@@ -1,0 +1,610 @@
+"""One connected repository: the only way above drivers/ to its storage.
+
+Its methods are async, and each runs the blocking driver on the repository's own
+threads (`run`): a repository whose storage hangs (a Gluster brick that stopped
+answering) uses up only its own, while every other repository of the mount goes
+on. It also holds what this process knows of the repository: the images open in
+it, the guards that order changes of one image (`guard`), the cache of its live
+records and the publication of their changes on `events`.
+"""
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from repofs import errors
+from repofs.drivers.localfs import LocalRepository
+from repofs.events import EventBus, Subscription
+from repofs.leases import HostWatch
+from repofs.model import (
+    HostBeat,
+    ImageRecord,
+    Pending,
+    RepositoryOptions,
+    Strategy,
+    Task,
+    Volume,
+    VolumeFormat,
+)
+from repofs.qemu import headers, img
+
+RELEASE_GRACE_S = 1.0
+CLAIM_POLL_S = 0.1
+RECORDS_REUSE_S = 1.0
+# Threads for one repository's blocking calls: enough for its metadata work to
+# overlap, few enough that a hung storage holds only these (the data path has
+# its own, drivers/io_threads.py).
+THREADS_PER_REPOSITORY = 8
+_UNLIMITED = trio.CapacityLimiter(math.inf)
+
+
+@dataclass
+class Repository:
+    name: str
+    driver: LocalRepository
+    format: str
+    params: dict[str, str]
+    # Connected through `connect` or --connect: forgotten at unmount (DESIGN.md).
+    transient: bool
+    host_id: str  # this host's
+    host_watch: HostWatch  # the registry's: which other hosts are alive
+    # All connected repositories by name (the registry's), this one included: a
+    # disk's base may be a snapshot of another repository.
+    peers: dict[str, "Repository"] = field(default_factory=dict)
+    # Image ID -> OpenImage (ops/open_image.py), while any handle has it open.
+    open_images: dict = field(default_factory=dict)
+    # Image ID -> the lock of `guard`, while anyone holds or waits for it.
+    _guards: dict[str, "_Guard"] = field(default_factory=dict, init=False)
+    # Orders changes of the repository's options (read, change, write).
+    options_changing: trio.Lock = field(default_factory=trio.Lock)
+    # Image ID -> ID of the task this process runs on it (kept by the fix daemon).
+    running_tasks: dict[str, str] = field(default_factory=dict)
+    events: EventBus = field(init=False)
+    # The qcow2 headers of its chains as last looked at (qemu/headers.py).
+    header_looks: headers.HeaderLooks = field(default_factory=headers.HeaderLooks)
+    # Image ID -> (the stamps of its chain's files, why) when its last open on this
+    # host failed for the storage or QEMU (EIO): ops/open_image.py keeps it, and
+    # status and the check tell it while those files stay as they were.
+    open_failures: dict[str, tuple[tuple, str]] = field(default_factory=dict)
+    # IDs of raw disks whose volume had too many extents to clone within a live
+    # snapshot's stall target when last counted (ops/open_image.py clones_quickly).
+    slow_clones: set[str] = field(default_factory=set)
+    # The last check's fixes and when it ran (time.monotonic()): `ls -l fixes/`
+    # stats every entry right after listing them, and each stat must not run a check.
+    last_check: tuple[float, list] = (0.0, [])
+
+    # The live records, read once and kept until one of them changes here, or for
+    # RECORDS_REUSE_S (changes made elsewhere): `ls -l snapshots/` asks for the
+    # dependents of every snapshot, which must not reread every record each time.
+    _records: list[ImageRecord] | None = field(default=None, init=False)
+    _records_read: float = field(default=0.0, init=False)
+    _records_generation: int = field(default=0, init=False)
+    # In a shared repository, while `events` has readers: the generation of each
+    # live record as last published. A record that differs was changed by
+    # another host (publish_shared_changes).
+    _published: dict[str, int] | None = field(default=None, init=False)
+    # Likewise for tasks, whichever host wrote them (in a repository of one host,
+    # every task write is published as it is made).
+    _published_tasks: dict[str, int] | None = field(default=None, init=False)
+    _threads: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(THREADS_PER_REPOSITORY), init=False
+    )
+
+    def __post_init__(self):
+        self.events = EventBus(self.name)
+        token = trio.lowlevel.current_trio_token()
+
+        def on_change(event: str, image_id: str, record: ImageRecord | None) -> None:
+            self._records_generation += 1
+            self._records = None
+            token.run_sync_soon(self._publish, event, image_id, record)
+
+        def on_task_change(task_id: str, task: Task | None) -> None:
+            if not self.driver.shared:
+                token.run_sync_soon(self._publish_task, task_id, task)
+
+        self.driver.on_change = on_change
+        self.driver.on_task_change = on_task_change
+
+    def guard(self, *image_ids: str):
+        """`async with repo.guard(A, B)`: holds images A and B (by ID, taken or
+        not) against every other guarded change of them in this process, for
+        check-then-change sequences ("nothing depends on S", then trash S). See
+        `guarded`."""
+        return guarded(*((self, i) for i in image_ids))
+
+    async def run(self, fn, *args, abandon: bool = False):
+        """fn(*args) on this repository's threads: every blocking call on its
+        storage goes through here. `abandon`: a caller that gives up (a stall)
+        leaves the call behind, which keeps its thread until the storage answers."""
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self._threads, abandon_on_cancel=abandon
+        )
+
+    # What the storage can do (known since the connection: no call)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts connect it too (posix-1.0, glusterfs-1.0)."""
+        return self.driver.shared
+
+    @property
+    def reflink(self) -> bool:
+        """Whether its raw volumes are cloned (drivers/reflink.py)."""
+        return self.driver.reflink
+
+    # Records
+
+    async def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
+        return await self.run(self.driver.read_image, image_id, trashed)
+
+    async def has_image(self, image_id: str, trashed: bool = False) -> bool:
+        return await self.run(self.driver.has_image, image_id, trashed)
+
+    async def list_images(self, trashed: bool = False) -> list[ImageRecord]:
+        """The live records (from the cache, see live_records), or the trashed ones."""
+        return await self.run(self.driver.list_images, True) if trashed else (
+            await self.run(self.live_records)
+        )  # fmt: skip
+
+    async def list_image_ids(self, trashed: bool = False) -> list[str]:
+        return await self.run(self.driver.list_image_ids, trashed)
+
+    async def update_image(self, record: ImageRecord, trashed: bool = False) -> ImageRecord:
+        """Compare-and-swap (ESTALE if the record changed since `record` was read)."""
+        return await self.run(self.driver.update_image, record, trashed)
+
+    async def change_image(self, image_id: str, change: Callable[[ImageRecord], ImageRecord],
+                           trashed: bool = False) -> ImageRecord:  # fmt: skip
+        """Reads, changes and writes a record in one step no other writer comes between."""
+        return await self.run(self.driver.change_image, image_id, change, trashed)
+
+    async def trash_image(self, image_id: str) -> None:
+        await self.run(self.driver.trash_image, image_id)
+
+    async def restore_image(self, image_id: str) -> None:
+        await self.run(self.driver.restore_image, image_id)
+
+    async def rename_image(self, old_id: str, new_id: str) -> None:
+        await self.run(self.driver.rename_image, old_id, new_id)
+
+    async def purge_trashed_image(self, image_id: str) -> None:
+        await self.run(self.driver.purge_trashed_image, image_id)
+
+    # Tasks
+
+    async def read_task(self, task_id: str) -> Task:
+        return await self.run(self.driver.read_task, task_id)
+
+    async def list_tasks(self, abandon: bool = False) -> list[Task]:
+        return await self.run(self.driver.list_tasks, abandon=abandon)
+
+    async def write_task(self, task: Task) -> Task:
+        """Compare-and-swap like update_image; generation 0 creates it."""
+        return await self.run(self.driver.write_task, task)
+
+    async def delete_task(self, task: Task) -> None:
+        await self.run(self.driver.delete_task, task)
+
+    # Options
+
+    async def read_options(self) -> RepositoryOptions:
+        return await self.run(self.driver.read_options)
+
+    async def write_options(self, options: RepositoryOptions) -> None:
+        await self.run(self.driver.write_options, options)
+
+    # Volumes
+
+    async def create_raw_volume(self, size: int, preallocate: bool) -> Volume:
+        """Durable step: a raw volume named by no record yet (clean removes it)."""
+        return await self.run(self.driver.create_raw_volume, size, preallocate)
+
+    async def grow_raw_volume(self, volume: Volume, old_size: int, size: int,
+                              preallocate: bool) -> None:  # fmt: skip
+        await self.run(self.driver.grow_raw_volume, volume, old_size, size, preallocate)
+
+    async def remove_volume(self, volume: Volume) -> None:
+        """Durable step: the volume is gone. The caller made sure nothing names it."""
+        await self.run(self.driver.remove_volume, volume)
+
+    # The storage
+
+    async def statvfs(self) -> os.statvfs_result:
+        return await self.run(self.driver.statvfs)
+
+    async def keep_reserve(self) -> bool:
+        """Allocates the reserve of free space again if bookkeeping used it;
+        whether it is whole."""
+        return await self.run(self.driver.keep_reserve)
+
+    async def space_beyond_reserve(self) -> int:
+        return await self.run(self.driver.space_beyond_reserve)
+
+    async def close(self) -> None:
+        """At disconnect or unmount: the driver lets go of the storage."""
+        self.driver.on_change = self.driver.on_task_change = None
+        await self.run(self.driver.close)
+
+    # This host's lease (fix_daemon.py), on threads of their own: a heartbeat
+    # must not wait behind the calls of a stall (it would be late through no
+    # fault of its own write), and a fence waits for the very threads it is to
+    # free. At most one heartbeat write is under way (the fix daemon's
+    # Heartbeat.writing), so they need no limit.
+
+    async def write_heartbeat(self, beat: HostBeat) -> None:
+        await trio.to_thread.run_sync(self.driver.write_heartbeat, beat, limiter=_UNLIMITED)
+
+    async def fence(self) -> bool:
+        """Cuts this host off the storage where the driver can (whether it did):
+        what is in flight there fails rather than land after another host took over."""
+        return await trio.to_thread.run_sync(self.driver.fence, limiter=_UNLIMITED)
+
+    async def rejoin(self) -> None:
+        await trio.to_thread.run_sync(self.driver.rejoin, limiter=_UNLIMITED)
+
+    async def read_heartbeats(self, abandon: bool = False) -> dict[str, HostBeat]:
+        return await self.run(self.driver.read_heartbeats, abandon=abandon)
+
+    def live_records(self) -> list[ImageRecord]:
+        """The repository's live image records. Blocking: call from a worker thread.
+        A list read while a change happened is not kept (it may predate it)."""
+        records = self._records
+        if records is None or time.monotonic() - self._records_read > RECORDS_REUSE_S:
+            generation, read = self._records_generation, time.monotonic()
+            records = self.driver.list_images()
+            if generation == self._records_generation:
+                self._records, self._records_read = records, read
+        return records
+
+    def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
+        if self._published is not None:
+            if record is None:
+                self._published.pop(image_id, None)
+            else:
+                self._published[image_id] = record.generation
+        facts = {"event": event, "id": image_id}
+        if record is not None:
+            facts.update(
+                kind=str(record.kind),
+                state=str(record.state),
+                stage=record.stage,
+                percent_complete=record.percent_complete,
+                host=record.host,
+                last_error=record.last_error,
+            )
+        facts["task"] = self.running_tasks.get(image_id)
+        self.events.publish(facts)
+
+    def _publish_task(self, task_id: str, task: Task | None) -> None:
+        if task is None:
+            self.events.publish({"event": "task-ended", "task": task_id})
+        else:
+            view = task.view()
+            self.events.publish({"event": "task", "task": view.pop("id"), **view})
+
+    async def subscribe_events(self) -> Subscription:
+        """A new reader of `events`. In a shared repository, other hosts' changes
+        are published from now on: what the records and tasks are now is the baseline."""
+        subscription = self.events.subscribe()
+        if self.driver.shared and self._published is None:
+            try:
+                records = await self.run(self.live_records)
+                tasks = await self.run(self.driver.list_tasks)
+            except BaseException:
+                subscription.close()
+                raise
+            self._published = {r.id: r.generation for r in records}
+            self._published_tasks = {t.id: t.generation for t in tasks}
+        return subscription
+
+    async def publish_shared_changes(self, tasks: list[Task]) -> None:
+        """Publishes on `events` the changes other hosts made to the live records
+        of a shared repository since the last call: `created`, `updated`,
+        `removed` (a rename shows as both); and every task change, from the
+        listing `tasks` the caller just read. Only while someone reads `events`."""
+        if not self.driver.shared or not self.events.subscribers:
+            self._published = self._published_tasks = None
+            return
+        # A read that hangs (a stall) is left behind when the caller gives up.
+        records = await self.run(self.live_records, abandon=True)
+        known = self._published
+        self._published = {r.id: r.generation for r in records}
+        known_tasks = self._published_tasks
+        self._published_tasks = {t.id: t.generation for t in tasks}
+        if known is None or known_tasks is None:
+            return  # the first look, if the reader came before a baseline could be read
+        for record in records:
+            if known.get(record.id) != record.generation:
+                self._publish("created" if record.id not in known else "updated", record.id,
+                              record)  # fmt: skip
+        for image_id in known.keys() - self._published.keys():
+            self._publish("removed", image_id, None)
+        for task in tasks:
+            if known_tasks.get(task.id) != task.generation:
+                self._publish_task(task.id, task)
+        for task_id in known_tasks.keys() - self._published_tasks.keys():
+            self._publish_task(task_id, None)
+
+    def volume_path(self, volume: Volume) -> Path:
+        """Where a volume of one of this repository's records is: here, or, for a
+        base in another repository, there (which must be connected)."""
+        holder = self if volume.repo is None else self.peers.get(volume.repo)
+        if holder is None:
+            raise errors.not_found(f"{volume.file_name} of {self.name} is in {volume.repo}, "
+                                   "which is not connected")  # fmt: skip
+        return holder.driver.volume_path(volume.seen_from(self.name, holder.name))
+
+    def layers(self, chain: tuple[Volume, ...]) -> list[tuple[Path, VolumeFormat]]:
+        """Each volume's path and format, top first."""
+        return [(self.volume_path(v), v.format) for v in chain]
+
+    async def verify_chain(self, chain: tuple[Volume, ...]) -> None:
+        """EIO unless the qcow2 headers of a record's chain name exactly its
+        volumes (headers.verify_chain): before QEMU opens the chain."""
+        await headers.verify_chain(self.header_looks, self.layers(chain))
+
+    def chain_stamps(self, chain: tuple[Volume, ...]) -> tuple:
+        """headers.file_stamp of each volume of a chain. Blocking."""
+        return tuple(headers.file_stamp(path) for path, _ in self.layers(chain))
+
+    def unusable_here(self, record: ImageRecord) -> str | None:
+        """Why this host cannot open an image: its last open here failed, and the
+        chain's files are as they were then (a volume repaired, restored or put
+        back is worth another open). Blocking."""
+        if record.id not in self.open_failures:
+            return None
+        stamps, why = self.open_failures[record.id]
+        try:
+            if stamps != self.chain_stamps(record.chain):
+                return None
+        except errors.RepofsError:
+            return None  # a base in a repository not connected: another question
+        return (f"its last open on host {self.host_id} failed: {why}: repair what that "
+                "names and open it again, or remove the image")  # fmt: skip
+
+    async def check_headers(self, records: list[ImageRecord]) -> dict[str, str]:
+        """The records whose chains' qcow2 headers disagree with them: image ID ->
+        the question for a person. Each header as last looked at while its file
+        is unchanged, else looked at now; missing volumes are not looked at (the
+        check names them), nor chains through a repository not connected. The
+        looks at volumes of other chains are forgotten: this is the whole check."""
+        chains = await self.run(self._qcow2_chains, records)
+        paths = {p for chain in chains.values() for p, fmt in chain if fmt is VolumeFormat.QCOW2}
+        looked = await self.header_looks.look(paths)
+        self.header_looks.keep_only(paths)
+
+        def questions() -> dict[str, str]:
+            found = {i: headers.disagreement(chain, looked) for i, chain in chains.items()}
+            return {i: d.question() for i, d in found.items() if d is not None}
+
+        return await self.run(questions)
+
+    def _qcow2_chains(self, records: list[ImageRecord]) -> dict[str, list]:
+        """The layers of the records whose chains hold a qcow2 volume. Blocking."""
+        paths: dict[Volume, Path] = {}  # chains share their lower volumes
+
+        def path(volume: Volume) -> Path:
+            if volume not in paths:
+                paths[volume] = self.volume_path(volume)
+            return paths[volume]
+
+        chains = {}
+        for record in records:
+            if any(v.format is VolumeFormat.QCOW2 for v in record.chain):
+                try:
+                    chains[record.id] = [(path(v), v.format) for v in record.chain]
+                except errors.RepofsError:
+                    continue  # a base in a repository not connected: not opened either
+        return chains
+
+    def dependents(self, image_id: str) -> list[str]:
+        """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in
+        other connected repositories. Blocking."""
+        return self.all_dependents().get(image_id, [])
+
+    def all_dependents(self) -> dict[str, list[str]]:
+        """`dependents` of every snapshot at once (one pass over the records).
+        Blocking."""
+        found = defaultdict(list)
+        for record in self.live_records():
+            if record.base is not None and record.base_repository is None:
+                found[record.base].append(record.id)
+        for other, record in self._records_elsewhere():
+            if record.base is not None and record.base_repository == self.name:
+                found[record.base].append(f"{other}/{record.id}")
+        return found
+
+    def dependents_elsewhere(self) -> list[str]:
+        """`REPO/ID` of the live images of other connected repositories that read
+        through volumes of this one. Blocking."""
+        return [
+            f"{other}/{r.id}" for other, r in self._records_elsewhere()
+            if any(v.repo == self.name for v in r.chain)
+        ]  # fmt: skip
+
+    def volumes_used_elsewhere(self) -> dict[str, list[str]]:
+        """Volumes of this repository that records (live or trashed) of other
+        connected repositories read through: file name -> their `REPO/ID`s, which
+        keep them from being freed here. Blocking."""
+        used = defaultdict(list)
+        for other, record in [*self._records_elsewhere(), *self._records_elsewhere(trashed=True)]:
+            for volume in record.chain:
+                if volume.repo == self.name:
+                    used[volume.file_name].append(f"{other}/{record.id}")
+        return used
+
+    def trashed_dependents(self, image_id: str) -> list[str]:
+        """Trashed images based on snapshot `image_id` (here, or `REPO/ID` in
+        other connected repositories): restoring them needs it under its ID.
+        Blocking."""
+        return [
+            r.id for r in self.driver.list_images(trashed=True)
+            if r.base == image_id and r.base_repository is None
+        ] + [
+            f"{other}/{r.id}" for other, r in self._records_elsewhere(trashed=True)
+            if r.base == image_id and r.base_repository == self.name
+        ]  # fmt: skip
+
+    def copies_elsewhere(self, image_id: str) -> list[str]:
+        """Other connected repositories whose copy of snapshot `image_id` still
+        waits for its data (which this one may be the only source of). Blocking."""
+        return [
+            other for other, r in self._records_elsewhere()
+            if r.id == image_id and r.pending is Pending.COPY
+        ]  # fmt: skip
+
+    def _records_elsewhere(self, trashed: bool = False):
+        """(repository name, live record, or trashed one) of every other
+        connected repository."""
+        for other in list(self.peers.values()):
+            if other is not self:
+                records = (
+                    other.driver.list_images(trashed=True) if trashed else other.live_records()
+                )
+                for record in records:
+                    yield other.name, record
+
+    async def new_overlay(
+        self, base: ImageRecord, holder: "Repository | None" = None
+    ) -> tuple[Volume, ...]:
+        """Creates a qcow2 volume here over the top of `base`, an image of `holder`
+        (by default this repository); returns the chain it tops, as this
+        repository's records name it. Durable step: the volume (named by no record
+        yet)."""
+        holder = holder or self
+        overlay = self.driver.new_volume(VolumeFormat.QCOW2)
+        await img.create_overlay(self.driver.volume_path(overlay), base.size,
+                                 holder.driver.volume_path(base.top), base.top.format)  # fmt: skip
+        return (overlay, *(v.seen_from(holder.name, self.name) for v in base.chain))
+
+    def clones_from(self, holder: "Repository") -> bool:
+        """Whether raw volumes of `holder` (this repository or another) are cloned
+        into this one (drivers/reflink.py): both on one file system that shares
+        extents. Blocking."""
+        if not (self.driver.reflink and holder.driver.reflink):
+            return False
+        return holder is self or holder.driver.storage_device() == self.driver.storage_device()
+
+    async def clone_volume(self, holder: "Repository", volume: Volume,
+                           size: int) -> Volume:  # fmt: skip
+        """A new raw volume here sharing the extents of `volume`, a volume of a
+        record of `holder`. Durable step: the volume (named by no record yet)."""
+        source = holder.volume_path(volume)
+        return await self.run(self.driver.clone_volume, source, size)
+
+    async def commit_new_image(self, record: ImageRecord, new_volume: Volume) -> ImageRecord:
+        """Writes a new image's record; if that fails, removes `new_volume`, made for
+        it and named by no record yet."""
+        try:
+            return await self.run(self.driver.create_image, record)
+        except BaseException:
+            await self.run(self.driver.volume_path(new_volume).unlink)
+            raise
+
+    async def check_free(self, image_id: str) -> None:
+        """EEXIST early, before volumes are made for an ID that is taken (by a
+        live image, or one in the trash)."""
+        await self.run(self.driver.check_unused, image_id)
+
+    async def preallocates(self) -> bool:
+        """New space of raw volumes is allocated at once under strategy performance."""
+        options = await self.run(self.driver.read_options)
+        return options.strategy is Strategy.PERFORMANCE
+
+    async def wait_for_release(self, image_id: str) -> bool:
+        """Whether the image is closed, after waiting a moment if it is not: the
+        kernel sends the last release of a file only after close(2) returned, so
+        `cp x disks/a && ln disks/a snapshots/s` may find `a` open for a moment.
+        In a shared repository, also closed for writing on every other host."""
+        image = self.open_images.get(image_id)
+        if image is not None:
+            with trio.move_on_after(RELEASE_GRACE_S):
+                await image.closed.wait()
+        if image_id in self.open_images:
+            return False
+        if not self.driver.shared:
+            return True
+        # Another host's claim is cleared a moment after its close(2) returned.
+        with trio.move_on_after(RELEASE_GRACE_S):
+            while True:
+                try:
+                    record = await self.run(self.driver.read_image, image_id)
+                except errors.RepofsError:
+                    return True  # gone: nobody has it open
+                if self.writer_elsewhere(record) is None:
+                    return True
+                await trio.sleep(CLAIM_POLL_S)
+        return False
+
+    def writer_elsewhere(self, record: ImageRecord) -> str | None:
+        """The other host that holds the image open for writing, unless its lease
+        has run out (it died without closing)."""
+        writer = record.writer
+        if writer is None or writer == self.host_id:
+            return None
+        return None if self.host_watch.dead(self.name, writer) else writer
+
+    async def ensure_no_task(self, image_id: str, doing: str) -> None:
+        """EBUSY while a queued or running task works on the image: it relies on the
+        image's chain staying as it found it."""
+        tasks = await self.run(self.tasks_on, image_id)
+        if tasks:
+            raise errors.busy(f"cannot {doing} {image_id}: task {tasks[0].id} works on it")
+
+    def tasks_on(self, image_id: str) -> list[Task]:
+        """The active tasks working on an image. Blocking."""
+        return self.all_tasks_on().get(image_id, [])
+
+    def all_tasks_on(self) -> dict[str, list[Task]]:
+        """`tasks_on` of every image at once. Blocking."""
+        found = defaultdict(list)
+        for task in self.driver.list_tasks():
+            if task.active:
+                found[task.image].append(task)
+        return found
+
+    async def ensure_closed(self, image_id: str, doing: str) -> None:
+        if not await self.wait_for_release(image_id):
+            raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
+
+
+@dataclass
+class _Guard:
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    users: int = 0  # holding or waiting
+
+
+@asynccontextmanager
+async def guarded(*images: tuple[Repository, str]):
+    """Holds each (repository, image ID) against every other guarded change of it
+    in this process: a first open, a snapshot, a create, a removal, a rename, a
+    resize, a fix's step on the image. Locks are taken sorted, so two guards of
+    overlapping images cannot deadlock, and only for the images named: a long
+    step under one image's guard (a commit, the sync of a large disk) delays
+    nobody else. Other processes and hosts are ordered by the driver's
+    compare-and-swap writes, not by this."""
+    waiting, held = [], []
+    try:
+        named = {(repo.name, image_id): repo for repo, image_id in images}
+        for (_, image_id), repo in sorted(named.items()):
+            guard = repo._guards.setdefault(image_id, _Guard())
+            guard.users += 1
+            waiting.append((repo, image_id, guard))
+            await guard.lock.acquire()
+            held.append(guard)
+        yield
+    finally:
+        for guard in held:
+            guard.lock.release()
+        for repo, image_id, guard in waiting:
+            guard.users -= 1
+            if not guard.users:
+                del repo._guards[image_id]
