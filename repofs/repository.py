@@ -8,6 +8,7 @@ it, the guards that order changes of one image (`guard`), the cache of its live
 records and the publication of their changes on `events`.
 """
 
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from repofs.model import (
 )
 from repofs.qemu import headers, img
 
+log = logging.getLogger(__name__)
+
 RELEASE_GRACE_S = 1.0
 CLAIM_POLL_S = 0.1
 RECORDS_REUSE_S = 1.0
@@ -42,6 +45,8 @@ RECORDS_REUSE_S = 1.0
 # overlap, few enough that a hung storage holds only these (the data path has
 # its own, drivers/io_threads.py).
 THREADS_PER_REPOSITORY = 8
+# How long a repository waits for another's records (records_elsewhere).
+PEER_ANSWER_S = 2.0
 _UNLIMITED = trio.CapacityLimiter(math.inf)
 
 
@@ -148,11 +153,11 @@ class Repository:
     async def has_image(self, image_id: str, trashed: bool = False) -> bool:
         return await self.run(self.driver.has_image, image_id, trashed)
 
-    async def list_images(self, trashed: bool = False) -> list[ImageRecord]:
+    async def list_images(self, trashed: bool = False, abandon: bool = False) -> list[ImageRecord]:
         """The live records (from the cache, see live_records), or the trashed ones."""
-        return await self.run(self.driver.list_images, True) if trashed else (
-            await self.run(self.live_records)
-        )  # fmt: skip
+        if trashed:
+            return await self.run(self.driver.list_images, True, abandon=abandon)
+        return await self.run(self.live_records, abandon=abandon)
 
     async def list_image_ids(self, trashed: bool = False) -> list[str]:
         return await self.run(self.driver.list_image_ids, trashed)
@@ -405,72 +410,86 @@ class Repository:
                     continue  # a base in a repository not connected: not opened either
         return chains
 
-    def dependents(self, image_id: str) -> list[str]:
+    async def dependents(self, image_id: str, shown: bool = False) -> list[str]:
         """Live images based on snapshot `image_id`: `ID` here, `REPO/ID` in
-        other connected repositories. Blocking."""
-        return self.all_dependents().get(image_id, [])
+        other connected repositories (`shown`: see records_elsewhere)."""
+        return (await self.all_dependents(shown)).get(image_id, [])
 
-    def all_dependents(self) -> dict[str, list[str]]:
-        """`dependents` of every snapshot at once (one pass over the records).
-        Blocking."""
+    async def all_dependents(self, shown: bool = False) -> dict[str, list[str]]:
+        """`dependents` of every snapshot at once (one pass over the records)."""
         found = defaultdict(list)
-        for record in self.live_records():
+        for record in await self.list_images():
             if record.base is not None and record.base_repository is None:
                 found[record.base].append(record.id)
-        for other, record in self._records_elsewhere():
+        for other, record in await self.records_elsewhere(shown=shown):
             if record.base is not None and record.base_repository == self.name:
                 found[record.base].append(f"{other}/{record.id}")
         return found
 
-    def dependents_elsewhere(self) -> list[str]:
+    async def dependents_elsewhere(self) -> list[str]:
         """`REPO/ID` of the live images of other connected repositories that read
-        through volumes of this one. Blocking."""
+        through volumes of this one."""
         return [
-            f"{other}/{r.id}" for other, r in self._records_elsewhere()
+            f"{other}/{r.id}" for other, r in await self.records_elsewhere()
             if any(v.repo == self.name for v in r.chain)
         ]  # fmt: skip
 
-    def volumes_used_elsewhere(self) -> dict[str, list[str]]:
+    async def volumes_used_elsewhere(self) -> dict[str, list[str]]:
         """Volumes of this repository that records (live or trashed) of other
         connected repositories read through: file name -> their `REPO/ID`s, which
-        keep them from being freed here. Blocking."""
+        keep them from being freed here."""
         used = defaultdict(list)
-        for other, record in [*self._records_elsewhere(), *self._records_elsewhere(trashed=True)]:
+        records = [*await self.records_elsewhere(), *await self.records_elsewhere(trashed=True)]
+        for other, record in records:
             for volume in record.chain:
                 if volume.repo == self.name:
                     used[volume.file_name].append(f"{other}/{record.id}")
         return used
 
-    def trashed_dependents(self, image_id: str) -> list[str]:
+    async def trashed_dependents(self, image_id: str) -> list[str]:
         """Trashed images based on snapshot `image_id` (here, or `REPO/ID` in
-        other connected repositories): restoring them needs it under its ID.
-        Blocking."""
+        other connected repositories): restoring them needs it under its ID."""
         return [
-            r.id for r in self.driver.list_images(trashed=True)
+            r.id for r in await self.list_images(trashed=True)
             if r.base == image_id and r.base_repository is None
         ] + [
-            f"{other}/{r.id}" for other, r in self._records_elsewhere(trashed=True)
+            f"{other}/{r.id}" for other, r in await self.records_elsewhere(trashed=True)
             if r.base == image_id and r.base_repository == self.name
         ]  # fmt: skip
 
-    def copies_elsewhere(self, image_id: str) -> list[str]:
+    async def copies_elsewhere(self, image_id: str) -> list[str]:
         """Other connected repositories whose copy of snapshot `image_id` still
-        waits for its data (which this one may be the only source of). Blocking."""
+        waits for its data (which this one may be the only source of)."""
         return [
-            other for other, r in self._records_elsewhere()
+            other for other, r in await self.records_elsewhere()
             if r.id == image_id and r.pending is Pending.COPY
         ]  # fmt: skip
 
-    def _records_elsewhere(self, trashed: bool = False):
-        """(repository name, live record, or trashed one) of every other
-        connected repository."""
+    async def records_elsewhere(
+        self, trashed: bool = False, shown: bool = False
+    ) -> list[tuple[str, ImageRecord]]:
+        """(repository name, live record, or trashed one) of every other connected
+        repository, each read on that repository's own threads. One whose storage
+        fails or does not answer within PEER_ANSWER_S is left out of what is only
+        `shown` (a status, a listing: said in the log); else it refuses
+        (EHOSTUNREACH), since what it may build on this one is unknown."""
+        found = []
         for other in list(self.peers.values()):
-            if other is not self:
-                records = (
-                    other.driver.list_images(trashed=True) if trashed else other.live_records()
-                )
-                for record in records:
-                    yield other.name, record
+            if other is self:
+                continue
+            try:
+                with trio.fail_after(PEER_ANSWER_S):
+                    records = await other.list_images(trashed, abandon=True)
+            except (trio.TooSlowError, errors.RepofsError, OSError) as exc:
+                why = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
+                reason = (f"cannot tell what {other.name} builds on {self.name}: its storage "
+                          f"does not answer ({why})")  # fmt: skip
+                if not shown:
+                    raise errors.unreachable(reason) from None
+                log.warning("%s; left out", reason)
+                continue
+            found += [(other.name, record) for record in records]
+        return found
 
     async def new_overlay(
         self, base: ImageRecord, holder: "Repository | None" = None

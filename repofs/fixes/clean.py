@@ -35,9 +35,8 @@ async def run(ctx: TaskContext) -> None:
     image_id = ctx.task.image
     if image_id is not None:
         await ctx.enter_stage("purge")
-        inventory = await ctx.repo.run(
-            lambda: Inventory.read(driver, ctx.repo.volumes_used_elsewhere())
-        )
+        used_elsewhere = await ctx.repo.volumes_used_elsewhere()
+        inventory = await ctx.repo.run(Inventory.read, driver, used_elsewhere)
         record = next((r for r in inventory.trashed if r.id == image_id), None)
         if record is not None:
             references = inventory.references(record)
@@ -46,14 +45,14 @@ async def run(ctx: TaskContext) -> None:
             await ctx.repo.purge_trashed_image(image_id)
             ctx.crash_point("free")
     await ctx.enter_stage("free")
-    freed = await ctx.repo.run(_free, driver, ctx.repo.volumes_used_elsewhere)
+    freed = await ctx.repo.run(_free, driver, await ctx.repo.volumes_used_elsewhere())
     await ctx.repo.keep_reserve()
     await ctx.report("free", freed, freed, force=True)
     log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
 
 
-def _free(driver, used_elsewhere) -> int:
-    inventory = Inventory.read(driver, used_elsewhere())
+def _free(driver, used_elsewhere: dict[str, list[str]]) -> int:
+    inventory = Inventory.read(driver, used_elsewhere)
     named = inventory.named_volumes()
     for task in inventory.stale_tasks():
         driver.delete_task(task)

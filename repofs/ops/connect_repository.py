@@ -136,7 +136,7 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         await repo.wait_for_release(image_id)
     if repo.open_images:
         raise errors.busy(f"cannot disconnect {name}: open images {sorted(repo.open_images)}")
-    dependents = await repo.run(repo.dependents_elsewhere)
+    dependents = await repo.dependents_elsewhere()
     if dependents:
         raise errors.busy(f"cannot disconnect {name}: {', '.join(dependents)} read through "
                           "its snapshots until optimized")  # fmt: skip

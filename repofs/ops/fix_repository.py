@@ -21,8 +21,10 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 async def list_fixes(repo: Repository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
 
+    used_elsewhere = await repo.volumes_used_elsewhere()
+
     def read() -> tuple[Inventory, dict[str, str]]:
-        inventory = Inventory.read(repo.driver, repo.volumes_used_elsewhere())
+        inventory = Inventory.read(repo.driver, used_elsewhere)
         failed = {r.id: why for r in inventory.live if (why := repo.unusable_here(r))}
         return inventory, failed
 

@@ -60,11 +60,12 @@ def _status(
     repo: Repository,
     record: ImageRecord,
     trashed: bool,
-    dependents_of: Callable[[str], list[str]],
+    dependents: dict[str, list[str]],
     tasks_on: Callable[[str], list[Task]],
 ) -> ImageStatus:
-    """`dependents_of` and `tasks_on` as Repository's: a listing passes
-    lookups in maps it gathered once for all images."""
+    """`dependents` as Repository.all_dependents, `tasks_on` as
+    Repository's: a listing passes a lookup in a map it gathered once for all
+    images. Blocking."""
     driver = repo.driver
     image = None if trashed else repo.open_images.get(record.id)
     try:
@@ -86,7 +87,7 @@ def _status(
     # Bases are snapshots (a trashed disk may share a live snapshot's ID); not
     # asked for a disk, whose lookups must not read every record.
     is_base = record.kind is ImageKind.SNAPSHOT
-    dependents = dependents_of(record.id) if is_base else ()
+    dependents_here = dependents.get(record.id, ()) if is_base else ()
     tasks = () if trashed else tasks_on(record.id)
     return ImageStatus(
         id=record.id,
@@ -102,7 +103,7 @@ def _status(
         size=size,
         allocated=sum(driver.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
-        dependents=tuple(dependents),
+        dependents=tuple(dependents_here),
         tasks=tuple(t.id for t in tasks),
         trashed=trashed,
         record=record,
@@ -112,27 +113,25 @@ def _status(
 
 
 async def get_image_status(repo: Repository, image_id: str, trashed: bool = False) -> ImageStatus:
-    def status() -> ImageStatus:
-        record = repo.driver.read_image(image_id, trashed)
-        return _status(repo, record, trashed, repo.dependents, repo.tasks_on)
-
-    return await repo.run(status)
+    record = await repo.read_image(image_id, trashed)
+    dependents = await repo.all_dependents(shown=True) if record.kind is ImageKind.SNAPSHOT else {}
+    return await repo.run(_status, repo, record, trashed, dependents, repo.tasks_on)
 
 
 async def list_image_statuses(repo: Repository, trashed: bool = False) -> list[ImageStatus]:
     """The statuses of all live (or all trashed) images, in one pass: what `ls -l`
     of an area shows."""
 
-    def statuses() -> list[ImageStatus]:
-        records = repo.driver.list_images(True) if trashed else repo.live_records()
-        dependents, tasks = repo.all_dependents(), repo.all_tasks_on()
+    records = await repo.list_images(trashed)
+    bases = any(r.kind is ImageKind.SNAPSHOT for r in records)
+    dependents = await repo.all_dependents(shown=True) if bases else {}
 
-        def dependents_of(image_id: str) -> list[str]:
-            return dependents.get(image_id, [])
+    def statuses() -> list[ImageStatus]:
+        tasks = repo.all_tasks_on()
 
         def tasks_on(image_id: str) -> list[Task]:
             return tasks.get(image_id, [])
 
-        return [_status(repo, record, trashed, dependents_of, tasks_on) for record in records]
+        return [_status(repo, record, trashed, dependents, tasks_on) for record in records]
 
     return await repo.run(statuses)

@@ -21,16 +21,23 @@ async def remove_image(repo: Repository, image_id: str, kind: ImageKind) -> None
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
         await repo.ensure_closed(image_id, "remove")
         await repo.ensure_no_task(image_id, "remove")
-        dependents = await repo.run(repo.dependents, image_id)
-        if dependents:
-            raise errors.busy(f"cannot remove {image_id}: {', '.join(dependents)} depend on it")
-        copies = await repo.run(repo.copies_elsewhere, image_id)
-        if copies:
-            raise errors.busy(
-                f"cannot remove {image_id}: its copy into {', '.join(copies)} is not finished "
-                "(wait for it, or remove the copy)"
-            )
+        if kind is ImageKind.SNAPSHOT:  # only snapshots are bases, and copied
+            await _check_unused(repo, image_id)
         await repo.trash_image(image_id)
+
+
+async def _check_unused(repo: Repository, snapshot_id: str) -> None:
+    """EBUSY while images build on the snapshot, here or in another repository,
+    or its copy into another one is not finished."""
+    dependents = await repo.dependents(snapshot_id)
+    if dependents:
+        raise errors.busy(f"cannot remove {snapshot_id}: {', '.join(dependents)} depend on it")
+    copies = await repo.copies_elsewhere(snapshot_id)
+    if copies:
+        raise errors.busy(
+            f"cannot remove {snapshot_id}: its copy into {', '.join(copies)} is not finished "
+            "(wait for it, or remove the copy)"
+        )
 
 
 @logged()
