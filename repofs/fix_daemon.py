@@ -73,6 +73,9 @@ class FixDaemon:
         self._runs: dict[tuple[str, str], Run] = {}
         # (repository, task) the user is stopping: not to be started meanwhile.
         self._stopping: set[tuple[str, str]] = set()
+        # Why the tasks of a repository could not be read at the last look, by
+        # repository name: said in the log once, not at every look (each second).
+        self._tasks_unreadable: dict[str, str] = {}
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -148,6 +151,7 @@ class FixDaemon:
                 repo = self.registry.repositories.get(name)
                 if repo is None:
                     del self._heartbeats[name]  # disconnected
+                    self._tasks_unreadable.pop(name, None)
                 elif beat.late and not beat.noticed:
                     beat.noticed = True
                     if repo.shared:
@@ -234,9 +238,15 @@ class FixDaemon:
             try:
                 tasks = await repo.list_tasks(abandon=True)
                 beats = await repo.read_heartbeats(abandon=True)
-                return tasks, beats
             except OSError as exc:
-                log.error("cannot read the tasks of %s: %s", repo.name, exc)
+                if self._tasks_unreadable.get(repo.name) != str(exc):
+                    log.error("cannot read the tasks of %s (its tasks wait until they can "
+                              "be read): %s", repo.name, exc)  # fmt: skip
+                self._tasks_unreadable[repo.name] = str(exc)
+            else:
+                if self._tasks_unreadable.pop(repo.name, None) is not None:
+                    log.info("the tasks of %s can be read again", repo.name)
+                return tasks, beats
         return None
 
     async def _start(self, repo: Repository, task: Task) -> None:

@@ -216,6 +216,34 @@ class Repository:
                               preallocate: bool) -> None:  # fmt: skip
         await self.run(self.driver.grow_raw_volume, volume, old_size, size, preallocate)
 
+    async def read_holdings(self) -> "Holdings":
+        """Everything the repository holds, read in one go for a check or a clean."""
+
+        def read() -> Holdings:
+            # In this order (drivers/localfs.py unsettled_volumes): a volume listed
+            # is either still being made, or named by what is read after.
+            volumes = [v.file_name for v in self.driver.list_volumes()]
+            unsettled = self.driver.unsettled_volumes(volumes)
+            live, unreadable = self.driver.read_images()
+            trashed, unreadable_trashed = self.driver.read_images(trashed=True)
+            return Holdings(live, trashed, self.driver.list_tasks(), volumes, unsettled,
+                            unreadable | unreadable_trashed)  # fmt: skip
+
+        return await self.run(read)
+
+    async def remove_temp_files(self) -> None:
+        """Those of leftover_temp_files (none under way), every one."""
+        await self.run(self.driver.remove_temp_files)
+
+    async def leftover_temp_files(self) -> list[Path]:
+        """Temp files that interrupted atomic writes left (none under way)."""
+        return await self.run(self.driver.leftover_temp_files)
+
+    def allocated_bytes(self, volume: Volume) -> int:
+        """Space a volume takes here (none for another repository's). Blocking:
+        in `run`, with the other facts of a status or a check."""
+        return self.driver.allocated_bytes(volume)
+
     async def remove_volume(self, volume: Volume) -> None:
         """Durable step: the volume is gone. The caller made sure nothing names it."""
         await self.run(self.driver.remove_volume, volume)
@@ -593,6 +621,18 @@ class Repository:
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):
             raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
+
+
+@dataclass
+class Holdings:
+    """What a repository holds at one moment (Repository.read_holdings)."""
+
+    live: list[ImageRecord]
+    trashed: list[ImageRecord]
+    tasks: list[Task]
+    volumes: list[str]  # file names in volumes/
+    unsettled: set[str]  # of those, the ones that may be being made (drivers/localfs.py)
+    unreadable: dict[str, str]  # records (live or trashed) that cannot be read: why
 
 
 @dataclass

@@ -13,7 +13,7 @@ refused, as is ro (images are written through the mount).
 import argparse
 import sys
 
-from repofs.cli import main as repofs_main
+from repofs.client import mount_command
 
 # repofs's options and their `repofs mount` flags; those in FLAGS take no value.
 OPTIONS = {"allow_other": "--allow-other", "host_id": "--host-id",
@@ -42,7 +42,7 @@ def mount_arguments(argv: list[str]) -> list[str]:
         parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-t", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    mount = ["mount", args.mountpoint, "--data-dir", args.data_dir]
+    mount = [args.mountpoint, "--data-dir", args.data_dir]
     for option in ",".join(args.options).split(","):
         key, sep, value = option.partition("=")
         if not option or key in NOT_OURS or key.startswith("x-") or key == "comment":
@@ -57,4 +57,7 @@ def mount_arguments(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    repofs_main(mount_arguments(sys.argv[1:]))
+    parser = argparse.ArgumentParser(prog="repofs mount")
+    mount_command.add_arguments(parser)
+    args = parser.parse_args(mount_arguments(sys.argv[1:]))
+    mount_command.exit_with(mount_command.mount, args)

@@ -17,6 +17,7 @@ on this one's leases (fix_daemon.py).
 """
 
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -67,9 +68,15 @@ class GlusterClient:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def mount(self) -> None:
+    def mount(self, cut_off: bool = False) -> None:
         """Starts the client and waits until the volume answers at the mount
-        point; EHOSTUNREACH, with the client's reason, if it cannot be reached."""
+        point; EHOSTUNREACH, with the client's reason, if it cannot be reached.
+
+        `cut_off`: the host fenced itself off the volume, and this is a try at
+        rejoining it. If it fails, the mount point is left with a dead mount, as
+        the fence left it: the repository's paths keep failing with ENOTCONN (the
+        storage cannot be reached) instead of finding the empty directory below,
+        where every disk would look gone (ENOENT)."""
         # Whatever is mounted there is stale: this client's dead mount after a
         # fence, or the mount of a repofs that was killed (its client may live on).
         if mount_state(self.mountpoint) != MountState.ABSENT:
@@ -102,8 +109,11 @@ class GlusterClient:
                 return
             time.sleep(0.05)
         exited = self._process.poll()
-        self.kill()  # which ends a statfs left waiting (ECONNABORTED)
-        clear_dead_mount(self.mountpoint)
+        self.kill()  # which ends a statfs left waiting (ECONNABORTED); its mount stays, dead
+        if cut_off:
+            self._stay_cut_off()
+        else:
+            clear_dead_mount(self.mountpoint)
         raise errors.unreachable(f"cannot mount gluster volume {self.server}:{self.volume}: "
                                  f"{self._reason(start, exited, waited)}")  # fmt: skip
 
@@ -120,6 +130,29 @@ class GlusterClient:
                 return f"the glusterfs client exited with status {exited} (see {self.log_file})"
             return f"no answer within {waited}s"
         return failed[-1].split("]", 2)[-1].strip()
+
+    def _stay_cut_off(self) -> None:
+        """Leaves a dead mount at the mount point: the client's own, killed, or,
+        where it exited before it mounted (glusterd unreachable, say), one with
+        no process at all: a FUSE mount of a /dev/fuse whose only descriptor is
+        closed at once. unmount() and the next mount() detach it like the other."""
+        if mount_state(self.mountpoint) == MountState.DEAD:
+            return
+        fuse = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            # -i: no mount.fuse helper, which would look for a program to run.
+            result = subprocess.run(
+                ["mount", "-i", "-t", "fuse.repofs-cut-off", "-o",
+                 f"fd={fuse},rootmode=40000,user_id=0,group_id=0", "repofs-cut-off",
+                 str(self.mountpoint)],
+                pass_fds=(fuse,), capture_output=True, text=True,
+            )  # fmt: skip
+        finally:
+            os.close(fuse)
+        if result.returncode != 0:
+            log.error("cannot leave a dead mount at %s: %s; its repository's paths find "
+                      "an empty directory until it rejoins", self.mountpoint,
+                      result.stderr.strip())  # fmt: skip
 
     def unmount(self) -> None:
         """Unmounts the volume; the client exits with it. A client fenced off and
@@ -186,4 +219,4 @@ class GlusterRepository(SharedRepository):
         return True
 
     def rejoin(self) -> None:
-        self.client.mount()
+        self.client.mount(cut_off=True)

@@ -88,6 +88,9 @@ class LocalRepository:
         # Volumes this process named and no record or task names yet: being made
         # for one (unsettled_volumes). Forgotten at a crash, with the creates.
         self._unsettled: set[str] = set()
+        # Task records list_tasks skipped, by file name, with why: each said once
+        # in the log (the fix daemon lists the tasks every second).
+        self._unreadable_tasks: dict[str, str] = {}
 
     def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self.on_change is not None:
@@ -399,13 +402,24 @@ class LocalRepository:
             raise errors.io_error(f"task record {path} is unreadable: {exc!r}") from None
 
     def list_tasks(self) -> list[Task]:
-        tasks = []
+        """The task records that can be read. One that cannot be parsed is skipped,
+        and said in the log once, until it reads again or goes (or its reason
+        changes). An OSError ends the listing: a record the storage cannot read
+        now may name volumes (a clean must not free them)."""
+        tasks, unreadable = [], {}
         for path in sorted(self._tasks.glob("[!.]*.json")):
             try:
                 tasks.append(self.read_task(path.name[: -len(".json")]))
             except errors.RepofsError as exc:
                 if exc.errno != errno.ENOENT:
-                    log.error("skipping task %s: %s", path.name, exc.reason)
+                    unreadable[path.name] = exc.reason
+        # Unlocked: two listings at once may say a record twice, no worse.
+        said, self._unreadable_tasks = self._unreadable_tasks, unreadable
+        for name, reason in unreadable.items():
+            if said.get(name) != reason:
+                log.error("skipping task %s until it can be read: %s", name, reason)
+        for name in said.keys() - unreadable.keys():
+            log.info("task record %s is readable again, or gone", name)
         return tasks
 
     def write_task(self, task: Task) -> Task:

@@ -6,8 +6,8 @@ Read-only: it reads records, tasks, the volume directory and the qcow2 headers
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
-from repofs.drivers.localfs import LocalRepository
 from repofs.model import (
     Fix,
     FixKind,
@@ -21,6 +21,7 @@ from repofs.model import (
     TaskState,
     Volume,
 )
+from repofs.repository import Repository
 
 ORPHANS = "volumes"
 
@@ -31,29 +32,20 @@ class Inventory:
     trashed: list[ImageRecord]
     tasks: list[Task]
     volumes: list[str]  # file names in volumes/
-    unsettled: set[str]  # of those, the ones that may be being made (drivers/posix.py)
+    unsettled: set[str]  # of those, the ones that may be being made (drivers/localfs.py)
     unreadable: dict[str, str]  # records (live or trashed) that cannot be read: why
     # This repository's volumes that records (live or trashed) of other connected
     # repositories read through: file name -> their `REPO/ID`s.
     used_elsewhere: dict[str, list[str]]
 
     @classmethod
-    def read(cls, driver: LocalRepository, used_elsewhere: dict[str, list[str]]) -> "Inventory":
-        # In this order (drivers/localfs.py unsettled_volumes): a volume listed
-        # is either still being made, or named by what is read after.
-        volumes = [v.file_name for v in driver.list_volumes()]
-        unsettled = driver.unsettled_volumes(volumes)
-        live, unreadable = driver.read_images()
-        trashed, unreadable_trashed = driver.read_images(trashed=True)
-        return cls(
-            live,
-            trashed,
-            driver.list_tasks(),
-            volumes,
-            unsettled,
-            unreadable | unreadable_trashed,
-            used_elsewhere,
-        )
+    async def read(cls, repo: Repository, elsewhere: bool = True) -> "Inventory":
+        """What `repo` holds, and (`elsewhere`) which of its volumes the other
+        connected repositories read through."""
+        used = await repo.volumes_used_elsewhere() if elsewhere else {}
+        held = await repo.read_holdings()
+        return cls(held.live, held.trashed, held.tasks, held.volumes, held.unsettled,
+                   held.unreadable, used)  # fmt: skip
 
     def stale_tasks(self) -> list[Task]:
         """Stopped or failed tasks whose image is gone: they can never resume."""
@@ -122,12 +114,13 @@ def mend_fix(record: ImageRecord) -> Fix:
     )  # fmt: skip
 
 
-def optimize_fix(driver: LocalRepository, record: ImageRecord, options: RepositoryOptions,
+def optimize_fix(repo: Repository, record: ImageRecord, options: RepositoryOptions,
                  flatten: bool = False) -> Fix:  # fmt: skip
     """The optimize of a degraded image. Its plan (fixes/optimize.py): `localize`
     a base that is in another repository, under strategy space (or for a snapshot)
     by copying that snapshot here under its own ID; else (or when asked to:
-    `flatten`, a clone's independence) `flatten` a disk into one raw volume."""
+    `flatten`, a clone's independence) `flatten` a disk into one raw volume.
+    Blocking (the sizes of volumes)."""
     elsewhere = record.base_repository
     if (
         elsewhere
@@ -149,24 +142,29 @@ def optimize_fix(driver: LocalRepository, record: ImageRecord, options: Reposito
     return Fix(
         fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
         f"make {record.id} one raw volume of its own: {why}",
-        record.size if elsewhere else sum(driver.allocated_bytes(v) for v in record.chain[1:]),
+        record.size if elsewhere else sum(repo.allocated_bytes(v) for v in record.chain[1:]),
         {"plan": "flatten"},
     )  # fmt: skip
 
 
 def check_repository(
-    driver: LocalRepository, inventory: Inventory, unusable: dict[str, str]
+    repo: Repository,
+    inventory: Inventory,
+    options: RepositoryOptions,
+    temp_files: list[Path],
+    unusable: dict[str, str],
 ) -> list[Fix]:
     """checkStorageRepository of one repository. `unusable`: the live images this
     host found it cannot use, with the question for a person: those whose qcow2
     headers disagree with their records (Repository.check_headers, of
     `inventory.headers_to_judge()`) and those whose last open failed here
-    (Repository.unusable_here)."""
+    (Repository.unusable_here); `temp_files`: Repository.leftover_temp_files.
+    Blocking (the sizes of volumes)."""
     fixes = [
         *_unreadable_fixes(inventory),
-        *_live_image_fixes(driver, inventory, driver.read_options(), unusable),
-        *_merge_fixes(driver, inventory),
-        *_clean_fixes(driver, inventory),
+        *_live_image_fixes(repo, inventory, options, unusable),
+        *_merge_fixes(repo, inventory),
+        *_clean_fixes(repo, inventory, temp_files),
     ]
     active = {t.id for t in inventory.tasks if t.active}
     return [f for f in fixes if f.id not in active]
@@ -185,7 +183,7 @@ def _unreadable_fixes(inventory: Inventory) -> list[Fix]:
     ]  # fmt: skip
 
 
-def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions,
+def _live_image_fixes(repo: Repository, inventory: Inventory, options: RepositoryOptions,
                       unusable: dict[str, str]) -> list[Fix]:  # fmt: skip
     fixes = []
     known_bases = {r.id for r in inventory.live + inventory.trashed} | {None}
@@ -223,11 +221,11 @@ def _live_image_fixes(driver, inventory: Inventory, options: RepositoryOptions,
         elif record.base_repository or (record.kind is ImageKind.VIRTUAL_DISK and (
             record.state is ImageState.DEGRADED or len(record.chain) > options.max_chain
         )):  # fmt: skip
-            fixes.append(optimize_fix(driver, record, options))
+            fixes.append(optimize_fix(repo, record, options))
     return fixes
 
 
-def _merge_fixes(driver, inventory: Inventory) -> list[Fix]:
+def _merge_fixes(repo: Repository, inventory: Inventory) -> list[Fix]:
     """A trashed snapshot whose top volume live images still read through."""
     fixes = []
     for snapshot in inventory.trashed:
@@ -239,12 +237,12 @@ def _merge_fixes(driver, inventory: Inventory) -> list[Fix]:
                 fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
                 f"merge the layer of removed snapshot {snapshot.id} into "
                 f"{', '.join(users)}, so that it can be cleaned",
-                driver.allocated_bytes(snapshot.top), {"images": users},
+                repo.allocated_bytes(snapshot.top), {"images": users},
             ))  # fmt: skip
     return fixes
 
 
-def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
+def _clean_fixes(repo: Repository, inventory: Inventory, temp_files: list[Path]) -> list[Fix]:
     fixes = []
     named = inventory.named_volumes()
     for record in inventory.trashed:
@@ -256,17 +254,16 @@ def _clean_fixes(driver, inventory: Inventory) -> list[Fix]:
         fixes.append(Fix(
             fix_id(FixKind.CLEAN, record.id), FixKind.CLEAN, record.id,
             f"purge removed {record.kind} {record.id} and free {len(freed)} volumes",
-            sum(driver.allocated_bytes(v) for v in freed),
+            sum(repo.allocated_bytes(v) for v in freed),
         ))  # fmt: skip
     orphans = [v for v in inventory.volumes if v not in named]
-    temp_files = driver.leftover_temp_files()
     stale = inventory.stale_tasks()
     if orphans or temp_files or stale:
         fixes.append(Fix(
             fix_id(FixKind.CLEAN, None), FixKind.CLEAN, None,
             f"free {len(orphans)} volumes no record names, {len(temp_files)} temp files "
             f"and {len(stale)} tasks of removed images",
-            sum(driver.allocated_bytes(Volume.from_file_name(v)) for v in orphans),
+            sum(repo.allocated_bytes(Volume.from_file_name(v)) for v in orphans),
             {"volumes": orphans},
         ))  # fmt: skip
     return fixes

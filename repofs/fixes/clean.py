@@ -22,6 +22,7 @@ from repofs import errors
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import TaskContext
 from repofs.model import Volume
+from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +32,35 @@ STAGES = ("purge", "free")
 
 
 async def run(ctx: TaskContext) -> None:
-    driver = ctx.driver
+    repo = ctx.repo
     image_id = ctx.task.image
     if image_id is not None:
         await ctx.enter_stage("purge")
-        used_elsewhere = await ctx.repo.volumes_used_elsewhere()
-        inventory = await ctx.repo.run(Inventory.read, driver, used_elsewhere)
+        inventory = await Inventory.read(repo)
         record = next((r for r in inventory.trashed if r.id == image_id), None)
         if record is not None:
             references = inventory.references(record)
             if references:
                 raise errors.busy(f"cannot purge {image_id}: {', '.join(references)} build on it")
-            await ctx.repo.purge_trashed_image(image_id)
+            await repo.purge_trashed_image(image_id)
             ctx.crash_point("free")
     await ctx.enter_stage("free")
-    freed = await ctx.repo.run(_free, driver, await ctx.repo.volumes_used_elsewhere())
-    await ctx.repo.keep_reserve()
+    freed = await _free(repo)
+    await repo.keep_reserve()
     await ctx.report("free", freed, freed, force=True)
-    log.info("clean of %s freed %d bytes", ctx.repo.name, freed)
+    log.info("clean of %s freed %d bytes", repo.name, freed)
 
 
-def _free(driver, used_elsewhere: dict[str, list[str]]) -> int:
-    inventory = Inventory.read(driver, used_elsewhere)
+async def _free(repo: Repository) -> int:
+    inventory = await Inventory.read(repo)
     named = inventory.named_volumes()
     for task in inventory.stale_tasks():
-        driver.delete_task(task)
-    freed = 0
+        await repo.delete_task(task)
     # Only those listed before the records were read (Inventory.read): a volume
     # made since may be named by a record written since.
-    for name in inventory.volumes:
-        if name not in named:
-            volume = Volume.from_file_name(name)
-            freed += driver.allocated_bytes(volume)
-            driver.remove_volume(volume)
-    driver.remove_temp_files()
+    garbage = [Volume.from_file_name(name) for name in inventory.volumes if name not in named]
+    freed = await repo.run(lambda: sum(repo.allocated_bytes(v) for v in garbage))
+    for volume in garbage:
+        await repo.remove_volume(volume)
+    await repo.remove_temp_files()
     return freed

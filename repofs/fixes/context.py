@@ -30,7 +30,6 @@ class TaskContext:
                  stages: tuple[str, ...], live_image: bool):  # fmt: skip
         self.registry = registry  # where copies find their sources
         self.repo = repo
-        self.driver = repo.driver
         self.daemon = registry.daemon
         self.host = registry.host_id
         self.task = task
@@ -103,7 +102,7 @@ class TaskContext:
         return await self.repo.read_image(self.task.image)
 
     async def update_image(self, change: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
-        """Read, change and write the image record in one step (driver.change_image)."""
+        """Read, change and write the image record in one step (Repository.change_image)."""
         return await self.repo.change_image(self.task.image, change)
 
     @asynccontextmanager

@@ -200,7 +200,7 @@ async def start_snapshot_copy(source_repo: Repository, source: ImageRecord,
         record = await target_repo.commit_new_image(record, volume)
         log.info("cloned %s from %s to %s", source.id, source_repo.name, target_repo.name)
         return record
-    holder, ancestor = await target_repo.run(nearest_ancestor, source_repo, source, target_repo)
+    holder, ancestor = await nearest_ancestor(source_repo, source, target_repo)
     base = lineage = None
     if ancestor is None:
         preallocate = await target_repo.preallocates()
@@ -231,15 +231,15 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
     differs from it. Then the image is usable: `optimized`, or `degraded` when
     that ancestor is in another repository."""
     image = await ctx.repo.read_image(image_id)
-    source_repo, source = await ctx.repo.run(find_source, ctx.registry, ctx.repo, image.id)
+    source_repo, source = await find_source(ctx.registry, ctx.repo, image.id)
     ancestor_id = image.base if image.base is not None else image.lineage
     over = None
     if ancestor_id is not None:
         over = await _changes_since(source_repo, source, ancestor_id)
     await source_repo.verify_chain(source.chain)
     await copy_chain(
-        ctx, "copy", source_repo.driver.volume_path(source.top), source.top.format,
-        ctx.driver.volume_path(image.top), image.top.format, image.size, over,
+        ctx, "copy", source_repo.volume_path(source.top), source.top.format,
+        ctx.repo.volume_path(image.top), image.top.format, image.size, over,
     )  # fmt: skip
     return await settle(ctx, image_id)
 
@@ -256,34 +256,47 @@ async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
     return await ctx.repo.change_image(image_id, usable)
 
 
-def nearest_ancestor(source_repo: Repository, snapshot: ImageRecord,
-                     target_repo: Repository):  # fmt: skip
+async def nearest_ancestor(source_repo: Repository, snapshot: ImageRecord,
+                           target_repo: Repository):  # fmt: skip
     """(holder, record) of the nearest snapshot that `snapshot` descends from,
     by its chain's bases or its volume's lineage, that the target, or else a
     repository the target names `participating`, holds in full, and that a
     copy can tell `snapshot`'s changes since (_changes_since): the copy then
-    builds on it and moves only what differs; (None, None) if there is none.
-    Blocking."""
+    builds on it and moves only what differs; (None, None) if there is none."""
     holders = [target_repo] + [
         target_repo.peers[name]
-        for name in target_repo.driver.read_options().participating
+        for name in (await target_repo.read_options()).participating
         if name in target_repo.peers and name != target_repo.name
     ]
-    source_driver = source_repo.driver
     record = snapshot
     # A base in yet another repository ends the walk: the copy is then whole.
     while record.base_repository is None and (parent := record.base or record.lineage):
-        trashed = not source_driver.has_image(parent)
-        if trashed and not source_driver.has_image(parent, trashed=True):
+        found = await _live_or_trashed(source_repo, parent)
+        if found is None:
             break
-        record = source_driver.read_image(parent, trashed)
+        record = found
         if _tells_changes(source_repo, snapshot, record):
             for holder in holders:
-                if holder.driver.has_image(parent):
-                    held = holder.driver.read_image(parent)
-                    if held.is_usable_snapshot:
-                        return holder, held
+                held = await usable_snapshot(holder, parent)
+                if held is not None:
+                    return holder, held
     return None, None
+
+
+async def _live_or_trashed(repo: Repository, image_id: str) -> ImageRecord | None:
+    """The image's record, live or else in the trash; None if it has neither."""
+    for trashed in (False, True):
+        if await repo.has_image(image_id, trashed):
+            return await repo.read_image(image_id, trashed)
+    return None
+
+
+async def usable_snapshot(repo: Repository, image_id: str) -> ImageRecord | None:
+    """The repository's live record of that ID if it is a usable snapshot."""
+    if not await repo.has_image(image_id):
+        return None
+    record = await repo.read_image(image_id)
+    return record if record.is_usable_snapshot else None
 
 
 def _tells_changes(source_repo: Repository, source: ImageRecord,
@@ -293,7 +306,7 @@ def _tells_changes(source_repo: Repository, source: ImageRecord,
     the source's chain, or both are raw volumes of reflink storage."""
     if ancestor.top in source.chain:
         return True
-    return source.is_raw and ancestor.is_raw and source_repo.driver.reflink
+    return source.is_raw and ancestor.is_raw and source_repo.reflink
 
 
 async def _changes_since(source_repo: Repository, source: ImageRecord,
@@ -304,30 +317,29 @@ async def _changes_since(source_repo: Repository, source: ImageRecord,
     source's repository no longer holds the ancestor to compare with, every
     range (its data, and zeros elsewhere): more work, the same bytes."""
 
-    def compare() -> Ancestor | list[img.Extent] | None:
-        driver = source_repo.driver
-        trashed = not driver.has_image(ancestor_id)
-        if not driver.has_image(ancestor_id, trashed):
+    async def compare() -> Ancestor | list[img.Extent] | None:
+        ancestor = await _live_or_trashed(source_repo, ancestor_id)
+        if ancestor is None:
             return None
-        ancestor = driver.read_image(ancestor_id, trashed)
         if ancestor.top in source.chain:
             return Ancestor(source.chain.index(ancestor.top), ancestor.size)
         if not _tells_changes(source_repo, source, ancestor):
             return None
         try:
-            new = reflink.data_extents(driver.volume_path(source.top))
-            old = reflink.data_extents(driver.volume_path(ancestor.top))
+            new, old = await source_repo.run(lambda: [
+                reflink.data_extents(source_repo.volume_path(v)) for v in (source.top, ancestor.top)
+            ])  # fmt: skip
         except FileNotFoundError:
             return None  # cleaned meanwhile
         return [_as_extent(c.offset, c.length, c.data)
                 for c in reflink.changes(new, old, source.size)]  # fmt: skip
 
-    found = await source_repo.run(compare)
+    found = await compare()
     if found is not None:
         return found
     log.warning("%s is no longer in %s to compare %s with: every range of it is copied",
                 ancestor_id, source_repo.name, source.id)  # fmt: skip
-    mapped = await img.map_extents(source_repo.driver.volume_path(source.top), source.top.format)
+    mapped = await img.map_extents(source_repo.volume_path(source.top), source.top.format)
     return _fill_zeros([e for e in mapped if e.data], source.size)
 
 
@@ -348,13 +360,13 @@ def _fill_zeros(data: list[img.Extent], size: int) -> list[img.Extent]:
     return filled
 
 
-def find_source(registry: Registry, target: Repository, image_id: str):
+async def find_source(registry: Registry, target: Repository, image_id: str):
     """A connected repository other than `target` holding a usable snapshot
     `image_id` (snapshot IDs name the same immutable data everywhere), looked for
     where the target's options say: a hint `ID=repo` names the only place; else
     the repositories the target names `participating` come first, then the
-    others (the one an `ln` named as the source is among them). Blocking."""
-    options = target.driver.read_options()
+    others (the one an `ln` named as the source is among them)."""
+    options = await target.read_options()
     hinted = dict(options.image_hints).get(image_id)
     if hinted is not None:
         names = [hinted]
@@ -363,10 +375,10 @@ def find_source(registry: Registry, target: Repository, image_id: str):
                  *(n for n in registry.repositories if n not in options.participating)]  # fmt: skip
     for name in names:
         repo = registry.repositories.get(name)
-        if repo is None or repo is target or not repo.driver.has_image(image_id):
+        if repo is None or repo is target:
             continue
-        record = repo.driver.read_image(image_id)
-        if record.is_usable_snapshot:
+        record = await usable_snapshot(repo, image_id)
+        if record is not None:
             return repo, record
     where = f"{hinted} (user.repofs.image_hints)" if hinted else "any connected repository"
     raise errors.not_found(f"no usable snapshot {image_id} in {where}")

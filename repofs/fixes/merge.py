@@ -23,7 +23,7 @@ All images whose chains hold L must be closed (the task waits, saying so).
 from repofs import errors
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import TaskContext
-from repofs.model import Volume
+from repofs.model import ImageRecord, Volume
 from repofs.qemu import img
 
 # The task's image is the trashed snapshot: no live record shows its progress.
@@ -32,7 +32,6 @@ STAGES = ("measure", "commit", "record")
 
 
 async def run(ctx: TaskContext) -> None:
-    driver = ctx.driver
     snapshot = await ctx.repo.read_image(ctx.task.image, True)
     layer = snapshot.top
     await ctx.enter_stage("measure")
@@ -52,19 +51,19 @@ async def run(ctx: TaskContext) -> None:
         ctx.crash_point("record")
         await ctx.enter_stage("record")
         for user in users:
-            await ctx.repo.run(_drop_layer, driver, user, snapshot)
+            await _drop_layer(ctx, user, snapshot)
     await ctx.report("record", 1, 1, force=True)
 
 
 async def _users(ctx: TaskContext, layer: Volume) -> list:
     """Records (live or trashed) that read through `layer` from above."""
-    inventory = await ctx.repo.run(Inventory.read, ctx.driver, {})
+    inventory = await Inventory.read(ctx.repo, elsewhere=False)
     return [r for r in inventory.live + inventory.trashed if layer in r.chain[1:]]
 
 
 async def _rebase_past(ctx: TaskContext, upper: Volume, layer: Volume,
                        below: Volume | None) -> None:  # fmt: skip
-    path = ctx.driver.volume_path(upper)
+    path = ctx.repo.volume_path(upper)
     info = await img.info(path, upper.format)
     if info.get("backing-filename") != layer.file_name:
         return  # done before a crash
@@ -72,10 +71,10 @@ async def _rebase_past(ctx: TaskContext, upper: Volume, layer: Volume,
                           below.format if below else None)  # fmt: skip
 
 
-def _drop_layer(driver, user, snapshot) -> None:
-    def drop(record):
+async def _drop_layer(ctx: TaskContext, user: ImageRecord, snapshot: ImageRecord) -> None:
+    def drop(record: ImageRecord) -> ImageRecord:
         chain = tuple(v for v in record.chain if v != snapshot.top)
         base = snapshot.base if record.base == snapshot.id else record.base
         return record.evolve(chain=chain, base=base)
 
-    driver.change_image(user.id, drop, trashed=not driver.has_image(user.id))
+    await ctx.repo.change_image(user.id, drop, trashed=not await ctx.repo.has_image(user.id))

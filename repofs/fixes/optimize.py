@@ -52,7 +52,6 @@ STAGES = ("copy", "rebase", "record", "commit")
 
 
 async def run(ctx: TaskContext) -> None:
-    driver = ctx.driver
     image = await ctx.read_image()
     if ctx.task.fix.data.get("plan") == "localize":
         return await _localize(ctx, image)
@@ -71,7 +70,7 @@ async def run(ctx: TaskContext) -> None:
         target = volume.file_name
         base_chain = [v.ref for v in image.chain[1:]]
         await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
-    target_path = driver.volume_path(Volume.from_file_name(target))
+    target_path = ctx.repo.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
     await ctx.repo.verify_chain(image.chain[1:])
     await copy_chain(ctx, "copy", ctx.repo.volume_path(base_top), base_top.format,
@@ -85,7 +84,7 @@ async def run(ctx: TaskContext) -> None:
             # could still have changed it. The copy is of the wrong base: start over.
             await ctx.save(checkpoint={})
             raise errors.conflict(f"{image.id}'s chain changed during the optimize; queue it again")
-        top = driver.volume_path(image.top)
+        top = ctx.repo.volume_path(image.top)
         await img.rebase_unsafe(top, target_path, VolumeFormat.RAW)
         ctx.crash_point("record")
         await ctx.enter_stage("record")
@@ -105,7 +104,7 @@ async def _commit_locked(ctx: TaskContext, target: str) -> None:
     await ctx.enter_stage("commit")
     image = await ctx.read_image()
     await ctx.repo.verify_chain(image.chain)
-    await img.commit(ctx.driver.volume_path(image.top))
+    await img.commit(ctx.repo.volume_path(image.top))
     ctx.crash_point("done")
     await ctx.update_image(
         lambda r: r.evolve(
@@ -121,7 +120,6 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
     base_id, elsewhere = image.base, image.base_repository
     if elsewhere is None:
         return  # done before a crash, or by someone else
-    driver = ctx.driver
     if not await ctx.repo.has_image(base_id):
         source_repo = ctx.registry.get(elsewhere)
         source = await source_repo.read_image(base_id)
@@ -138,7 +136,7 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
         image = await ctx.read_image()
         if image.base != base_id or image.base_repository != elsewhere:
             raise errors.conflict(f"{image.id}'s base changed during the optimize")
-        await img.rebase_unsafe(driver.volume_path(image.top), driver.volume_path(local.top),
+        await img.rebase_unsafe(ctx.repo.volume_path(image.top), ctx.repo.volume_path(local.top),
                                 local.top.format)  # fmt: skip
         ctx.crash_point("record")
         await ctx.update_image(lambda r: r.evolve(

@@ -48,7 +48,6 @@ async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> I
     complete but still says broken; a mend does (4).
     """
     check_name(snapshot_id)
-    driver = repo.driver
     async with repo.guard(disk_id, snapshot_id):
         disk = await repo.read_image(disk_id)
         if disk.kind is not ImageKind.VIRTUAL_DISK:
@@ -68,7 +67,7 @@ async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> I
             # reading the chain they opened, the snapshot's from now on.
             await release_image(image)
             image = None
-        if disk.is_raw and driver.reflink and await _clones_in_time(repo, disk, image):
+        if disk.is_raw and repo.reflink and await _clones_in_time(repo, disk, image):
             try:
                 return await _clone_snapshot(repo, disk, snapshot_id, image)
             finally:
@@ -168,7 +167,7 @@ async def _switch_live(
     async with image.paused():
         await image.sync()
         if image.size != size:  # grown by a write meanwhile
-            await img.resize(repo.driver.volume_path(chain[0]), VolumeFormat.QCOW2, image.size)
+            await img.resize(repo.volume_path(chain[0]), VolumeFormat.QCOW2, image.size)
         snapshot = await _switch(repo, image.record, chain, snapshot_id, max_chain, image)
     paused_ms = (trio.current_time() - started) * 1000
     log.info(
@@ -230,9 +229,8 @@ async def _switch_open_disk(
     half-made snapshot goes (its record, then NEW; if that fails too, it is what
     a crash after step 2 leaves). If the record cannot be written, the disk's
     requests fail from then on: its writes would go where no record points."""
-    driver = repo.driver
     try:
-        await image.add_overlay(driver.volume_path(switched.top))
+        await image.add_overlay(repo.volume_path(switched.top))
     except errors.RepofsError:
         await _undo(repo, snapshot_id, switched.top)
         raise

@@ -4,6 +4,7 @@ into disks/) or a disk based on a snapshot (`ln snapshots/S disks/D`)."""
 from repofs import errors
 from repofs.crash import crash_point
 from repofs.fixes.check import optimize_fix
+from repofs.fixes.copy import usable_snapshot
 from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
 from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
@@ -58,7 +59,6 @@ async def create_virtual_disk_from_snapshot(
     the record. A crash after (1) leaves a volume no record names (clean removes it).
     """
     check_name(image_id)
-    driver = repo.driver
     base_repo = base_repo or repo
     # The base's guard too: its removal or rename must not come between.
     async with guarded((repo, image_id), (base_repo, base_id)):
@@ -71,7 +71,7 @@ async def create_virtual_disk_from_snapshot(
         if base_repo is not repo:
             # A snapshot ID names the same data wherever it is: a usable copy here
             # spares the disk reading through (and depending on) the other one.
-            local = await repo.run(_usable_snapshot, driver, base_id)
+            local = await usable_snapshot(repo, base_id)
             if local is not None:
                 base, base_repo = local, repo
         if (
@@ -88,7 +88,7 @@ async def create_virtual_disk_from_snapshot(
         record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, base.size, chain,
                              base=base_id, state=state, owner=owner)  # fmt: skip
         record = await repo.commit_new_image(record, record.top)
-    fix = optimize_fix(driver, record, options, flatten=clone)
+    fix = await repo.run(optimize_fix, repo, record, options, clone)
     if degraded and options.autofix and fix.data["plan"] == "flatten":
         await queue_fix(registry, repo, fix)
     return record
@@ -112,13 +112,3 @@ async def _clone_of_snapshot(
     record = ImageRecord(image_id, ImageKind.VIRTUAL_DISK, base.size, (volume,),
                          lineage=base.id, owner=owner)  # fmt: skip
     return await repo.commit_new_image(record, volume)
-
-
-def _usable_snapshot(driver, snapshot_id: str) -> ImageRecord | None:
-    """This repository's snapshot of that ID, unless it has none or it is broken
-    (a copy not finished). Blocking."""
-    if not driver.has_image(snapshot_id):
-        return None
-    record = driver.read_image(snapshot_id)
-    usable = record.kind is ImageKind.SNAPSHOT and record.state is not ImageState.BROKEN
-    return record if usable else None

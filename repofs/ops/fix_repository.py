@@ -21,16 +21,13 @@ VISIBLE_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED)
 async def list_fixes(repo: Repository) -> list[Fix]:
     """Runs checkStorageRepository. Read-only: never changes storage."""
 
-    used_elsewhere = await repo.volumes_used_elsewhere()
-
-    def read() -> tuple[Inventory, dict[str, str]]:
-        inventory = Inventory.read(repo.driver, used_elsewhere)
-        failed = {r.id: why for r in inventory.live if (why := repo.unusable_here(r))}
-        return inventory, failed
-
-    inventory, questions = await repo.run(read)
+    inventory = await Inventory.read(repo)
+    questions = await repo.run(
+        lambda: {r.id: why for r in inventory.live if (why := repo.unusable_here(r))}
+    )
     questions |= await repo.check_headers(inventory.headers_to_judge())
-    fixes = await repo.run(check_repository, repo.driver, inventory, questions)
+    options, temp_files = await repo.read_options(), await repo.leftover_temp_files()
+    fixes = await repo.run(check_repository, repo, inventory, options, temp_files, questions)
     repo.last_check = (time.monotonic(), fixes)
     return fixes
 
@@ -55,20 +52,17 @@ async def queue_fix(registry: Registry, repo: Repository, fix: Fix) -> Task:
     """fixStorageRepository. A stopped or failed task of the same fix is queued
     again with its checkpoint: it resumes. Durable step: one task record write."""
 
-    def queue() -> Task:
-        try:
-            task = repo.driver.read_task(fix.id)
-        except errors.RepofsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            return repo.driver.write_task(Task(fix.id, fix))
-        if task.active:
-            return task
-        return repo.driver.write_task(
-            task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)
-        )
-
-    task = await repo.run(queue)
+    try:
+        task = await repo.read_task(fix.id)
+    except errors.RepofsError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        task = await repo.write_task(Task(fix.id, fix))
+    else:
+        if not task.active:
+            task = await repo.write_task(
+                task.evolve(fix=fix, state=TaskState.QUEUED, lease=None, last_error=None)
+            )
     log.info(task_line(repo.name, task.id, task.image, str(task.state),
                        description=fix.description))  # fmt: skip
     if registry.fix_daemon is not None:

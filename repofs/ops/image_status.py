@@ -66,10 +66,9 @@ def _status(
     """`dependents` as Repository.all_dependents, `tasks_on` as
     Repository's: a listing passes a lookup in a map it gathered once for all
     images. Blocking."""
-    driver = repo.driver
     image = None if trashed else repo.open_images.get(record.id)
     try:
-        top = os.stat(driver.volume_path(record.top))
+        top = os.stat(repo.volume_path(record.top))
         modified_ns = top.st_mtime_ns
         # An open disk may have grown past its record (persisted at flush/close).
         size = record.size if image is None else image.seen_size(top.st_size)
@@ -101,7 +100,7 @@ def _status(
         lineage=record.lineage,
         chain=tuple(str(path) for path, _ in layers),
         size=size,
-        allocated=sum(driver.allocated_bytes(v) for v in record.chain),
+        allocated=sum(repo.allocated_bytes(v) for v in record.chain),
         generation=record.generation,
         dependents=tuple(dependents_here),
         tasks=tuple(t.id for t in tasks),

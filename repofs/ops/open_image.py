@@ -220,7 +220,7 @@ def passthrough_allowed(repo: Repository, record: ImageRecord) -> bool:
 def _clones_live(repo: Repository, record: ImageRecord) -> bool:
     """Whether a disk's live snapshot is a clone of its volume, which then has
     no other barrier for the kernel's writes (ops/create_snapshot.py)."""
-    return record.is_raw and not repo.driver.shared and repo.driver.reflink
+    return record.is_raw and not repo.shared and repo.reflink
 
 
 async def clones_quickly(repo: Repository, record: ImageRecord) -> bool:
@@ -296,10 +296,10 @@ async def _first_open(
 ) -> OpenImage:
     """A disk is opened for writing whatever the handle asks, except in a shared
     repository, where writing needs a claim (ops/write_claims.py)."""
-    writable = record.kind is ImageKind.VIRTUAL_DISK and (write or not repo.driver.shared)
+    writable = record.kind is ImageKind.VIRTUAL_DISK and (write or not repo.shared)
     if writable and _clones_live(repo, record):
         await clones_quickly(repo, record)  # before passthrough_allowed asks
-    claimed = writable and repo.driver.shared
+    claimed = writable and repo.shared
     if claimed:
         record = await write_claims.claim(repo, record.id)
     try:
@@ -347,7 +347,7 @@ async def release_image(image: OpenImage) -> None:
     finally:
         try:
             await image.io.close()
-            if image.writable and repo.driver.shared:
+            if image.writable and repo.shared:
                 await write_claims.release(repo, image.record.id)
         finally:
             del repo.open_images[image.record.id]

@@ -16,7 +16,7 @@ async def repository_facts(registry: Registry, repo: Repository) -> dict:
         "connection": repo.params,
         "transient": repo.transient,
         # Probed at connect: snapshots, disks on snapshots and copies are clones.
-        "reflink": repo.driver.reflink,
+        "reflink": repo.reflink,
         "capacity": vfs.f_blocks * vfs.f_frsize,
         "free": vfs.f_bavail * vfs.f_frsize,
         "hosts": await list_hosts(registry, repo),

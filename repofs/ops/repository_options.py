@@ -65,7 +65,7 @@ def _check(name: str) -> None:
 async def get_options(repo: Repository) -> dict[str, str]:
     """The options, and the facts of FACTS."""
     options = render(await repo.read_options())
-    return {**options, PREFIX + "reflink": "true" if repo.driver.reflink else "false"}
+    return {**options, PREFIX + "reflink": "true" if repo.reflink else "false"}
 
 
 @logged(image=None)
@@ -80,17 +80,17 @@ async def set_option(repo: Repository, name: str, value: bytes) -> None:
         options = _parse(old, name, value.decode(errors="replace").strip())
         await repo.write_options(options)
         if options.max_chain != old.max_chain:
-            for record in await repo.run(_restate, repo.driver, options):
+            for record in await _restate(repo, options):
                 image = repo.open_images.get(record.id)
                 if image is not None:
                     image.record = record
 
 
-def _restate(driver, options: RepositoryOptions) -> list[ImageRecord]:
+async def _restate(repo: Repository, options: RepositoryOptions) -> list[ImageRecord]:
     """Disks degraded by the length of their chain alone, or no longer: their
-    state as `options.max_chain` says. Returns their records as written. Blocking."""
+    state as `options.max_chain` says. Returns their records as written."""
     changed = []
-    for record in driver.list_images():
+    for record in await repo.list_images():
         if record.kind is not ImageKind.VIRTUAL_DISK or record.state is ImageState.BROKEN:
             continue
         too_long = len(record.chain) > options.max_chain
@@ -100,7 +100,7 @@ def _restate(driver, options: RepositoryOptions) -> list[ImageRecord]:
         )
         state = ImageState.DEGRADED if too_long or other else ImageState.OPTIMIZED
         if state is not record.state:
-            changed.append(driver.change_image(record.id, lambda r, s=state: r.evolve(state=s)))
+            changed.append(await repo.change_image(record.id, lambda r, s=state: r.evolve(state=s)))
     return changed
 
 

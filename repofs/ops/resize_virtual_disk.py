@@ -34,9 +34,8 @@ async def resize_virtual_disk(repo: Repository, image_id: str, size: int) -> Non
 
 
 async def _grow_closed(repo: Repository, image_id: str, size: int) -> None:
-    driver = repo.driver
     record = await repo.read_image(image_id)
-    path = driver.volume_path(record.top)
+    path = repo.volume_path(record.top)
     if record.is_raw:
         preallocate = await repo.preallocates()
         await repo.grow_raw_volume(record.top, record.size, size, preallocate)
