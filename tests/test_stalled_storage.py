@@ -6,6 +6,7 @@ brick goes on (SIGCONT), the Gluster repository serves again, without a
 remount (issue 19)."""
 
 import contextlib
+import errno
 import itertools
 import os
 import random
@@ -17,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import MiB, Mount, checked, pattern, sh
+from conftest import MiB, Mount, checked, pattern, sh, wait_for
 from gluster import GlusterServer, unmount_left_behind
 
 pytestmark = pytest.mark.mount
@@ -37,6 +38,12 @@ RECOVERY_S = 60.0
 HUNG_LOOKUPS = 48
 BLOCK = 4096
 DISK_SIZE = 16 * MiB
+# What a call on a repository cut off from its storage may fail with: an I/O
+# error of one kind or another, never ENOENT (its disks are not gone).
+CUT_OFF_ERRNOS = {errno.EIO, errno.ENOTCONN, errno.ECONNABORTED, errno.EHOSTUNREACH}
+# A rejoin's try at mounting the volume while the brick is stopped fails after
+# 5 s (glusterfs.py's ANSWER_TIMEOUT_S); the fix daemon tries again LEASE_S later.
+REJOIN_FAILS_S = 20.0
 _volume_numbers = itertools.count()
 
 
@@ -233,6 +240,7 @@ def test_a_stalled_gluster_repository_leaves_the_local_one_serving(
         driving = Call("the local load", load.run)
         time.sleep(STALL_S / 2)
         hung += gluster_calls(shared, "vm", 2)  # after whatever the stall led to so far
+        cut_off = read_after_a_failed_rejoin(m, shared)
         try:
             driving.wait(STALL_S / 2 + HUNG_S)
         except TimeoutError:
@@ -244,6 +252,7 @@ def test_a_stalled_gluster_repository_leaves_the_local_one_serving(
     print("\n".join(f"{kind}: {len(load.latencies[kind])} ops, p99 {load.p99(kind):.3f}s, "
                     f"max {max(load.latencies[kind]):.3f}s" for kind in load.KINDS))  # fmt: skip
     print(recovered)
+    print(cut_off)
     for call in hung:
         try:
             call.wait(max(0, RECOVERY_S - (time.monotonic() - resumed)))
@@ -259,9 +268,29 @@ def test_a_stalled_gluster_repository_leaves_the_local_one_serving(
         for offset, data in load.written.items():
             f.seek(offset)
             assert f.read(BLOCK) == data, offset
+    assert isinstance(cut_off.outcome, OSError) and cut_off.outcome.errno in CUT_OFF_ERRNOS, (
+        f"fenced, after a failed rejoin: {cut_off}"
+    )
     assert recovered.startswith("Gluster serves again"), recovered
     # What the stall left to say: late heartbeats, and what failed for the stall.
     m.expect_log(r"heartbeat of test-host in shared not renewed")
+
+
+def read_after_a_failed_rejoin(m: Mount, shared: Path) -> Call:
+    """Once the fenced host's next try at rejoining failed (the brick still
+    stopped), a 4k read of the Gluster disk: the call, ended."""
+    failed = m.log_text().count("cannot rejoin yet")
+    wait_for(lambda: m.log_text().count("cannot rejoin yet") > failed, REJOIN_FAILS_S,
+             "a failed rejoin", interval=0.1)  # fmt: skip
+    call = Call(
+        f"read {shared.name}/disks/vm after a failed rejoin",
+        partial(read_and_write, shared / "disks/vm", 0, pattern(b"cut off", BLOCK)),
+    )
+    try:
+        call.wait(HUNG_S)
+    except TimeoutError:
+        pass  # told by the test's assertion
+    return call
 
 
 def recovery(shared: Path, resumed: float) -> str:
