@@ -21,7 +21,11 @@ from pathlib import Path
 import trio
 
 from repofs import errors
+from repofs.drivers import glusterfs, localfs, posix, reflink
+from repofs.drivers.glusterfs import GlusterRepository
 from repofs.drivers.localfs import LocalRepository
+from repofs.drivers.posix import SharedRepository
+from repofs.drivers.reflink import Change as ExtentChange
 from repofs.events import EventBus, Subscription
 from repofs.leases import HostWatch
 from repofs.model import (
@@ -41,6 +45,14 @@ log = logging.getLogger(__name__)
 RELEASE_GRACE_S = 1.0
 CLAIM_POLL_S = 0.1
 RECORDS_REUSE_S = 1.0
+LOCAL_FORMAT = localfs.FORMAT
+# Extents past which a volume's clone may hold its writers longer than a live
+# snapshot may (clones_quickly).
+QUICK_CLONE_EXTENTS = reflink.QUICK_CLONE_EXTENTS
+# Each format, and the parameters (key=value) a connection to it takes.
+FORMAT_PARAMETERS = {localfs.FORMAT: ("path",), posix.FORMAT: ("path",),
+                     glusterfs.FORMAT: ("server", "volume")}  # fmt: skip
+_DIRECTORY_DRIVERS = {localfs.FORMAT: LocalRepository, posix.FORMAT: SharedRepository}
 # Threads for one repository's blocking calls: enough for its metadata work to
 # overlap, few enough that a hung storage holds only these (the data path has
 # its own, drivers/io_threads.py).
@@ -102,6 +114,23 @@ class Repository:
         default_factory=lambda: trio.CapacityLimiter(THREADS_PER_REPOSITORY), init=False
     )
 
+    @classmethod
+    async def open(cls, name: str, fmt: str, params: dict[str, str], transient: bool,
+                   host_id: str, host_watch: HostWatch, peers: dict[str, "Repository"],
+                   gluster_mountpoint: Path) -> "Repository":  # fmt: skip
+        """Connects the repository of format `fmt` that `params` name (checked by
+        the caller against FORMAT_PARAMETERS); a Gluster volume is mounted at
+        `gluster_mountpoint`."""
+
+        def attach() -> LocalRepository:
+            if fmt == glusterfs.FORMAT:
+                return GlusterRepository.attach(params["server"], params["volume"],
+                                                gluster_mountpoint)  # fmt: skip
+            return _DIRECTORY_DRIVERS[fmt].open(Path(params["path"]))
+
+        driver = await trio.to_thread.run_sync(attach)
+        return cls(name, driver, fmt, params, transient, host_id, host_watch, peers)
+
     def __post_init__(self):
         self.events = EventBus(self.name)
         token = trio.lowlevel.current_trio_token()
@@ -144,6 +173,26 @@ class Repository:
     def reflink(self) -> bool:
         """Whether its raw volumes are cloned (drivers/reflink.py)."""
         return self.driver.reflink
+
+    @property
+    def clone_refusal(self) -> str | None:
+        """Why its volumes are not cloned (probed at the connection)."""
+        return self.driver.clone_refusal
+
+    async def extent_changes(self, new: Volume, old: Volume, size: int) -> list[ExtentChange]:
+        """Where two raw clones of this repository (`new` cloned from `old`, then
+        written) do not share extents, over `size` bytes (FIEMAP)."""
+
+        def compare() -> list[ExtentChange]:
+            extents = [reflink.data_extents(self.volume_path(v)) for v in (new, old)]
+            return reflink.changes(*extents, size)
+
+        return await self.run(compare)
+
+    async def clones_quickly(self, volume: Volume) -> bool:
+        """Whether a raw volume has few enough extents (QUICK_CLONE_EXTENTS) for a
+        clone to take no longer than a live snapshot may stall its writers."""
+        return await self.run(reflink.clones_quickly, self.volume_path(volume))
 
     # Records
 
@@ -621,6 +670,17 @@ class Repository:
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):
             raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
+
+
+def storage_place(fmt: str, params: dict[str, str]) -> Path | str:
+    """Where a connection's repository is stored, which no two connections may
+    share: a directory (whatever its format), or a Gluster volume."""
+    if fmt == glusterfs.FORMAT:
+        return f"{params['server']}:{params['volume']}"
+    root = Path(params["path"])
+    if not root.is_absolute():
+        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
+    return root
 
 
 @dataclass

@@ -376,3 +376,22 @@ def mount_on_disk(tmp_path, disk):
     m.data = disk.path / "data"
     with checked(m) as started:
         yield started
+
+
+def check_of(driver) -> list:
+    """The check's fixes of a repository opened by its driver, without a mount:
+    through a Repository facade for one trio run."""
+    import trio
+
+    from repofs.leases import HostWatch
+    from repofs.ops.fix_repository import list_fixes
+    from repofs.repository import Repository
+
+    async def main() -> list:
+        repo = Repository("r", driver, driver.format, {}, False, "h", HostWatch())
+        try:
+            return await list_fixes(repo)
+        finally:
+            driver.on_change = driver.on_task_change = None  # told only in that run
+
+    return trio.run(main)

@@ -6,11 +6,11 @@ import time
 
 import pytest
 import trio
+from conftest import check_of
 
 from repofs import fix_daemon, leases
 from repofs.drivers.localfs import LocalRepository
 from repofs.fix_daemon import FixDaemon
-from repofs.fixes.check import Inventory, check_repository
 from repofs.model import HostBeat, Lease, Task, TaskState
 from repofs.registry import Registry
 from repofs.repository import Repository
@@ -27,7 +27,7 @@ def driver(tmp_path, monkeypatch):
     monkeypatch.setattr(fix_daemon, "POLL_S", 0.05)
     driver = LocalRepository.open(tmp_path)
     (tmp_path / "volumes" / "0123.raw").write_bytes(b"garbage")
-    [fix] = check_repository(driver, Inventory.read(driver, {}), {})
+    [fix] = check_of(driver)
     driver.write_heartbeat(HostBeat("a", 1, time.time()))
     driver.write_task(Task(fix.id, fix, TaskState.RUNNING, Lease("a", 1)))
     yield driver

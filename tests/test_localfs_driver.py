@@ -2,15 +2,18 @@
 
 import errno
 import json
+import logging
 import time
+import uuid
 
 import pytest
+import trio
+from conftest import check_of
 
 from repofs.drivers import atomic, posix
 from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.errors import RepofsError
-from repofs.fixes.check import Inventory, check_repository
 from repofs.model import ImageKind, ImageRecord, VolumeFormat
 
 pytestmark = pytest.mark.unit
@@ -108,20 +111,21 @@ def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, 
     """posix-1.0: another host may be between making a volume and writing the
     record that names it, so a volume no record names is garbage only once it
     is SETTLE_S old by the storage's clock (its mtime and ctime against a probe
-    file's); localfs-1.0 (one host) cleans it at once."""
+    file's); localfs-1.0 (one host) cleans it at once. (A volume this process
+    is making is never garbage: test_fixes.py.)"""
     monkeypatch.setattr(posix, "SETTLE_S", 1.0)
     for name in ("shared", "local"):
         (tmp_path / name).mkdir()
     shared = SharedRepository.open(tmp_path / "shared")
     local = LocalRepository.open(tmp_path / "local")
     try:
-        for driver in (shared, local):
-            driver.create_raw_volume(4096, preallocate=False)
-        assert [f.kind for f in check_repository(local, Inventory.read(local, {}), {})] == ["clean"]
-        assert check_repository(shared, Inventory.read(shared, {}), {}) == []
+        for name in ("shared", "local"):  # what a process that crashed left
+            (tmp_path / name / "volumes" / f"{uuid.uuid4().hex}.raw").write_bytes(bytes(4096))
+        assert [f.kind for f in check_of(local)] == ["clean"]
+        assert check_of(shared) == []
         time.sleep(posix.SETTLE_S + 0.1)
         [volume] = shared.list_volumes()
-        [fix] = check_repository(shared, Inventory.read(shared, {}), {})
+        [fix] = check_of(shared)
         assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
     finally:
         shared.close()
@@ -147,3 +151,21 @@ def test_a_missing_record_is_reported_at_once_in_a_local_repository(tmp_path, mo
     finally:
         shared.close()
         local.close()
+
+
+def test_a_driver_call_on_the_trio_thread_is_logged(driver, caplog):
+    """Every blocking method of a driver belongs on its repository's threads
+    (repository.py); one called on the trio thread stalls the whole mount while
+    the storage takes its time, so it is logged as an error, saying where from
+    (the tests' log checks then fail). Pure ones are not."""
+
+    async def main() -> None:
+        driver.read_options()
+        await trio.to_thread.run_sync(driver.list_images)
+        driver.volume_path(driver.new_volume(VolumeFormat.RAW))
+
+    with caplog.at_level(logging.ERROR, logger="repofs.drivers.blocking"):
+        trio.run(main)
+    [said] = caplog.records
+    assert said.getMessage().startswith("LocalRepository.read_options called on the trio thread")
+    assert "test_a_driver_call_on_the_trio_thread_is_logged" in said.stack_info

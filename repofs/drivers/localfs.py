@@ -42,6 +42,7 @@ from repofs.drivers.atomic import (
     read_json,
     read_record,
 )
+from repofs.drivers.blocking import off_the_loop
 from repofs.model import HostBeat, ImageRecord, RepositoryOptions, Task, Volume, VolumeFormat
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,19 @@ _DIRS = ("images", "trash", "volumes", "tasks", "locks", "hosts")
 RESERVE_BYTES = 1 << 20
 
 
+@off_the_loop
 class LocalRepository:
-    """One localfs-1.0 directory. Methods are blocking: call them from a worker thread."""
+    """One localfs-1.0 directory. Methods are blocking: call them from a worker
+    thread (drivers/blocking.py says in the log when one is not)."""
 
     format = FORMAT
     shared = False  # several hosts connect it (drivers/posix.py)
+    # Methods that compute without storage: callable anywhere.
+    _PURE = ("volume_path", "new_volume")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        off_the_loop(cls)
 
     def __init__(self, root: Path):
         self.root = root

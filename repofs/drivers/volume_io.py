@@ -37,7 +37,7 @@ from pathlib import Path
 import trio
 
 from repofs import errors
-from repofs.drivers import io_threads
+from repofs.drivers import io_threads, reflink
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ SYNC_BYTES = 4 << 20
 
 
 class RawVolumeFile:
+    """A lone raw volume, read and written by repofs itself (qemu/chain_io.py ImageIO)."""
+
+    in_place = True
     _in_flight = 0  # across all open volumes: the trio loop is shared
 
     def __init__(self, path: Path, writable: bool):
@@ -146,6 +149,10 @@ class RawVolumeFile:
                 self._in_kernel_copy = False  # a FUSE server without it
         data = os.pread(self._fd, length, offset)
         return os.pwrite(target._fd, data, offset) if data else 0
+
+    async def zero(self, offset: int, length: int) -> None:
+        """The range reads as zeros, its space freed (a hole)."""
+        await self._in_thread(reflink.punch_hole, self.path, offset, length)
 
     async def fsync(self) -> None:
         # With a copy's data dirty it takes up to seconds.

@@ -23,8 +23,6 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
-from repofs.drivers import reflink
-from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import TaskContext
 from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
 from repofs.qemu import img
@@ -82,13 +80,11 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     chain = await open_chain(ctx.daemon, [source], source_format, size, writable=False)
     out = await open_chain(ctx.daemon, [target], target_format, size, writable=True)
     # Raw into raw (a full copy of a raw snapshot, a flatten of one): in the kernel.
-    direct = isinstance(chain, RawVolumeFile) and isinstance(out, RawVolumeFile)
+    direct = chain.in_place and out.in_place
 
     async def move(offset: int, length: int, zero: bool) -> None:
-        if zero and isinstance(out, RawVolumeFile):
-            await trio.to_thread.run_sync(reflink.punch_hole, target, offset, length)
-        elif zero:
-            await out.write(offset, bytes(length))
+        if zero:
+            await out.zero(offset, length)
         elif direct:
             await chain.copy_to(out, offset, length)
         else:
@@ -103,7 +99,7 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await out.fsync()
         await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
     except errors.RepofsError as exc:
-        if exc.errno == errno.ENOSPC and isinstance(out, RawVolumeFile) and over is None:
+        if exc.errno == errno.ENOSPC and out.in_place and over is None:
             # What lies past the checkpoint is redone anyway: give its space back,
             # so that the records saying the copy waits for space can be written.
             # (Not over an ancestor: past the checkpoint lie its bytes, not redone.)
@@ -326,13 +322,10 @@ async def _changes_since(source_repo: Repository, source: ImageRecord,
         if not _tells_changes(source_repo, source, ancestor):
             return None
         try:
-            new, old = await source_repo.run(lambda: [
-                reflink.data_extents(source_repo.volume_path(v)) for v in (source.top, ancestor.top)
-            ])  # fmt: skip
+            changes = await source_repo.extent_changes(source.top, ancestor.top, source.size)
         except FileNotFoundError:
             return None  # cleaned meanwhile
-        return [_as_extent(c.offset, c.length, c.data)
-                for c in reflink.changes(new, old, source.size)]  # fmt: skip
+        return [_as_extent(c.offset, c.length, c.data) for c in changes]
 
     found = await compare()
     if found is not None:

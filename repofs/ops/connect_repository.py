@@ -3,27 +3,19 @@ of the mount's data directory, which are connected again at every mount."""
 
 import logging
 import shlex
-from pathlib import Path
 
 import trio
 
 from repofs import errors
-from repofs.drivers import glusterfs, localfs, posix
-from repofs.drivers.glusterfs import GlusterRepository
-from repofs.drivers.localfs import LocalRepository
-from repofs.drivers.posix import SharedRepository
 from repofs.names import check_name
 from repofs.ops import write_claims
 from repofs.ops.logged import logged
 from repofs.registry import Registry
-from repofs.repository import Repository
+from repofs.repository import FORMAT_PARAMETERS, LOCAL_FORMAT, Repository, storage_place
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPOSITORY = "default"
-DIRECTORY_DRIVERS = {localfs.FORMAT: LocalRepository, posix.FORMAT: SharedRepository}
-PARAMETERS = {localfs.FORMAT: ("path",), posix.FORMAT: ("path",),
-              glusterfs.FORMAT: ("server", "volume")}  # fmt: skip
 PLANNED_FORMATS = ("clvm-1.2",)
 # Where repofs mounts the Gluster volumes it connects, under the data directory
 # (a dot name: no repository is called that).
@@ -59,53 +51,33 @@ async def connect_repository(
         raise errors.exists(f"a repository named {name} is already connected")
     if fmt in PLANNED_FORMATS:
         raise errors.not_supported(f"format {fmt} is planned, not built yet")
-    if fmt not in PARAMETERS:
+    if fmt not in FORMAT_PARAMETERS:
         raise errors.invalid(f"unknown repository format {fmt!r}")
-    if sorted(params) != sorted(PARAMETERS[fmt]):
-        wanted = " ".join(f"{key}=..." for key in PARAMETERS[fmt])
+    if sorted(params) != sorted(FORMAT_PARAMETERS[fmt]):
+        wanted = " ".join(f"{key}=..." for key in FORMAT_PARAMETERS[fmt])
         raise errors.invalid(f"{fmt} takes {wanted}; got {' '.join(sorted(params)) or 'nothing'}")
-    place = _place(fmt, params)
+    place = storage_place(fmt, params)
     for other in registry.repositories.values():
-        if _place(other.format, other.params) == place:
+        if storage_place(other.format, other.params) == place:
             raise errors.busy(f"{place} is already connected as {other.name}")
-    driver = await trio.to_thread.run_sync(_attach, registry, name, fmt, params)
-    repo = Repository(
-        name, driver, fmt, params, transient, registry.host_id,
-        registry.host_watch, registry.repositories,
+    repo = await Repository.open(
+        name, fmt, params, transient, registry.host_id, registry.host_watch,
+        registry.repositories, registry.data_dir / GLUSTER_MOUNTS / name,
     )  # fmt: skip
-    if driver.shared:
+    if repo.shared:
         try:
             await write_claims.drop_stale_claims(repo)
         except BaseException:
-            await trio.to_thread.run_sync(driver.close)
+            await repo.close()
             raise
     registry.repositories[name] = repo
-    if driver.reflink:
+    if repo.reflink:
         log.info("%s is on reflink storage: snapshots of raw disks, disks on snapshots and "
                  "copies within its file system are clones", name)  # fmt: skip
     else:
         log.info("%s layers snapshots as qcow2 overlays: its storage does not clone (%s)",
-                 name, driver.clone_refusal)  # fmt: skip
+                 name, repo.clone_refusal)  # fmt: skip
     return repo
-
-
-def _place(fmt: str, params: dict[str, str]) -> Path | str:
-    """Where a connection's repository is stored, which no two connections may
-    share: a directory (whatever its format), or a Gluster volume."""
-    if fmt == glusterfs.FORMAT:
-        return f"{params['server']}:{params['volume']}"
-    root = Path(params["path"])
-    if not root.is_absolute():
-        raise errors.invalid(f"{fmt} path={root} is not an absolute path")
-    return root
-
-
-def _attach(registry: Registry, name: str, fmt: str, params: dict[str, str]) -> LocalRepository:
-    """Opens the repository a connection names. Blocking."""
-    if fmt == glusterfs.FORMAT:
-        mountpoint = registry.data_dir / GLUSTER_MOUNTS / name
-        return GlusterRepository.attach(params["server"], params["volume"], mountpoint)
-    return DIRECTORY_DRIVERS[fmt].open(Path(params["path"]))
 
 
 async def create_local_repository(registry: Registry, name: str) -> Repository:
@@ -113,7 +85,7 @@ async def create_local_repository(registry: Registry, name: str) -> Repository:
     check_name(name, "repository name")
     root = registry.data_dir / name
     await trio.to_thread.run_sync(lambda: root.mkdir(exist_ok=True))
-    return await connect_repository(registry, name, localfs.FORMAT, {"path": str(root)}, False)
+    return await connect_repository(registry, name, LOCAL_FORMAT, {"path": str(root)}, False)
 
 
 async def connect_data_dir(registry: Registry) -> None:

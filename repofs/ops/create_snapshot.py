@@ -6,7 +6,6 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
-from repofs.drivers import reflink
 from repofs.model import (
     UNFINISHED_SNAPSHOT,
     ImageKind,
@@ -20,7 +19,7 @@ from repofs.names import check_name
 from repofs.ops.logged import logged
 from repofs.ops.open_image import OpenImage, clones_quickly, hold_open_image, release_image
 from repofs.qemu import img
-from repofs.repository import Repository
+from repofs.repository import QUICK_CLONE_EXTENTS, Repository
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ async def _clone_snapshot(
             log.warning("live snapshot %s of %s (a clone of a volume of more than %d extents) "
                         "held its writes %.0f ms: the kernel serves it, and nothing but a "
                         "clone can hold the kernel's writes; it is served by repofs from its "
-                        "next open", snapshot_id, disk.id, reflink.QUICK_CLONE_EXTENTS,
+                        "next open", snapshot_id, disk.id, QUICK_CLONE_EXTENTS,
                         paused_ms)  # fmt: skip
         else:
             log.info("live snapshot %s of %s (a clone) paused its I/O %.1f ms",

@@ -22,14 +22,13 @@ from pathlib import Path
 import trio
 
 from repofs import errors
-from repofs.drivers import reflink
 from repofs.logs import facts
 from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.ops import write_claims
-from repofs.qemu.chain_io import add_overlay, open_chain
+from repofs.qemu.chain_io import ImageIO, add_overlay, open_chain
 from repofs.qemu.storage_daemon import StorageDaemon
 from repofs.registry import Registry
-from repofs.repository import Repository
+from repofs.repository import QUICK_CLONE_EXTENTS, Repository
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class OpenImage:
         self,
         repo: Repository,
         record: ImageRecord,
-        io,
+        io: ImageIO,
         writable: bool,
         daemon: StorageDaemon,
     ):
@@ -232,8 +231,7 @@ async def clones_quickly(repo: Repository, record: ImageRecord) -> bool:
     and a disk is served by repofs from its next first open
     (passthrough_allowed), where a live snapshot can pause it; said once in the
     log."""
-    path = repo.volume_path(record.top)
-    if await repo.run(reflink.clones_quickly, path):
+    if await repo.clones_quickly(record.top):
         repo.slow_clones.discard(record.id)
         return True
     if record.id not in repo.slow_clones:
@@ -242,7 +240,7 @@ async def clones_quickly(repo: Repository, record: ImageRecord) -> bool:
                  "stall target: its snapshots and disks on it are qcow2 overlays, and a disk "
                  "is served by repofs from its next open (while the kernel serves it, its "
                  "snapshots are still clones: nothing else holds its writes)", repo.name,
-                 record.id, reflink.QUICK_CLONE_EXTENTS)  # fmt: skip
+                 record.id, QUICK_CLONE_EXTENTS)  # fmt: skip
     return False
 
 

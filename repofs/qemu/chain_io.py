@@ -5,6 +5,7 @@ connection breaks; the request is retried once on a new connection.
 """
 
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -16,7 +17,34 @@ from repofs.qemu.nbd import NbdConnection, NbdError
 from repofs.qemu.storage_daemon import StorageDaemon
 
 
+class ImageIO(Protocol):
+    """The raw view of an open chain: what an open image (ops/open_image.py) and
+    a copy (fixes/copy.py) read and write through. Two kinds: a lone raw volume
+    (drivers/volume_io.py RawVolumeFile), and a chain with a qcow2 top served by
+    the storage daemon (QcowChainFile)."""
+
+    # Whether it is a lone raw volume that repofs reads and writes itself: then
+    # another such copies into it in the kernel (copy_to), zeros are holes, and
+    # a full storage shows as ENOSPC on its writes.
+    in_place: bool
+
+    async def read(self, offset: int, length: int) -> bytes: ...
+
+    async def write(self, offset: int, data: bytes) -> int: ...
+
+    async def zero(self, offset: int, length: int) -> None:
+        """The range reads as zeros."""
+
+    async def fsync(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class QcowChainFile:
+    """A chain with a qcow2 top, served by the storage daemon over NBD."""
+
+    in_place = False
+
     def __init__(
         self,
         daemon: StorageDaemon,
@@ -77,6 +105,9 @@ class QcowChainFile:
             await self._call("pwrite", offset, data)
         return len(data)
 
+    async def zero(self, offset: int, length: int) -> None:
+        await self.write(offset, bytes(length))
+
     async def fsync(self) -> None:
         if self._files is not None:
             await self._files.fsync()
@@ -102,16 +133,16 @@ class QcowChainFile:
 
 async def open_chain(
     daemon: StorageDaemon, chain: list[Path], top_format: VolumeFormat, size: int, writable: bool
-):
+) -> ImageIO:
     """The raw view of the chain of volume files `chain` (top first): a lone raw
     volume is read and written directly, a qcow2 top through the storage daemon.
-    Both kinds have read, write, fsync and close."""
+    """
     if top_format is VolumeFormat.RAW:
         return await trio.to_thread.run_sync(RawVolumeFile, chain[0], writable)
     return await QcowChainFile.open(daemon, chain, size, writable)
 
 
-async def add_overlay(daemon: StorageDaemon, io, overlay: Path, size: int):
+async def add_overlay(daemon: StorageDaemon, io: ImageIO, overlay: Path, size: int) -> ImageIO:
     """Puts the qcow2 volume `overlay`, made over the top of an open chain, above
     it while no request is in flight; returns the file to use from then on. A
     qcow2 top gets it in the daemon (the export then writes to the overlay); a
