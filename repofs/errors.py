@@ -9,6 +9,15 @@ import errno
 
 
 class RepofsError(Exception):
+    """Made with an errno that a caller may mean alone (ENOENT, EBUSY, ESTALE,
+    ENOSPC, EIO), it is of that errno's narrow class below, which the caller
+    catches instead of branching on `errno`."""
+
+    def __new__(cls, errno_: int, reason: str):
+        if cls is RepofsError:
+            cls = _NARROW.get(errno_, RepofsError)
+        return super().__new__(cls)
+
     def __init__(self, errno_: int, reason: str):
         super().__init__(reason)
         self.errno = errno_
@@ -18,6 +27,30 @@ class RepofsError(Exception):
 
     def __str__(self) -> str:
         return f"{errno.errorcode.get(self.errno, self.errno)}: {self.reason}"
+
+
+class NotFound(RepofsError):
+    """ENOENT: no such image, task, record or file."""
+
+
+class Busy(RepofsError):
+    """EBUSY: in use (open, claimed by another host, depended on)."""
+
+
+class Stale(RepofsError):
+    """ESTALE: a record changed under us (generation compare-and-swap failed)."""
+
+
+class NoSpace(RepofsError):
+    """ENOSPC: the storage is full."""
+
+
+class IOFailure(RepofsError):
+    """EIO: the storage or QEMU failed."""
+
+
+_NARROW = {errno.ENOENT: NotFound, errno.EBUSY: Busy, errno.ESTALE: Stale,
+           errno.ENOSPC: NoSpace, errno.EIO: IOFailure}  # fmt: skip
 
 
 def not_found(reason: str) -> RepofsError:

@@ -1,7 +1,6 @@
 """checkStorageRepository and fixStorageRepository: `ls fixes/`, `cat fixes/F`,
 `mv fixes/F tasks/` (queue, or resume a stopped task), `rm tasks/T` (stop)."""
 
-import errno
 import logging
 import time
 
@@ -54,9 +53,7 @@ async def queue_fix(registry: Registry, repo: Repository, fix: Fix) -> Task:
 
     try:
         task = await repo.read_task(fix.id)
-    except errors.RepofsError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
+    except errors.NotFound:
         task = await repo.write_task(Task(fix.id, fix))
     else:
         if not task.active:

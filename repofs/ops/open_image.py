@@ -303,7 +303,7 @@ async def _first_open(
     try:
         io = await _open_io(registry.daemon, repo, record, writable)
     except BaseException as exc:
-        if isinstance(exc, errors.RepofsError) and exc.errno == errno.EIO:
+        if isinstance(exc, errors.IOFailure):
             # The storage or QEMU refused it: its status says so until it opens.
             stamps = await repo.run(repo.chain_stamps, record.chain)
             repo.open_failures[record.id] = (stamps, exc.reason)

@@ -9,7 +9,7 @@ writes wait or fail as for an image open here (Repository.wait_for_release).
 One-host repositories need no claim: the process's own bookkeeping is enough.
 """
 
-import errno
+import contextlib
 import logging
 
 import trio
@@ -27,11 +27,8 @@ async def claim(repo: Repository, image_id: str) -> ImageRecord:
     after its close(2) returned)."""
     with trio.move_on_after(RELEASE_GRACE_S):
         while True:
-            try:
+            with contextlib.suppress(errors.Busy):
                 return await _claim_now(repo, image_id)
-            except errors.RepofsError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
             await trio.sleep(CLAIM_POLL_S)
     return await _claim_now(repo, image_id)
 
@@ -56,11 +53,8 @@ async def release(repo: Repository, image_id: str) -> None:
     def change(record: ImageRecord) -> ImageRecord:
         return record.evolve(writer=None) if record.writer == repo.host_id else record
 
-    try:
+    with contextlib.suppress(errors.NotFound):  # removed meanwhile: nothing to release
         await repo.change_image(image_id, change)
-    except errors.RepofsError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
 
 
 async def drop_stale_claims(repo: Repository) -> None:
