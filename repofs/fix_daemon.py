@@ -272,8 +272,7 @@ class FixDaemon:
 
     async def _run(self, run: Run, task: Task) -> None:
         repo = run.repo
-        fix = KINDS[task.fix.kind]
-        ctx = TaskContext(self.registry, repo, task, fix.STAGES, fix.PROGRESS_ON_IMAGE)
+        ctx = TaskContext(self.registry, repo, task, KINDS[task.fix.kind])
         started = time.monotonic()
 
         def say(level: int, state: str, reason: str | None = None) -> None:
@@ -282,7 +281,7 @@ class FixDaemon:
 
         try:
             with run.scope:
-                await self._run_while_space_lacks(ctx, fix)
+                await self._run_while_space_lacks(ctx)
                 await repo.delete_task(ctx.task)
                 say(logging.INFO, "done")
         except LeaseLost as exc:
@@ -306,13 +305,13 @@ class FixDaemon:
             run.done.set()
             self.wake()
 
-    async def _run_while_space_lacks(self, ctx: TaskContext, fix) -> None:
+    async def _run_while_space_lacks(self, ctx: TaskContext) -> None:
         """Runs the fix. When the storage is full it waits, saying so in the task
         and the image, and then goes on from its checkpoint: a clean, a removal or
         a bigger file system gives it the space (nothing is lost meanwhile)."""
         while True:
             try:
-                return await fix.run(ctx)
+                return await ctx.kind.run(ctx)
             except errors.RepofsError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
@@ -388,7 +387,7 @@ class FixDaemon:
             )
         finally:
             self._stopping.discard((repo.name, task_id))
-        if KINDS[task.fix.kind].PROGRESS_ON_IMAGE:
+        if KINDS[task.fix.kind].progress_on_image:
             await repo.change_image(
                 task.image, lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None)
             )

@@ -1,12 +1,17 @@
-"""The fixes of fixStorageRepository: one module per kind, each with its STAGES
-and an `async run(ctx)` whose docstring lists its durable steps."""
+"""The fixes of fixStorageRepository: one module per kind, each with its
+FixKindSpec (fixes/context.py: stages, whether the image shows its progress,
+`run`) and a docstring listing its durable steps."""
 
-from repofs.fixes import clean, mend, merge, optimize
+from repofs.fixes.clean import CLEAN
+from repofs.fixes.context import FixKindSpec
+from repofs.fixes.mend import MEND
+from repofs.fixes.merge import MERGE
+from repofs.fixes.optimize import OPTIMIZE
 from repofs.model import FixKind
 
-KINDS = {
-    FixKind.CLEAN: clean,
-    FixKind.OPTIMIZE: optimize,
-    FixKind.MEND: mend,
-    FixKind.MERGE: merge,
+KINDS: dict[FixKind, FixKindSpec] = {
+    FixKind.CLEAN: CLEAN,
+    FixKind.OPTIMIZE: OPTIMIZE,
+    FixKind.MEND: MEND,
+    FixKind.MERGE: MERGE,
 }

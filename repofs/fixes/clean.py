@@ -20,15 +20,11 @@ import logging
 
 from repofs import errors
 from repofs.fixes.check import Inventory
-from repofs.fixes.context import TaskContext
+from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.model import Volume
 from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
-
-# A clean works on a trashed image: its record shows no progress.
-PROGRESS_ON_IMAGE = False
-STAGES = ("purge", "free")
 
 
 async def run(ctx: TaskContext) -> None:
@@ -64,3 +60,6 @@ async def _free(repo: Repository) -> int:
         await repo.remove_volume(volume)
     await repo.remove_temp_files()
     return freed
+
+
+CLEAN = FixKindSpec(stages=("purge", "free"), progress_on_image=False, run=run)

@@ -4,8 +4,9 @@ exclusive use of its image. The fix daemon makes one TaskContext per run."""
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import trio
 
@@ -25,18 +26,28 @@ class LeaseLost(Exception):
     """Someone else changed our task: we no longer own it and must stop."""
 
 
+@dataclass(frozen=True)
+class FixKindSpec:
+    """One kind of fix (fixes/__init__.py KINDS): its stages in order, whether
+    the record of its task's image shows its progress (not for a clean or a
+    merge, which work on a trashed image), and `run`, which does it in a
+    TaskContext and whose module's docstring lists its durable steps."""
+
+    stages: tuple[str, ...]
+    progress_on_image: bool
+    run: Callable[["TaskContext"], Awaitable[None]]
+
+
 class TaskContext:
-    def __init__(self, registry: Registry, repo: Repository, task: Task,
-                 stages: tuple[str, ...], live_image: bool):  # fmt: skip
+    def __init__(self, registry: Registry, repo: Repository, task: Task, kind: FixKindSpec):
         self.registry = registry  # where copies find their sources
         self.repo = repo
         self.daemon = registry.daemon
         self.host = registry.host_id
         self.task = task
-        self.stages = stages
-        # Whether the task's image is a live one whose record shows the progress
-        # (a clean works on a trashed image).
-        self.live_image = live_image and task.image is not None
+        self.kind = kind
+        # Whether the task's image is a live one whose record shows the progress.
+        self.live_image = kind.progress_on_image and task.image is not None
         self._last_report = 0.0
         self._run_started = time.monotonic()
         self._run_bytes_start = task.bytes_done
@@ -96,7 +107,8 @@ class TaskContext:
 
     def _stage(self, step: str) -> str:
         """ "X/Y": the step's place among the fix's stages."""
-        return f"{self.stages.index(step) + 1}/{len(self.stages)}"
+        stages = self.kind.stages
+        return f"{stages.index(step) + 1}/{len(stages)}"
 
     async def read_image(self) -> ImageRecord:
         return await self.repo.read_image(self.task.image)

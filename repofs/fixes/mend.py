@@ -26,13 +26,9 @@ a person can tell.
 """
 
 from repofs import errors
-from repofs.fixes.context import TaskContext
+from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.fixes.copy import copy_snapshot_in, settle
 from repofs.model import ImageKind
-
-# Whether the image record shows the task's progress.
-PROGRESS_ON_IMAGE = True
-STAGES = ("copy", "switch", "finish")
 
 
 async def run(ctx: TaskContext) -> None:
@@ -56,3 +52,6 @@ async def run(ctx: TaskContext) -> None:
             await ctx.repo.update_image(disk.evolve(chain=chain, base=snapshot.id))
     await ctx.enter_stage("finish")
     await settle(ctx, snapshot.id)
+
+
+MEND = FixKindSpec(stages=("copy", "switch", "finish"), progress_on_image=True, run=run)

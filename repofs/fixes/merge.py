@@ -22,13 +22,9 @@ All images whose chains hold L must be closed (the task waits, saying so).
 
 from repofs import errors
 from repofs.fixes.check import Inventory
-from repofs.fixes.context import TaskContext
+from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.model import ImageRecord, Volume
 from repofs.qemu import img
-
-# The task's image is the trashed snapshot: no live record shows its progress.
-PROGRESS_ON_IMAGE = False
-STAGES = ("measure", "commit", "record")
 
 
 async def run(ctx: TaskContext) -> None:
@@ -78,3 +74,6 @@ async def _drop_layer(ctx: TaskContext, user: ImageRecord, snapshot: ImageRecord
         return record.evolve(chain=chain, base=base)
 
     await ctx.repo.change_image(user.id, drop, trashed=not await ctx.repo.has_image(user.id))
+
+
+MERGE = FixKindSpec(stages=("measure", "commit", "record"), progress_on_image=False, run=run)

@@ -40,15 +40,11 @@ its old, equal bytes.
 """
 
 from repofs import errors
-from repofs.fixes.context import TaskContext
+from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
 from repofs.model import ImageKind, ImageRecord, ImageState, Pending, Volume, VolumeFormat
 from repofs.qemu import img
 from repofs.repository import guarded
-
-# Whether the image record shows the task's progress.
-PROGRESS_ON_IMAGE = True
-STAGES = ("copy", "rebase", "record", "commit")
 
 
 async def run(ctx: TaskContext) -> None:
@@ -143,3 +139,8 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
             chain=(r.top, *local.chain), state=local.usable_state, stage=None,
             percent_complete=100,
         ))  # fmt: skip
+
+
+OPTIMIZE = FixKindSpec(
+    stages=("copy", "rebase", "record", "commit"), progress_on_image=True, run=run
+)
