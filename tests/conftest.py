@@ -395,3 +395,15 @@ def check_of(driver) -> list:
             driver.on_change = driver.on_task_change = None  # told only in that run
 
     return trio.run(main)
+
+
+@pytest.fixture(scope="module")
+def gluster_server(tmp_path_factory):
+    """A glusterd of the tests' own on loopback (gluster.py), for a module's tests."""
+    from gluster import GlusterServer
+
+    server = GlusterServer(tmp_path_factory.mktemp("gluster"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -95,15 +95,6 @@ class Hosts:
                 self.gluster.delete_volume(self.volume)
 
 
-@pytest.fixture(scope="module")
-def gluster_server(tmp_path_factory):
-    server = GlusterServer(tmp_path_factory.mktemp("gluster"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
 @contextlib.contextmanager
 def two_hosts(tmp_path, fmt: str, request):
     gluster = request.getfixturevalue("gluster_server") if fmt == "glusterfs-1.0" else None

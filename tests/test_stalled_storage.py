@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MiB, Mount, checked, pattern, sh, wait_for
-from gluster import GlusterServer, unmount_left_behind
+from gluster import unmount_left_behind
 
 pytestmark = pytest.mark.mount
 
@@ -45,15 +45,6 @@ CUT_OFF_ERRNOS = {errno.EIO, errno.ENOTCONN, errno.ECONNABORTED, errno.EHOSTUNRE
 # 5 s (glusterfs.py's ANSWER_TIMEOUT_S); the fix daemon tries again LEASE_S later.
 REJOIN_FAILS_S = 20.0
 _volume_numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def gluster_server(tmp_path_factory):
-    server = GlusterServer(tmp_path_factory.mktemp("gluster"))
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 @pytest.fixture
