@@ -288,6 +288,53 @@ class HostBeat:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """What a task's fix has durably done, so that a resume skips it. Every field
+    is optional: a fix sets those it uses, and the task record's JSON names only
+    the fields set (an absent key is the default), as records written before
+    this type did."""
+
+    # The fix's own work: the volume an optimize copies into (a file name), the
+    # refs of the base chain it copies, and how far a copy got (an offset below
+    # which the target holds the source's bytes).
+    target: str | None = None
+    base: tuple[str, ...] = ()
+    copied: int = 0
+    # The volumes the task made and still owns (file names): a clean must not
+    # take them for garbage.
+    volumes: tuple[str, ...] = ()
+
+    def evolve(self, **changes) -> "Checkpoint":
+        return replace(self, **changes)
+
+    def get(self, name: str, default=None):
+        """A field by name, as the checkpoint's mapping was read before it was
+        typed: kept for drivers/localfs.py write_task until it reads `volumes`."""
+        return getattr(self, name, default)
+
+    def to_json(self) -> dict:
+        data = {}
+        if self.target is not None:
+            data["target"] = self.target
+        if self.volumes:
+            data["volumes"] = list(self.volumes)
+        if self.copied:
+            data["copied"] = self.copied
+        if self.base:
+            data["base"] = list(self.base)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Checkpoint":
+        return cls(
+            target=data.get("target"),
+            base=tuple(data.get("base", ())),
+            copied=int(data.get("copied", 0)),
+            volumes=tuple(data.get("volumes", ())),
+        )
+
+
+@dataclass(frozen=True)
 class Task:
     id: str
     fix: Fix
@@ -301,9 +348,7 @@ class Task:
     rate: float = 0.0  # bytes per second, over the current run
     started: float | None = None  # wall-clock time of the current run, for people
     last_error: str | None = None
-    # What the fix has durably done: its own data, plus the volumes it made and
-    # still owns (a clean must not take them for garbage).
-    checkpoint: dict = field(default_factory=dict)
+    checkpoint: Checkpoint = Checkpoint()
     generation: int = 0
 
     @property
@@ -344,7 +389,7 @@ class Task:
             "state": str(self.state),
             "lease": asdict(self.lease) if self.lease else None,
             **self.progress(),
-            "checkpoint": self.checkpoint,
+            "checkpoint": self.checkpoint.to_json(),
             "generation": self.generation,
         }
 
@@ -366,6 +411,6 @@ class Task:
             rate=float(data.get("rate", 0.0)),
             started=data.get("started"),
             last_error=data.get("last_error"),
-            checkpoint=dict(data.get("checkpoint", {})),
+            checkpoint=Checkpoint.from_json(data.get("checkpoint", {})),
             generation=int(data["generation"]),
         )

@@ -80,7 +80,7 @@ class Inventory:
         stale = {t.id for t in self.stale_tasks()}
         for task in self.tasks:
             if task.id not in stale:
-                named.update(task.checkpoint.get("volumes", ()))
+                named.update(task.checkpoint.volumes)
         return named
 
     def references(self, image: ImageRecord) -> list[str]:

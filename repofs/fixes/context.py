@@ -12,7 +12,7 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
-from repofs.model import ImageRecord, Task
+from repofs.model import Checkpoint, ImageRecord, Task
 from repofs.registry import Registry
 from repofs.repository import Repository
 
@@ -56,7 +56,7 @@ class TaskContext:
         crash_point(f"{self.task.fix.kind}:{step}")
 
     @property
-    def checkpoint(self) -> dict:
+    def checkpoint(self) -> Checkpoint:
         return self.task.checkpoint
 
     async def save(self, **changes) -> Task:
@@ -69,9 +69,9 @@ class TaskContext:
             raise LeaseLost(f"task {self.task.id}: {exc.reason}") from None
         return self.task
 
-    async def save_checkpoint(self, **data) -> None:
-        """Durable: call only once the work `data` describes is itself durable."""
-        await self.save(checkpoint={**self.task.checkpoint, **data})
+    async def save_checkpoint(self, **changes) -> None:
+        """Durable: call only once the work `changes` describe is itself durable."""
+        await self.save(checkpoint=self.task.checkpoint.evolve(**changes))
 
     async def enter_stage(self, name: str) -> None:
         await self.report(name, self.task.bytes_done, self.task.bytes_total, force=True)
@@ -84,10 +84,10 @@ class TaskContext:
         return time.monotonic() - self._last_report >= PROGRESS_INTERVAL_S
 
     async def report(self, step: str, done: int, total: int, force: bool = False,
-                     checkpoint: dict | None = None) -> None:  # fmt: skip
+                     copied: int | None = None) -> None:  # fmt: skip
         """Persists progress in the task and the image record, when due (or forced).
-        A `checkpoint` goes into the same task write, so the persisted percent never
-        runs ahead of the work a resume can skip."""
+        A checkpoint of a copy (`copied`: Checkpoint.copied) goes into the same task
+        write, so the persisted percent never runs ahead of the work a resume can skip."""
         if not force and not self.progress_due():
             return
         percent = min(100, done * 100 // total) if total else -1
@@ -95,10 +95,13 @@ class TaskContext:
         self._last_report = now
         elapsed = max(now - self._run_started, 1e-3)
         stage = self._stage(step)
+        checkpoint = self.task.checkpoint
+        if copied is not None:
+            checkpoint = checkpoint.evolve(copied=copied)
         await self.save(
             stage=stage, step=step, percent_complete=percent, bytes_done=done,
             bytes_total=total, rate=round((done - self._run_bytes_start) / elapsed, 1),
-            checkpoint={**self.task.checkpoint, **(checkpoint or {})},
+            checkpoint=checkpoint,
         )  # fmt: skip
         if self.live_image:
             await self.update_image(

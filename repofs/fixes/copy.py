@@ -74,7 +74,7 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     # Within the image's size (a volume may be longer than the size it serves).
     extents = [replace(e, length=min(e.length, size - e.offset)) for e in wanted if e.offset < size]
     total = sum(e.length for e in extents)
-    copied = ctx.checkpoint.get("copied", 0)
+    copied = ctx.checkpoint.copied
     bytes_below = _bytes_below(extents)
     done = bytes_below(copied)
     chain = await open_chain(ctx.daemon, [source], source_format, size, writable=False)
@@ -97,13 +97,13 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await ctx.report(step, done, total, force=True)
         await _move_chunks(ctx, step, move, out, extents, copied, bytes_below, total)
         await out.fsync()
-        await ctx.report(step, total, total, force=True, checkpoint={"copied": size})
+        await ctx.report(step, total, total, force=True, copied=size)
     except errors.RepofsError as exc:
         if exc.errno == errno.ENOSPC and out.in_place and over is None:
             # What lies past the checkpoint is redone anyway: give its space back,
             # so that the records saying the copy waits for space can be written.
             # (Not over an ancestor: past the checkpoint lie its bytes, not redone.)
-            await out.truncate(ctx.checkpoint.get("copied", 0))
+            await out.truncate(ctx.checkpoint.copied)
             await out.truncate(size)
         raise
     finally:
@@ -134,7 +134,7 @@ async def _move_chunks(ctx: TaskContext, step: str, move, out, extents, copied: 
                 if ctx.progress_due():
                     below = min(in_flight, default=offset)
                     await out.fsync()  # the checkpoint promises this data
-                    await ctx.report(step, bytes_below(below), total, checkpoint={"copied": below})
+                    await ctx.report(step, bytes_below(below), total, copied=below)
                 in_flight.add(offset)
                 nursery.start_soon(mover, offset, length, zero)
     except* errors.RepofsError as group:

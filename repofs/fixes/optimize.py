@@ -42,7 +42,15 @@ its old, equal bytes.
 from repofs import errors
 from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
-from repofs.model import ImageKind, ImageRecord, ImageState, Pending, Volume, VolumeFormat
+from repofs.model import (
+    Checkpoint,
+    ImageKind,
+    ImageRecord,
+    ImageState,
+    Pending,
+    Volume,
+    VolumeFormat,
+)
 from repofs.qemu import img
 from repofs.repository import guarded
 
@@ -53,7 +61,7 @@ async def run(ctx: TaskContext) -> None:
         return await _localize(ctx, image)
     if image.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.invalid(f"{image.id} is a snapshot: only virtual disks are optimized")
-    target = ctx.checkpoint.get("target")
+    target = ctx.checkpoint.target
     if len(image.chain) > 1 and image.chain[1].file_name == target:
         return await _commit(ctx, target)  # resumed after step 3
     if image.is_raw:
@@ -64,8 +72,8 @@ async def run(ctx: TaskContext) -> None:
         preallocate = await ctx.repo.preallocates()
         volume = await ctx.repo.create_raw_volume(image.size, preallocate)
         target = volume.file_name
-        base_chain = [v.ref for v in image.chain[1:]]
-        await ctx.save_checkpoint(target=target, volumes=[target], copied=0, base=base_chain)
+        base_chain = tuple(v.ref for v in image.chain[1:])
+        await ctx.save_checkpoint(target=target, volumes=(target,), copied=0, base=base_chain)
     target_path = ctx.repo.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
     await ctx.repo.verify_chain(image.chain[1:])
@@ -75,10 +83,10 @@ async def run(ctx: TaskContext) -> None:
 
     async with ctx.exclusive("rebase", [image.id]):
         image = await ctx.read_image()
-        if [v.ref for v in image.chain[1:]] != ctx.checkpoint["base"]:
+        if tuple(v.ref for v in image.chain[1:]) != ctx.checkpoint.base:
             # Defended by EBUSY on snapshots while the task runs; another host
             # could still have changed it. The copy is of the wrong base: start over.
-            await ctx.save(checkpoint={})
+            await ctx.save(checkpoint=Checkpoint())
             raise errors.conflict(f"{image.id}'s chain changed during the optimize; queue it again")
         top = ctx.repo.volume_path(image.top)
         await img.rebase_unsafe(top, target_path, VolumeFormat.RAW)
