@@ -352,7 +352,7 @@ class FixDaemon:
             try:
                 await ctx.save(state=TaskState.FAILED, lease=None, last_error=reason)
                 if ctx.live_image:
-                    await ctx.update_image(lambda r: r.evolve(last_error=reason, host=None))
+                    await ctx.update_image(lambda r: r.left_by_task(reason))
             except (LeaseLost, errors.RepofsError, OSError) as exc:
                 log.warning("cannot record the failure of %s: %s", ctx.task.id, exc)
 
@@ -388,7 +388,5 @@ class FixDaemon:
         finally:
             self._stopping.discard((repo.name, task_id))
         if KINDS[task.fix.kind].progress_on_image:
-            await repo.change_image(
-                task.image, lambda r: r.evolve(last_error=STOPPED_BY_USER, host=None)
-            )
+            await repo.change_image(task.image, lambda r: r.left_by_task(STOPPED_BY_USER))
         log.info(task_line(repo.name, task_id, task.image, "stopped", reason=STOPPED_BY_USER))

@@ -145,6 +145,18 @@ class ImageRecord:
     def evolve(self, **changes) -> "ImageRecord":
         return replace(self, **changes)
 
+    def progress(self) -> dict:
+        """The progress of the task working on the image, as the users' views of
+        the image name it (`cat status/ID`, user.repofs.*, `events`): the host
+        running it, its stage X/Y and percent, and why it stopped or failed."""
+        return {name: getattr(self, name) for name in (
+            "host", "stage", "percent_complete", "last_error")}  # fmt: skip
+
+    def left_by_task(self, reason: str) -> "ImageRecord":
+        """The record once the task working on it stopped or failed: no host runs
+        it, and `reason` says why."""
+        return self.evolve(host=None, last_error=reason)
+
     def to_json(self) -> dict:
         data = asdict(self)
         del data["id"]

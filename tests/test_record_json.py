@@ -1,8 +1,18 @@
-"""Task records on storage (docs/on-disk.md, "Task record"): what a fix has done
+"""Task and image records on storage (docs/on-disk.md, "Task record"): what a fix has done
 is typed in memory and written with the keys records always had, so that a
 task written before resumes, and one written now reads as before."""
 
-from repofs.model import Checkpoint, Fix, FixKind, Task, TaskState
+from repofs.model import (
+    Checkpoint,
+    Fix,
+    FixKind,
+    ImageKind,
+    ImageRecord,
+    Task,
+    TaskState,
+    Volume,
+    VolumeFormat,
+)
 
 
 def optimize_task(checkpoint: dict) -> dict:
@@ -32,3 +42,14 @@ def test_absent_keys_are_the_defaults_and_are_not_written():
 def test_a_task_record_reads_back_as_it_was_written():
     task = Task.from_json(optimize_task({"target": "5e0c.raw", "volumes": ["5e0c.raw"]}))
     assert Task.from_json(task.to_json()) == task
+
+
+def test_the_progress_of_a_task_shows_on_its_image_record_and_goes_with_the_task():
+    record = ImageRecord("vm2", ImageKind.VIRTUAL_DISK, 1 << 30,
+                         (Volume("5e0c", VolumeFormat.QCOW2),))  # fmt: skip
+    running = record.evolve(host="host1", stage="1/4", percent_complete=40)
+    assert running.progress() == {"host": "host1", "stage": "1/4", "percent_complete": 40,
+                                  "last_error": None}  # fmt: skip
+    stopped = running.left_by_task("stopped by the user")
+    assert stopped.progress() == {"host": None, "stage": "1/4", "percent_complete": 40,
+                                  "last_error": "stopped by the user"}  # fmt: skip
