@@ -17,7 +17,6 @@ class Registry:
         self.daemon = daemon
         self.repositories: dict[str, Repository] = {}
         self.host_watch = HostWatch()
-        self.fix_daemon = None  # repofs.fix_daemon.FixDaemon, set when it starts
 
     def get(self, name: str) -> Repository:
         try:

@@ -60,12 +60,12 @@ async def _serve_registry(config: MountConfig, registry: Registry) -> None:
         await connect_data_dir(registry)
         for line in config.connections:
             await connect_repository(registry, *parse_connection(line))
-        registry.fix_daemon = FixDaemon(registry)
-        await nursery.start(registry.fix_daemon.run)
+        fixes = FixDaemon(registry)
+        await nursery.start(fixes.run)
         options = set(pyfuse3.default_options) | {"fsname=repofs", "subtype=repofs"}
         if config.allow_other:
             options.add("allow_other")
-        pyfuse3.init(RepofsOperations(registry), str(config.mountpoint), options)
+        pyfuse3.init(RepofsOperations(registry, fixes), str(config.mountpoint), options)
         nursery.start_soon(_terminate_on_signal)
         log.info(
             "mounted %s (data %s, host %s)", config.mountpoint, config.data_dir, config.host_id

@@ -12,6 +12,7 @@ import trio
 
 from repofs import errors, refusals
 from repofs.events import Subscription
+from repofs.fix_daemon import FixDaemon
 from repofs.fs import passthrough, render
 from repofs.fs.boundary import boundary, probe_boundary
 from repofs.fs.nodes import Area, InodeTable, Node, NodeKind
@@ -101,9 +102,10 @@ class RepofsOperations(pyfuse3.Operations):
     # a read completes meanwhile, so its attribute cache never filled).
     enable_auto_inval_data = False
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, fixes: FixDaemon):
         super().__init__()
         self.registry = registry
+        self.fixes = fixes  # where tasks are queued, stopped, let go at a disconnect
         self.passthrough = passthrough.Passthrough()
         self.inodes = InodeTable()
         self._handles: dict[int, object] = {}
@@ -330,7 +332,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode, name, ctx):
         if self._node(parent_inode).kind is not NodeKind.ROOT:
             raise errors.RepofsError(errno.EPERM, f"{_name(name)} is part of its repository")
-        await disconnect_repository(self.registry, _name(name))
+        await disconnect_repository(self.registry, self.fixes, _name(name))
         self.inodes.detach(Node(NodeKind.REPOSITORY, _name(name)))
 
     @boundary
@@ -364,7 +366,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def unlink(self, parent_inode, name, ctx):
         parent = self._node(parent_inode)
         if parent.kind is NodeKind.AREA and parent.area is Area.TASKS:
-            await fix_repository.stop_task(self.registry, self._repo(parent), _name(name))
+            await fix_repository.stop_task(self.fixes, self._repo(parent), _name(name))
             self.inodes.detach(Node(NodeKind.TASK, parent.repo, parent.area, _name(name)))
             return
         if parent.kind is not NodeKind.AREA or parent.area not in AREA_KIND:
@@ -389,7 +391,7 @@ class RepofsOperations(pyfuse3.Operations):
         old_area, new_area = old_parent.area, new_parent.area
         if old_area is Area.FIXES and new_area is Area.TASKS and old_name == new_name:
             fix = await fix_repository.get_fix(repo, old_name, reuse_s=0)
-            await fix_repository.queue_fix(self.registry, repo, fix)
+            await fix_repository.queue_fix(self.fixes, repo, fix)
             self.inodes.detach(Node(NodeKind.FIX, repo.name, old_area, old_name))
             return
         if old_area is new_area and old_area in AREA_KIND:
@@ -423,7 +425,7 @@ class RepofsOperations(pyfuse3.Operations):
             record = await source_repo.read_image(source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode | 0o200)
             await create_virtual_disk_from_snapshot(
-                self.registry, repo, name, source.name, owner, base_repo=source_repo
+                self.fixes, repo, name, source.name, owner, base_repo=source_repo
             )
         elif source_repo is repo and source.area is Area.DISKS and target.area is Area.SNAPSHOTS:
             await create_snapshot(repo, source.name, name)
@@ -434,13 +436,13 @@ class RepofsOperations(pyfuse3.Operations):
         elif target.area is Area.DISKS:
             record = await source_repo.read_image(source.name)
             owner = Owner(ctx.uid, ctx.gid, record.owner.mode)
-            await clone_disk(self.registry, source_repo, source.name, name, repo, owner)
+            await clone_disk(self.fixes, source_repo, source.name, name, repo, owner)
         elif source.area is Area.DISKS:
-            await back_up_disk(self.registry, source_repo, source.name, name, repo)
+            await back_up_disk(self.fixes, source_repo, source.name, name, repo)
         elif name != source.name:
             raise errors.invalid(f"a copied snapshot keeps its ID {source.name}, not {name}")
         else:
-            await copy_snapshot(self.registry, source_repo, name, repo)
+            await copy_snapshot(self.fixes, source_repo, name, repo)
         return await self._entry(Node(NodeKind.IMAGE, repo.name, target.area, name))
 
     # Files

@@ -7,6 +7,7 @@ import shlex
 import trio
 
 from repofs import errors
+from repofs.fix_daemon import FixDaemon
 from repofs.names import check_name
 from repofs.ops import write_claims
 from repofs.ops.logged import logged
@@ -102,7 +103,7 @@ async def connect_data_dir(registry: Registry) -> None:
 
 
 @logged(image=None, repo="name")
-async def disconnect_repository(registry: Registry, name: str) -> None:
+async def disconnect_repository(registry: Registry, fixes: FixDaemon, name: str) -> None:
     repo = registry.get(name)
     for image_id in list(repo.open_images):
         await repo.wait_for_release(image_id)
@@ -113,7 +114,6 @@ async def disconnect_repository(registry: Registry, name: str) -> None:
         raise errors.busy(f"cannot disconnect {name}: {', '.join(dependents)} read through "
                           "its snapshots until optimized")  # fmt: skip
     del registry.repositories[name]
-    if registry.fix_daemon is not None:
-        # Its running tasks stop where they are; a later connection resumes them.
-        await registry.fix_daemon.let_go(repo)
+    # Its running tasks stop where they are; a later connection resumes them.
+    await fixes.let_go(repo)
     await repo.close()

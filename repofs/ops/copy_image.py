@@ -11,6 +11,7 @@ Between two repositories on one reflink file system, both are clones of the
 volume (drivers/reflink.py): whole, raw and `optimized` at once, with no task.
 """
 
+from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import mend_fix
 from repofs.fixes.copy import start_snapshot_copy
 from repofs.model import ImageRecord, Owner, Pending
@@ -19,12 +20,11 @@ from repofs.ops.create_snapshot import create_snapshot
 from repofs.ops.create_virtual_disk import create_virtual_disk_from_snapshot
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
-from repofs.registry import Registry
 from repofs.repository import Repository, guarded
 
 
 @logged(image="snapshot_id", repo="target_repo")
-async def copy_snapshot(registry: Registry, source_repo: Repository, snapshot_id: str,
+async def copy_snapshot(fixes: FixDaemon, source_repo: Repository, snapshot_id: str,
                         target_repo: Repository) -> ImageRecord:  # fmt: skip
     """Durable steps: those of fixes/copy.py's start_snapshot_copy (volume, then
     the record, broken and pending its copy, or whole if it is a clone), then
@@ -34,13 +34,13 @@ async def copy_snapshot(registry: Registry, source_repo: Repository, snapshot_id
     async with guarded((source_repo, snapshot_id), (target_repo, snapshot_id)):
         record = await start_snapshot_copy(source_repo, source, target_repo)
     if record.pending is Pending.COPY and (await target_repo.read_options()).autofix:
-        await queue_fix(registry, target_repo, mend_fix(record))
+        await queue_fix(fixes, target_repo, mend_fix(record))
     return record
 
 
 @logged(image="backup_id", repo="target_repo")
 async def back_up_disk(
-    registry: Registry,
+    fixes: FixDaemon,
     source_repo: Repository,
     disk_id: str,
     backup_id: str,
@@ -54,11 +54,11 @@ async def back_up_disk(
     between leaves snapshot B in r1 only: repeat the ln as a copy of B."""
     await target_repo.check_free(backup_id)
     await create_snapshot(source_repo, disk_id, backup_id)
-    return await copy_snapshot(registry, source_repo, backup_id, target_repo)
+    return await copy_snapshot(fixes, source_repo, backup_id, target_repo)
 
 
 @logged(image="clone_id", repo="target_repo")
-async def clone_disk(registry: Registry, source_repo: Repository, disk_id: str,
+async def clone_disk(fixes: FixDaemon, source_repo: Repository, disk_id: str,
                      clone_id: str, target_repo: Repository,
                      owner: Owner) -> ImageRecord:  # fmt: skip
     """`ln r1/disks/D r2/disks/D2`: snapshot D in r1 as `D.to-r2.D2` (the point in
@@ -74,5 +74,5 @@ async def clone_disk(registry: Registry, source_repo: Repository, disk_id: str,
     snapshot_id = f"{disk_id}.to-{target_repo.name}.{clone_id}"
     await create_snapshot(source_repo, disk_id, snapshot_id)
     return await create_virtual_disk_from_snapshot(
-        registry, target_repo, clone_id, snapshot_id, owner, base_repo=source_repo, clone=True
+        fixes, target_repo, clone_id, snapshot_id, owner, base_repo=source_repo, clone=True
     )

@@ -3,6 +3,7 @@ into disks/) or a disk based on a snapshot (`ln snapshots/S disks/D`)."""
 
 from repofs import errors
 from repofs.crash import crash_point
+from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import optimize_fix
 from repofs.fixes.copy import usable_snapshot
 from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
@@ -10,7 +11,6 @@ from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
 from repofs.ops.open_image import clones_quickly
-from repofs.registry import Registry
 from repofs.repository import Repository, guarded
 
 
@@ -36,7 +36,7 @@ async def create_virtual_disk(
 
 @logged()
 async def create_virtual_disk_from_snapshot(
-    registry: Registry,
+    fixes: FixDaemon,
     repo: Repository,
     image_id: str,
     base_id: str,
@@ -90,7 +90,7 @@ async def create_virtual_disk_from_snapshot(
         record = await repo.commit_new_image(record, record.top)
     fix = await repo.run(optimize_fix, repo, record, options, clone)
     if degraded and options.autofix and fix.data["plan"] == "flatten":
-        await queue_fix(registry, repo, fix)
+        await queue_fix(fixes, repo, fix)
     return record
 
 

@@ -5,10 +5,10 @@ import logging
 import time
 
 from repofs import errors
+from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import Inventory, check_repository
 from repofs.logs import task_line
 from repofs.model import Fix, Task, TaskState
-from repofs.registry import Registry
 from repofs.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ async def get_fix(repo: Repository, fix_id: str, reuse_s: float = CHECK_REUSE_S)
     raise errors.not_found(f"no fix {fix_id} in {repo.name}")
 
 
-async def queue_fix(registry: Registry, repo: Repository, fix: Fix) -> Task:
+async def queue_fix(fixes: FixDaemon, repo: Repository, fix: Fix) -> Task:
     """fixStorageRepository. A stopped or failed task of the same fix is queued
     again with its checkpoint: it resumes. Durable step: one task record write."""
 
@@ -62,8 +62,7 @@ async def queue_fix(registry: Registry, repo: Repository, fix: Fix) -> Task:
             )
     log.info(task_line(repo.name, task.id, task.image, str(task.state),
                        description=fix.description))  # fmt: skip
-    if registry.fix_daemon is not None:
-        registry.fix_daemon.wake()
+    fixes.wake()
     return task
 
 
@@ -79,6 +78,6 @@ async def get_task(repo: Repository, task_id: str) -> Task:
     return task
 
 
-async def stop_task(registry: Registry, repo: Repository, task_id: str) -> None:
+async def stop_task(fixes: FixDaemon, repo: Repository, task_id: str) -> None:
     await get_task(repo, task_id)
-    await registry.fix_daemon.stop(repo, task_id)
+    await fixes.stop(repo, task_id)
