@@ -312,9 +312,7 @@ class FixDaemon:
         while True:
             try:
                 return await ctx.kind.run(ctx)
-            except errors.RepofsError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
+            except errors.NoSpace as exc:
                 log.warning(task_line(ctx.repo.name, ctx.task.id, ctx.task.image, "waiting",
                                       reason=f"{exc.reason}; trying again every "
                                       f"{NO_SPACE_RETRY_S}s"))  # fmt: skip
@@ -341,8 +339,8 @@ class FixDaemon:
             await ctx.save(last_error=task_error)
             if ctx.live_image:
                 await ctx.update_image(lambda r: r.evolve(last_error=image_error))
-        except (errors.RepofsError, OSError) as exc:
-            if getattr(exc, "errno", None) != errno.ENOSPC:
+        except (errors.NoSpace, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno != errno.ENOSPC:
                 raise
             log.warning("task %s/%s: cannot record that it waits: %s", ctx.repo.name,
                         ctx.task.id, exc)  # fmt: skip

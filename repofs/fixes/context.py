@@ -1,7 +1,6 @@
 """What a running fix sees: its task record, checkpoints, progress reporting and
 exclusive use of its image. The fix daemon makes one TaskContext per run."""
 
-import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -63,9 +62,7 @@ class TaskContext:
         """Writes the task record (compare-and-swap on its generation)."""
         try:
             self.task = await self.repo.write_task(self.task.evolve(**changes))
-        except errors.RepofsError as exc:
-            if exc.errno not in (errno.ESTALE, errno.ENOENT):
-                raise
+        except (errors.Stale, errors.NotFound) as exc:
             raise LeaseLost(f"task {self.task.id}: {exc.reason}") from None
         return self.task
 

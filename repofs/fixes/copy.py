@@ -13,7 +13,6 @@ persisted percent never goes back.
 """
 
 import bisect
-import errno
 import itertools
 import logging
 from dataclasses import dataclass, replace
@@ -98,8 +97,8 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
         await _move_chunks(ctx, step, move, out, extents, copied, bytes_below, total)
         await out.fsync()
         await ctx.report(step, total, total, force=True, copied=size)
-    except errors.RepofsError as exc:
-        if exc.errno == errno.ENOSPC and out.in_place and over is None:
+    except errors.NoSpace:
+        if out.in_place and over is None:
             # What lies past the checkpoint is redone anyway: give its space back,
             # so that the records saying the copy waits for space can be written.
             # (Not over an ancestor: past the checkpoint lie its bytes, not redone.)
