@@ -319,11 +319,6 @@ class Checkpoint:
     def evolve(self, **changes) -> "Checkpoint":
         return replace(self, **changes)
 
-    def get(self, name: str, default=None):
-        """A field by name, as the checkpoint's mapping was read before it was
-        typed: kept for drivers/localfs.py write_task until it reads `volumes`."""
-        return getattr(self, name, default)
-
     def to_json(self) -> dict:
         data = {}
         if self.target is not None:

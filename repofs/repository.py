@@ -354,14 +354,7 @@ class Repository:
                 self._published[image_id] = record.generation
         facts = {"event": event, "id": image_id}
         if record is not None:
-            facts.update(
-                kind=str(record.kind),
-                state=str(record.state),
-                stage=record.stage,
-                percent_complete=record.percent_complete,
-                host=record.host,
-                last_error=record.last_error,
-            )
+            facts.update(kind=str(record.kind), state=str(record.state), **record.progress())
         facts["task"] = self.running_tasks.get(image_id)
         self.events.publish(facts)
 
@@ -683,7 +676,7 @@ def storage_place(fmt: str, params: dict[str, str]) -> Path | str:
     return root
 
 
-@dataclass
+@dataclass(frozen=True)
 class Holdings:
     """What a repository holds at one moment (Repository.read_holdings)."""
 

@@ -410,7 +410,7 @@ def resume(mnt: Path, data: Path, size: int, kills: int) -> list[dict]:
         os.kill(int(os.getxattr(mnt, "user.repofs.pid")), signal.SIGKILL)
         task = json.loads((data / f"default/tasks/optimize-copy{i}.json").read_text())
         target = data / "default/volumes" / task["checkpoint"]["target"]
-        redone = _equal_bytes_from(source, target, task["checkpoint"]["copied"])
+        redone = _equal_bytes_from(source, target, task["checkpoint"].get("copied", 0))
         time.sleep(0.5)
         run(f"{REPOFS} mount {mnt} --data-dir {data}")
         wait_optimized(repo, f"copy{i}")

@@ -444,7 +444,7 @@ class LocalRepository:
                 _check_generation(f"task {task.id}", current.generation, task.generation)
             task = task.evolve(generation=task.generation + 1)
             self._write_bookkeeping(path, task.to_json())
-        self._settle(task.checkpoint.get("volumes", ()))
+        self._settle(task.checkpoint.volumes)
         if self.on_task_change is not None:
             self.on_task_change(task.id, task)
         return task

@@ -5,7 +5,7 @@ Read-only: it reads records, tasks, the volume directory and the qcow2 headers
 """
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repofs.model import (
@@ -21,22 +21,18 @@ from repofs.model import (
     TaskState,
     Volume,
 )
-from repofs.repository import Repository
+from repofs.repository import Holdings, Repository
 
 ORPHANS = "volumes"
 
 
 @dataclass(frozen=True)
-class Inventory:
-    live: list[ImageRecord]
-    trashed: list[ImageRecord]
-    tasks: list[Task]
-    volumes: list[str]  # file names in volumes/
-    unsettled: set[str]  # of those, the ones that may be being made (drivers/localfs.py)
-    unreadable: dict[str, str]  # records (live or trashed) that cannot be read: why
+class Inventory(Holdings):
+    """What a repository holds (Holdings), as the check and clean judge it."""
+
     # This repository's volumes that records (live or trashed) of other connected
     # repositories read through: file name -> their `REPO/ID`s.
-    used_elsewhere: dict[str, list[str]]
+    used_elsewhere: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     async def read(cls, repo: Repository, elsewhere: bool = True) -> "Inventory":
@@ -44,8 +40,7 @@ class Inventory:
         connected repositories read through."""
         used = await repo.volumes_used_elsewhere() if elsewhere else {}
         held = await repo.read_holdings()
-        return cls(held.live, held.trashed, held.tasks, held.volumes, held.unsettled,
-                   held.unreadable, used)  # fmt: skip
+        return cls(**vars(held), used_elsewhere=used)
 
     def stale_tasks(self) -> list[Task]:
         """Stopped or failed tasks whose image is gone: they can never resume."""
