@@ -64,7 +64,11 @@ _UNLIMITED = trio.CapacityLimiter(math.inf)
 
 @dataclass
 class Repository:
+    """One connected repository (see the module's docstring)."""
+
     name: str
+    # Its storage, for this module alone: above it nothing reaches the driver
+    # (tests/test_layers.py).
     driver: LocalRepository
     format: str
     params: dict[str, str]
@@ -85,7 +89,7 @@ class Repository:
     running_tasks: dict[str, str] = field(default_factory=dict)
     events: EventBus = field(init=False)
     # The qcow2 headers of its chains as last looked at (qemu/headers.py).
-    header_looks: headers.HeaderLooks = field(default_factory=headers.HeaderLooks)
+    header_looks: headers.HeaderLooks = field(init=False)
     # Image ID -> (the stamps of its chain's files, why) when its last open on this
     # host failed for the storage or QEMU (EIO): ops/open_image.py keeps it, and
     # status and the check tell it while those files stay as they were.
@@ -133,6 +137,7 @@ class Repository:
 
     def __post_init__(self):
         self.events = EventBus(self.name)
+        self.header_looks = headers.HeaderLooks(self.run)
         token = trio.lowlevel.current_trio_token()
 
         def on_change(event: str, image_id: str, record: ImageRecord | None) -> None:

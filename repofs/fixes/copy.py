@@ -45,11 +45,20 @@ class Ancestor:
     size: int  # the size of that snapshot: past it, the overlay reads zeros
 
 
-async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: VolumeFormat,
-                     target: Path, target_format: VolumeFormat, size: int,
-                     over: Ancestor | list[img.Extent] | None = None) -> None:  # fmt: skip
-    """Copies the data of the chain topped by volume `source` into `target`, from
-    the task's checkpoint `copied` (an offset) on; saves `copied` as it goes.
+async def copy_chain(
+    ctx: TaskContext,
+    step: str,
+    source_repo: Repository,
+    source: Path,
+    source_format: VolumeFormat,
+    target: Path,
+    target_format: VolumeFormat,
+    size: int,
+    over: Ancestor | list[img.Extent] | None = None,
+) -> None:
+    """Copies the data of the chain topped by volume `source` (of `source_repo`)
+    into `target` (of the task's repository), from the task's checkpoint `copied`
+    (an offset) on; saves `copied` as it goes.
 
     `over`: the target holds an ancestor's data already (an overlay over it, or
     a clone of it). Only what the source's layers above that ancestor hold is
@@ -76,8 +85,8 @@ async def copy_chain(ctx: TaskContext, step: str, source: Path, source_format: V
     copied = ctx.checkpoint.copied
     bytes_below = _bytes_below(extents)
     done = bytes_below(copied)
-    chain = await open_chain(ctx.daemon, [source], source_format, size, writable=False)
-    out = await open_chain(ctx.daemon, [target], target_format, size, writable=True)
+    chain = await open_chain(ctx.daemon, [source], source_format, size, False, source_repo.run)
+    out = await open_chain(ctx.daemon, [target], target_format, size, True, ctx.repo.run)
     # Raw into raw (a full copy of a raw snapshot, a flatten of one): in the kernel.
     direct = chain.in_place and out.in_place
 
@@ -233,7 +242,7 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
         over = await _changes_since(source_repo, source, ancestor_id)
     await source_repo.verify_chain(source.chain)
     await copy_chain(
-        ctx, "copy", source_repo.volume_path(source.top), source.top.format,
+        ctx, "copy", source_repo, source_repo.volume_path(source.top), source.top.format,
         ctx.repo.volume_path(image.top), image.top.format, image.size, over,
     )  # fmt: skip
     return await settle(ctx, image_id)

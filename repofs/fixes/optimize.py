@@ -77,7 +77,7 @@ async def run(ctx: TaskContext) -> None:
     target_path = ctx.repo.volume_path(Volume.from_file_name(target))
     base_top = image.chain[1]
     await ctx.repo.verify_chain(image.chain[1:])
-    await copy_chain(ctx, "copy", ctx.repo.volume_path(base_top), base_top.format,
+    await copy_chain(ctx, "copy", ctx.repo, ctx.repo.volume_path(base_top), base_top.format,
                      target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
 

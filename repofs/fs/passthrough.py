@@ -68,7 +68,7 @@ class Passthrough:
             return 0
         flags = os.O_RDWR if image.writable else os.O_RDONLY
         try:
-            fd = await trio.to_thread.run_sync(os.open, image.backing_file(), flags)
+            fd = await image.repo.run(os.open, image.backing_file(), flags)
             try:
                 backing_id = pyfuse3.passthrough_open(fd)
             finally:

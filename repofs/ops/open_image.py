@@ -117,7 +117,7 @@ class OpenImage:
         """Inside a pause: the qcow2 volume `overlay`, made over the current top,
         becomes the top that requests read and write (the caller then updates the
         record)."""
-        self.io = await add_overlay(self._daemon, self.io, overlay, self.size)
+        self.io = await add_overlay(self._daemon, self.io, overlay, self.size, self.repo.run)
 
     async def make_writable(self) -> None:
         """A write open of an image opened read-only (in a shared repository, where
@@ -323,7 +323,7 @@ async def _first_open(
 async def _open_io(daemon: StorageDaemon, repo: Repository, record: ImageRecord, writable: bool):
     await repo.verify_chain(record.chain)
     chain = [repo.volume_path(v) for v in record.chain]
-    io = await open_chain(daemon, chain, record.top.format, record.size, writable)
+    io = await open_chain(daemon, chain, record.top.format, record.size, writable, repo.run)
     if writable and record.is_raw:
         # Growth written but never persisted before a crash is dropped, so that a
         # later grow reads zeros there, not stale bytes.

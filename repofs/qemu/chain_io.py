@@ -4,10 +4,9 @@ If the daemon restarts (or the export is re-made around a resize), the NBD
 connection breaks; the request is retried once on a new connection.
 """
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
-
-import trio
 
 from repofs import errors
 from repofs.drivers.volume_io import RawVolumeFile
@@ -61,7 +60,12 @@ class QcowChainFile:
 
     @classmethod
     async def open(
-        cls, daemon: StorageDaemon, chain: list[Path], size: int, writable: bool
+        cls,
+        daemon: StorageDaemon,
+        chain: list[Path],
+        size: int,
+        writable: bool,
+        run: Callable[..., Awaitable],
     ) -> "QcowChainFile":
         """Opens the chain of volume files `chain` (top first) in the daemon. Given
         with its layers below the top, what the files can serve skips the daemon
@@ -69,7 +73,7 @@ class QcowChainFile:
         snapshot's new top), the daemon serves everything. `size` is the image's."""
         files = None
         if len(chain) > 1:
-            files = await ChainMap.map(chain, size, writable)
+            files = await ChainMap.map(chain, size, writable, run)
         try:
             node = await daemon.open_node(chain[0], read_only=not writable)
             try:
@@ -132,17 +136,23 @@ class QcowChainFile:
 
 
 async def open_chain(
-    daemon: StorageDaemon, chain: list[Path], top_format: VolumeFormat, size: int, writable: bool
+    daemon: StorageDaemon,
+    chain: list[Path],
+    top_format: VolumeFormat,
+    size: int,
+    writable: bool,
+    run: Callable[..., Awaitable],
 ) -> ImageIO:
     """The raw view of the chain of volume files `chain` (top first): a lone raw
     volume is read and written directly, a qcow2 top through the storage daemon.
-    """
+    `run` opens files on the threads of the repository that holds them."""
     if top_format is VolumeFormat.RAW:
-        return await trio.to_thread.run_sync(RawVolumeFile, chain[0], writable)
-    return await QcowChainFile.open(daemon, chain, size, writable)
+        return await run(RawVolumeFile, chain[0], writable)
+    return await QcowChainFile.open(daemon, chain, size, writable, run)
 
 
-async def add_overlay(daemon: StorageDaemon, io: ImageIO, overlay: Path, size: int) -> ImageIO:
+async def add_overlay(daemon: StorageDaemon, io: ImageIO, overlay: Path, size: int,
+                      run: Callable[..., Awaitable]) -> ImageIO:  # fmt: skip
     """Puts the qcow2 volume `overlay`, made over the top of an open chain, above
     it while no request is in flight; returns the file to use from then on. A
     qcow2 top gets it in the daemon (the export then writes to the overlay); a
@@ -153,6 +163,6 @@ async def add_overlay(daemon: StorageDaemon, io: ImageIO, overlay: Path, size: i
         return io
     # Without the raw volume in the chain given: mapping it would lengthen the
     # pause; the daemon serves all reads.
-    chain = await QcowChainFile.open(daemon, [overlay], size, writable=True)
+    chain = await QcowChainFile.open(daemon, [overlay], size, True, run)
     await io.close()
     return chain

@@ -22,9 +22,8 @@ anything past the mapped size.
 """
 
 import bisect
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import trio
 
 from repofs.drivers.volume_io import RawVolumeFile
 from repofs.model import VolumeFormat
@@ -51,7 +50,9 @@ class ChainMap:
         self._unsynced = False  # in-place writes the daemon's flush would not cover
 
     @classmethod
-    async def map(cls, chain: list[Path], size: int, writable: bool) -> "ChainMap | None":
+    async def map(
+        cls, chain: list[Path], size: int, writable: bool, run: Callable[..., Awaitable]
+    ) -> "ChainMap | None":
         """The map of the chain whose volumes are `chain`, top (qcow2) first, taken
         before the daemon opens the top. None for a chain too fragmented to keep
         its map in memory."""
@@ -61,7 +62,7 @@ class ChainMap:
         files: list[RawVolumeFile] = []
         try:
             for depth, path in enumerate(chain):
-                file = await trio.to_thread.run_sync(RawVolumeFile, path, writable and not depth)
+                file = await run(RawVolumeFile, path, writable and not depth)
                 files.append(file)
         except BaseException:
             await _close(files)

@@ -12,7 +12,7 @@ qemu-img processes.
 import os
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +152,9 @@ async def _read(path: Path) -> Header:
 class HeaderLooks:
     """The headers of qcow2 volumes as last looked at, by path (one repository's)."""
 
-    def __init__(self):
+    def __init__(self, run: Callable[..., Awaitable]):
+        # Runs the stats on the threads of the repository whose volumes these are.
+        self._run = run
         self._looks: dict[Path, _Look] = {}
         # Files being read now, and when that read ends: a look that needs one of
         # them waits for it rather than read it twice (a check during the first
@@ -164,7 +166,7 @@ class HeaderLooks:
         as last looked at while the file is unchanged since, unless `again`; else
         looked at now, LOOKS_AT_ONCE at a time. The stat comes before the read, so
         a write between them changes the stamp remembered with it."""
-        stamps = await trio.to_thread.run_sync(_stamps, list(dict.fromkeys(paths)))
+        stamps = await self._run(_stamps, list(dict.fromkeys(paths)))
         found, todo = {}, []
         for path, (stamp, settled) in stamps.items():
             known = self._looks.get(path)
