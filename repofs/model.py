@@ -231,6 +231,58 @@ class FixKind(enum.StrEnum):
     MEND = "mend"
 
 
+class Plan(enum.StrEnum):
+    """How an optimize makes a degraded image whole (fixes/optimize.py)."""
+
+    FLATTEN = "flatten"  # copy its chain into one raw volume of its own
+    LOCALIZE = "localize"  # copy its base from another repository here, and build on that
+
+
+@dataclass(frozen=True)
+class FixData:
+    """What the check found that its fix's kind needs to know. Every field is
+    optional: a fix sets those of its kind, and its JSON (`cat fixes/X`, a task
+    record's fix) names only the fields set, None being absent, as fixes written
+    before this type did."""
+
+    # optimize: how.
+    plan: Plan | None = None
+    # mend of a broken image: a copy to go on, a snapshot to finish (both set,
+    # either true or neither).
+    copy: bool | None = None
+    unfinished_snapshot: bool | None = None
+    # mend: what a person must decide (the fix then only fails, saying so).
+    decision: tuple[str, ...] | None = None
+    # merge: the live images reading through the removed snapshot's top volume.
+    images: tuple[str, ...] | None = None
+    # clean-volumes: the volume files no record names.
+    volumes: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict:
+        data = {}
+        for name, value in vars(self).items():
+            if value is not None:
+                data[name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FixData":
+        def names(key: str) -> tuple[str, ...] | None:
+            return tuple(data[key]) if data.get(key) is not None else None
+
+        def flag(key: str) -> bool | None:
+            return bool(data[key]) if data.get(key) is not None else None
+
+        return cls(
+            plan=Plan(data["plan"]) if data.get("plan") is not None else None,
+            copy=flag("copy"),
+            unfinished_snapshot=flag("unfinished_snapshot"),
+            decision=names("decision"),
+            images=names("images"),
+            volumes=names("volumes"),
+        )
+
+
 @dataclass(frozen=True)
 class Fix:
     """One finding of checkStorageRepository and the work that repairs it.
@@ -244,7 +296,7 @@ class Fix:
     image: str | None
     description: str
     bytes_estimate: int
-    data: dict = field(default_factory=dict)
+    data: FixData = FixData()
 
     def to_json(self) -> dict:
         return {
@@ -253,7 +305,7 @@ class Fix:
             "image": self.image,
             "description": self.description,
             "bytes_estimate": self.bytes_estimate,
-            "data": self.data,
+            "data": self.data.to_json(),
         }
 
     @classmethod
@@ -264,7 +316,7 @@ class Fix:
             image=data.get("image"),
             description=data["description"],
             bytes_estimate=int(data.get("bytes_estimate", 0)),
-            data=dict(data.get("data", {})),
+            data=FixData.from_json(data.get("data", {})),
         )
 
 

@@ -126,7 +126,7 @@ def test_a_young_unnamed_volume_of_a_shared_repository_is_not_garbage(tmp_path, 
         time.sleep(posix.SETTLE_S + 0.1)
         [volume] = shared.list_volumes()
         [fix] = check_of(shared)
-        assert fix.kind == "clean" and fix.data["volumes"] == [volume.file_name]
+        assert fix.kind == "clean" and fix.data.volumes == (volume.file_name,)
     finally:
         shared.close()
         local.close()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from repofs.model import (
     Fix,
+    FixData,
     FixKind,
     ImageKind,
     ImageRecord,
     ImageState,
     Pending,
+    Plan,
     RepositoryOptions,
     Strategy,
     Task,
@@ -61,7 +63,7 @@ class Inventory(Holdings):
             if task.fix.kind is FixKind.OPTIMIZE:
                 rewriting.add(task.image)
             elif task.fix.kind is FixKind.MERGE:
-                rewriting.update(task.fix.data.get("images", ()))
+                rewriting.update(task.fix.data.images or ())
         return [r for r in self.live if r.id not in rewriting]
 
     def named_volumes(self) -> set[str]:
@@ -104,8 +106,8 @@ def mend_fix(record: ImageRecord) -> Fix:
     return Fix(
         fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id, description,
         record.size if record.pending is Pending.COPY else 0,
-        {"copy": record.pending is Pending.COPY,
-         "unfinished_snapshot": record.pending is Pending.SNAPSHOT},
+        FixData(copy=record.pending is Pending.COPY,
+                unfinished_snapshot=record.pending is Pending.SNAPSHOT),
     )  # fmt: skip
 
 
@@ -126,7 +128,7 @@ def optimize_fix(repo: Repository, record: ImageRecord, options: RepositoryOptio
             fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
             f"copy {record.id}'s base {record.base} from {elsewhere} into this repository "
             f"as snapshot {record.base}, and base {record.id} on it",
-            record.size, {"plan": "localize"},
+            record.size, FixData(plan=Plan.LOCALIZE),
         )  # fmt: skip
     if elsewhere:
         why = f"its base {record.base} is in {elsewhere}"
@@ -138,7 +140,7 @@ def optimize_fix(repo: Repository, record: ImageRecord, options: RepositoryOptio
         fix_id(FixKind.OPTIMIZE, record.id), FixKind.OPTIMIZE, record.id,
         f"make {record.id} one raw volume of its own: {why}",
         record.size if elsewhere else sum(repo.allocated_bytes(v) for v in record.chain[1:]),
-        {"plan": "flatten"},
+        FixData(plan=Plan.FLATTEN),
     )  # fmt: skip
 
 
@@ -172,7 +174,7 @@ def _unreadable_fixes(inventory: Inventory) -> list[Fix]:
         Fix(
             fix_id(FixKind.MEND, image_id), FixKind.MEND, image_id,
             f"{image_id} needs a decision: {reason}; no volume is freed until it is "
-            "repaired or removed", 0, {"decision": [reason]},
+            "repaired or removed", 0, FixData(decision=(reason,)),
         )
         for image_id, reason in sorted(inventory.unreadable.items())
     ]  # fmt: skip
@@ -209,7 +211,7 @@ def _live_image_fixes(repo: Repository, inventory: Inventory, options: Repositor
             fixes.append(Fix(
                 fix_id(FixKind.MEND, record.id), FixKind.MEND, record.id,
                 f"{record.id} needs a decision: " + "; ".join(problems), 0,
-                {"decision": problems},
+                FixData(decision=tuple(problems)),
             ))  # fmt: skip
         elif record.state is ImageState.BROKEN:
             fixes.append(mend_fix(record))
@@ -232,7 +234,7 @@ def _merge_fixes(repo: Repository, inventory: Inventory) -> list[Fix]:
                 fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
                 f"merge the layer of removed snapshot {snapshot.id} into "
                 f"{', '.join(users)}, so that it can be cleaned",
-                repo.allocated_bytes(snapshot.top), {"images": users},
+                repo.allocated_bytes(snapshot.top), FixData(images=tuple(users)),
             ))  # fmt: skip
     return fixes
 
@@ -259,6 +261,6 @@ def _clean_fixes(repo: Repository, inventory: Inventory, temp_files: list[Path])
             f"free {len(orphans)} volumes no record names, {len(temp_files)} temp files "
             f"and {len(stale)} tasks of removed images",
             sum(repo.allocated_bytes(Volume.from_file_name(v)) for v in orphans),
-            {"volumes": orphans},
+            FixData(volumes=tuple(orphans)),
         ))  # fmt: skip
     return fixes

@@ -33,12 +33,12 @@ from repofs.model import ImageKind
 
 async def run(ctx: TaskContext) -> None:
     fix = ctx.task.fix
-    if fix.data.get("decision"):
+    if fix.data.decision:
         raise errors.invalid(fix.description)
-    if fix.data.get("copy"):
+    if fix.data.copy:
         await copy_snapshot_in(ctx, fix.image)
         return
-    if not fix.data.get("unfinished_snapshot"):
+    if not fix.data.unfinished_snapshot:
         raise errors.invalid(f"{fix.image} is broken and mend cannot tell why: {fix.description}")
     snapshot = await ctx.read_image()
     disks = await ctx.repo.list_images()

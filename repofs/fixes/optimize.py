@@ -48,6 +48,7 @@ from repofs.model import (
     ImageRecord,
     ImageState,
     Pending,
+    Plan,
     Volume,
     VolumeFormat,
 )
@@ -57,7 +58,7 @@ from repofs.repository import guarded
 
 async def run(ctx: TaskContext) -> None:
     image = await ctx.read_image()
-    if ctx.task.fix.data.get("plan") == "localize":
+    if ctx.task.fix.data.plan is Plan.LOCALIZE:
         return await _localize(ctx, image)
     if image.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.invalid(f"{image.id} is a snapshot: only virtual disks are optimized")

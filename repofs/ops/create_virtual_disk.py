@@ -6,7 +6,7 @@ from repofs.crash import crash_point
 from repofs.fix_daemon import FixDaemon
 from repofs.fixes.check import optimize_fix
 from repofs.fixes.copy import usable_snapshot
-from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Strategy
+from repofs.model import ImageKind, ImageRecord, ImageState, Owner, Plan, Strategy
 from repofs.names import check_name
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
@@ -89,7 +89,7 @@ async def create_virtual_disk_from_snapshot(
                              base=base_id, state=state, owner=owner)  # fmt: skip
         record = await repo.commit_new_image(record, record.top)
     fix = await repo.run(optimize_fix, repo, record, options, clone)
-    if degraded and options.autofix and fix.data["plan"] == "flatten":
+    if degraded and options.autofix and fix.data.plan is Plan.FLATTEN:
         await queue_fix(fixes, repo, fix)
     return record
 
