@@ -610,8 +610,7 @@ class Repository:
 
     async def preallocates(self) -> bool:
         """New space of raw volumes is allocated at once under strategy performance."""
-        options = await self.run(self.driver.read_options)
-        return options.strategy is Strategy.PERFORMANCE
+        return (await self.read_options()).strategy is Strategy.PERFORMANCE
 
     async def wait_for_release(self, image_id: str) -> bool:
         """Whether the image is closed, after waiting a moment if it is not: the
@@ -630,7 +629,7 @@ class Repository:
         with trio.move_on_after(RELEASE_GRACE_S):
             while True:
                 try:
-                    record = await self.run(self.driver.read_image, image_id)
+                    record = await self.read_image(image_id)
                 except errors.RepofsError:
                     return True  # gone: nobody has it open
                 if self.writer_elsewhere(record) is None:

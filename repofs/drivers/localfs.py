@@ -419,9 +419,10 @@ class LocalRepository:
         for path in sorted(self._tasks.glob("[!.]*.json")):
             try:
                 tasks.append(self.read_task(path.name[: -len(".json")]))
+            except errors.NotFound:
+                pass  # removed while listed
             except errors.RepofsError as exc:
-                if exc.errno != errno.ENOENT:
-                    unreadable[path.name] = exc.reason
+                unreadable[path.name] = exc.reason
         # Unlocked: two listings at once may say a record twice, no worse.
         said, self._unreadable_tasks = self._unreadable_tasks, unreadable
         for name, reason in unreadable.items():

@@ -94,16 +94,13 @@ def probe(directory: Path, prefix: str) -> str | None:
         target.unlink(missing_ok=True)
 
 
-def punch_hole(path: Path, offset: int, length: int) -> None:
-    """Frees a range of a file, which then reads as zeros; the size stays."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        if _libc.fallocate(fd, mode, offset, length) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), str(path))
-    finally:
-        os.close(fd)
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Frees a range of the file open for writing as `fd`, which then reads as
+    zeros; the size stays."""
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class RawVolumeFile:
 
     async def zero(self, offset: int, length: int) -> None:
         """The range reads as zeros, its space freed (a hole)."""
-        await self._in_thread(reflink.punch_hole, self.path, offset, length)
+        await self._in_thread(reflink.punch_hole, self._fd, offset, length)
 
     async def fsync(self) -> None:
         # With a copy's data dirty it takes up to seconds.

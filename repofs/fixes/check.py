@@ -80,6 +80,13 @@ class Inventory(Holdings):
                 named.update(task.checkpoint.volumes)
         return named
 
+    def orphans(self) -> list[str]:
+        """The volume files that nothing names and nothing is making: a clean's
+        to free. Only those listed before the records were read (read): a volume
+        made since may be named by a record written since."""
+        named = self.named_volumes()
+        return [v for v in self.volumes if v not in named]
+
     def references(self, image: ImageRecord) -> list[str]:
         """Images (live or trashed, here or in another connected repository) whose
         chain builds on `image`'s top volume (a base of the same ID in another
@@ -241,7 +248,6 @@ def _merge_fixes(repo: Repository, inventory: Inventory) -> list[Fix]:
 
 def _clean_fixes(repo: Repository, inventory: Inventory, temp_files: list[Path]) -> list[Fix]:
     fixes = []
-    named = inventory.named_volumes()
     for record in inventory.trashed:
         if inventory.references(record):
             continue  # clean refuses it; it is freed once nothing builds on it
@@ -253,7 +259,7 @@ def _clean_fixes(repo: Repository, inventory: Inventory, temp_files: list[Path])
             f"purge removed {record.kind} {record.id} and free {len(freed)} volumes",
             sum(repo.allocated_bytes(v) for v in freed),
         ))  # fmt: skip
-    orphans = [v for v in inventory.volumes if v not in named]
+    orphans = inventory.orphans()
     stale = inventory.stale_tasks()
     if orphans or temp_files or stale:
         fixes.append(Fix(

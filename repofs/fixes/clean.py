@@ -49,12 +49,9 @@ async def run(ctx: TaskContext) -> None:
 
 async def _free(repo: Repository) -> int:
     inventory = await Inventory.read(repo)
-    named = inventory.named_volumes()
     for task in inventory.stale_tasks():
         await repo.delete_task(task)
-    # Only those listed before the records were read (Inventory.read): a volume
-    # made since may be named by a record written since.
-    garbage = [Volume.from_file_name(name) for name in inventory.volumes if name not in named]
+    garbage = [Volume.from_file_name(name) for name in inventory.orphans()]
     freed = await repo.run(lambda: sum(repo.allocated_bytes(v) for v in garbage))
     for volume in garbage:
         await repo.remove_volume(volume)

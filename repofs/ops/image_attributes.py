@@ -44,9 +44,8 @@ def _check_namespace(name: str) -> None:
 
 async def list_attributes(repo: Repository, image_id: str, trashed: bool) -> list[str]:
     status = await get_image_status(repo, image_id, trashed)
-    record = await repo.read_image(image_id, trashed)
     names = [PREFIX + k for k, v in _status_attributes(status).items() if v is not None]
-    return names + sorted(record.user_data)
+    return names + sorted(status.record.user_data)
 
 
 async def get_attribute(repo: Repository, image_id: str, name: str, trashed: bool) -> bytes:

@@ -320,7 +320,9 @@ async def _first_open(
     return image
 
 
-async def _open_io(daemon: StorageDaemon, repo: Repository, record: ImageRecord, writable: bool):
+async def _open_io(
+    daemon: StorageDaemon, repo: Repository, record: ImageRecord, writable: bool
+) -> ImageIO:
     await repo.verify_chain(record.chain)
     chain = [repo.volume_path(v) for v in record.chain]
     io = await open_chain(daemon, chain, record.top.format, record.size, writable, repo.run)
