@@ -11,7 +11,9 @@ records and the publication of their changes on `events`.
 import logging
 import math
 import os
+import threading
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -101,12 +103,14 @@ class Repository:
     # stats every entry right after listing them, and each stat must not run a check.
     last_check: tuple[float, list] = (0.0, [])
 
-    # The live records, read once and kept until one of them changes here, or for
-    # RECORDS_REUSE_S (changes made elsewhere): `ls -l snapshots/` asks for the
-    # dependents of every snapshot, which must not reread every record each time.
+    # The live records, sorted by ID: read for RECORDS_REUSE_S (changes made
+    # elsewhere), each change made here put in as it is made. `ls -l snapshots/`
+    # asks for the dependents of every snapshot, and each snapshot's status for
+    # its own: neither may read every record again.
     _records: list[ImageRecord] | None = field(default=None, init=False)
     _records_read: float = field(default=0.0, init=False)
     _records_generation: int = field(default=0, init=False)
+    _records_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     # In a shared repository, while `events` has readers: the generation of each
     # live record as last published. A record that differs was changed by
     # another host (publish_shared_changes).
@@ -140,9 +144,10 @@ class Repository:
         self.header_looks = headers.HeaderLooks(self.run)
         token = trio.lowlevel.current_trio_token()
 
-        def on_change(event: str, image_id: str, record: ImageRecord | None) -> None:
-            self._records_generation += 1
-            self._records = None
+        def on_change(event: str, image_id: str, record: ImageRecord | None,
+                      trashed: bool) -> None:  # fmt: skip
+            if not trashed:
+                self._record_changed(image_id, record)
             token.run_sync_soon(self._publish, event, image_id, record)
 
         def on_task_change(task_id: str, task: Task | None) -> None:
@@ -207,11 +212,12 @@ class Repository:
     async def has_image(self, image_id: str, trashed: bool = False) -> bool:
         return await self.run(self.driver.has_image, image_id, trashed)
 
-    async def list_images(self, trashed: bool = False, abandon: bool = False) -> list[ImageRecord]:
-        """The live records (from the cache, see live_records), or the trashed ones."""
+    async def list_images(self, trashed: bool = False, abandon: bool = False,
+                          fresh: bool = False) -> list[ImageRecord]:  # fmt: skip
+        """The live records (kept, see live_records), or the trashed ones."""
         if trashed:
             return await self.run(self.driver.list_images, True, abandon=abandon)
-        return await self.run(self.live_records, abandon=abandon)
+        return await self.run(self.live_records, fresh, abandon=abandon)
 
     async def list_image_ids(self, trashed: bool = False) -> list[str]:
         return await self.run(self.driver.list_image_ids, trashed)
@@ -340,16 +346,30 @@ class Repository:
     async def read_heartbeats(self, abandon: bool = False) -> dict[str, HostBeat]:
         return await self.run(self.driver.read_heartbeats, abandon=abandon)
 
-    def live_records(self) -> list[ImageRecord]:
+    def live_records(self, fresh: bool = False) -> list[ImageRecord]:
         """The repository's live image records. Blocking: call from a worker thread.
+        `fresh`: as storage holds them now, for a decision in a shared repository
+        (other hosts change its records; this process alone changes a local one's).
         A list read while a change happened is not kept (it may predate it)."""
-        records = self._records
-        if records is None or time.monotonic() - self._records_read > RECORDS_REUSE_S:
-            generation, read = self._records_generation, time.monotonic()
-            records = self.driver.list_images()
+        with self._records_lock:
+            records, generation = self._records, self._records_generation
+            kept = records is not None and not (fresh and self.driver.shared)
+            if kept and time.monotonic() - self._records_read <= RECORDS_REUSE_S:
+                return records
+        read = time.monotonic()
+        records = self.driver.list_images()
+        with self._records_lock:
             if generation == self._records_generation:
                 self._records, self._records_read = records, read
         return records
+
+    def _record_changed(self, image_id: str, record: ImageRecord | None) -> None:
+        """Puts a change made here (`record`, None for gone) into the kept live
+        records. Called by the driver in the order of the changes."""
+        with self._records_lock:
+            self._records_generation += 1
+            if self._records is not None:
+                self._records = _with_record(self._records, image_id, record)
 
     def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self._published is not None:
@@ -491,9 +511,10 @@ class Repository:
         return (await self.all_dependents(shown)).get(image_id, [])
 
     async def all_dependents(self, shown: bool = False) -> dict[str, list[str]]:
-        """`dependents` of every snapshot at once (one pass over the records)."""
+        """`dependents` of every snapshot at once (one pass over the records);
+        `shown` as records_elsewhere."""
         found = defaultdict(list)
-        for record in await self.list_images():
+        for record in await self.list_images(fresh=not shown):
             if record.base is not None and record.base_repository is None:
                 found[record.base].append(record.id)
         for other, record in await self.records_elsewhere(shown=shown):
@@ -547,14 +568,15 @@ class Repository:
         repository, each read on that repository's own threads. One whose storage
         fails or does not answer within PEER_ANSWER_S is left out of what is only
         `shown` (a status, a listing: said in the log); else it refuses
-        (EHOSTUNREACH), since what it may build on this one is unknown."""
+        (EHOSTUNREACH), since what it may build on this one is unknown. What is
+        not only shown is a decision: shared repositories' records are read fresh."""
         found = []
         for other in list(self.peers.values()):
             if other is self:
                 continue
             try:
                 with trio.fail_after(PEER_ANSWER_S):
-                    records = await other.list_images(trashed, abandon=True)
+                    records = await other.list_images(trashed, abandon=True, fresh=not shown)
             except (trio.TooSlowError, errors.RepofsError, OSError) as exc:
                 why = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
                 reason = (f"cannot tell what {other.name} builds on {self.name}: its storage "
@@ -667,6 +689,15 @@ class Repository:
     async def ensure_closed(self, image_id: str, doing: str) -> None:
         if not await self.wait_for_release(image_id):
             raise errors.busy(f"cannot {doing} {image_id} in {self.name}: it is open")
+
+
+def _with_record(records: list[ImageRecord], image_id: str,
+                 record: ImageRecord | None) -> list[ImageRecord]:  # fmt: skip
+    """A new list (callers may hold the old one): `records`, sorted by ID, with
+    `image_id`'s record put in, replaced or (None) taken out."""
+    at = bisect_left(records, image_id, key=lambda r: r.id)
+    present = at < len(records) and records[at].id == image_id
+    return [*records[:at], *([record] if record is not None else []), *records[at + present :]]
 
 
 def storage_place(fmt: str, params: dict[str, str]) -> Path | str:

@@ -5,9 +5,8 @@ that repository and reading its first block, creating a disk, snapshotting a
 closed disk and removing one wait for no lock the commit holds: each takes
 under a second (waiting for the commit took 13.9-16.2 s). The issue's target,
 100 ms p99, is a speed target: scripts/bench.py's `long_step` section measures
-it (docs/performance.md, "Long steps and the rest of the repository"); here the
-commit's writeback alone makes the operations' fsyncs slower than that now and
-then on a 2-core VM.
+it (docs/performance.md, "Long steps and the rest of the repository"): here the
+tests' own load on a 2-core VM makes a snapshot slower than that now and then.
 
 The commit is an optimize's: vm2 over snapshot gold under strategy performance
 (degraded), its overlay filled with 4 GiB, then `mv fixes/optimize-vm2 tasks/`.

@@ -82,8 +82,9 @@ class LocalRepository:
         self._thread_lock = threading.Lock()
         self._connection_fd: int | None = None
         # Told of every durable change of an image record: (event, image ID, record
-        # or None). Called from whichever thread made the change.
-        self.on_change: Callable[[str, str, ImageRecord | None], None] | None = None
+        # or None, whether the record is in the trash). Called from the thread that
+        # made the change, under the repository lock: in the order of the changes.
+        self.on_change: Callable[[str, str, ImageRecord | None, bool], None] | None = None
         # Told of every task record written (the task) or deleted (None), likewise.
         self.on_task_change: Callable[[str, Task | None], None] | None = None
         # Parsed records by path, with the identity of the file they were parsed
@@ -101,9 +102,10 @@ class LocalRepository:
         # in the log (the fix daemon lists the tasks every second).
         self._unreadable_tasks: dict[str, str] = {}
 
-    def _notify(self, event: str, image_id: str, record: ImageRecord | None) -> None:
+    def _notify(self, event: str, image_id: str, record: ImageRecord | None,
+                trashed: bool = False) -> None:  # fmt: skip
         if self.on_change is not None:
-            self.on_change(event, image_id, record)
+            self.on_change(event, image_id, record, trashed)
 
     # Connection
 
@@ -320,8 +322,8 @@ class LocalRepository:
             self.check_unused(record.id)
             record = record.evolve(generation=1)
             self._write_record(path, record)
+            self._notify("created", record.id, record)
         self._settle(v.file_name for v in record.chain)
-        self._notify("created", record.id, record)
         return record
 
     def update_image(self, record: ImageRecord, trashed: bool = False) -> ImageRecord:
@@ -341,8 +343,8 @@ class LocalRepository:
             _check_generation(f"image {image_id}", current.generation, record.generation)
             record = record.evolve(generation=record.generation + 1)
             self._write_record(self._record_path(image_id, trashed), record)
+            self._notify("updated", image_id, record, trashed)
         self._settle(v.file_name for v in record.chain)
-        self._notify("updated", image_id, record)
         return record
 
     def purge_trashed_image(self, image_id: str) -> None:
@@ -351,7 +353,7 @@ class LocalRepository:
         with self.lock():
             self._record_path(image_id, trashed=True).unlink(missing_ok=True)
             fsync_dir(self._trash)
-        self._notify("purged", image_id, None)
+            self._notify("purged", image_id, None, trashed=True)
 
     def trash_image(self, image_id: str) -> None:
         """removeImage on storage: one rename of the record into trash/."""
@@ -363,21 +365,21 @@ class LocalRepository:
                     f"trash already holds an image {image_id}: restore or clean it first"
                 )
             self._rename(self._record_path(image_id), self._record_path(image_id, trashed=True))
-        self._notify("removed", image_id, None)
+            self._notify("removed", image_id, None)
 
     def restore_image(self, image_id: str) -> None:
         with self.lock():
             if self._record_path(image_id).exists():
                 raise errors.exists(f"image {image_id} already exists")
             self._rename(self._record_path(image_id, trashed=True), self._record_path(image_id))
-        self._notify("restored", image_id, self.read_image(image_id))
+            self._notify("restored", image_id, self.read_image(image_id))
 
     def rename_image(self, old_id: str, new_id: str) -> None:
         with self.lock():
             self.check_unused(new_id)
             self._rename(self._record_path(old_id), self._record_path(new_id))
-        self._notify("removed", old_id, None)
-        self._notify("renamed", new_id, self.read_image(new_id))
+            self._notify("removed", old_id, None)
+            self._notify("renamed", new_id, self.read_image(new_id))
 
     def check_unused(self, image_id: str) -> None:
         """EEXIST if a live or trashed image has this ID: an ID names one image
