@@ -480,3 +480,34 @@ def incremental_copy_crashes_and_resumes(m: Mount, other_xfs: Path) -> None:
     m.stop()
     for root in (m.data / "default", other_xfs / "r3"):
         assert_consistent(root)
+
+
+def test_incremental_copy_punches_the_range_the_disk_discarded(other_xfs, repo, mount):
+    """r3 on another XFS: vm1 loses data between its backups monday and tuesday
+    (a guest's discard: a hole in its volume, punched on storage, as repofs has
+    no fallocate handler and zeros written through the mount are data). The copy
+    of tuesday over r3's monday finds the range by FIEMAP (a hole where monday
+    has data) and punches it in r3's clone of monday (RawVolumeFile.zero): the
+    bytes are tuesday's, the range is a hole there, and r3's monday keeps its
+    data."""
+    r3 = monday_in_r3(repo, mount, other_xfs)
+    monday = (repo / "snapshots/monday").read_bytes()
+    offset, length = 4 * MiB, 8 * MiB  # within vm1's 32 MiB of data
+    wait_for(lambda: status(repo, "vm1")["data_path"] is None, 10, "the last release")
+    sh(f"fallocate --punch-hole -o {offset} -l {length} {volume(repo, 'vm1')}")
+    sh(f"ln {repo}/disks/vm1 {r3}/snapshots/tuesday")
+    wait_for(lambda: not active_tasks(r3), 60, "the copy task")
+    tuesday = status(r3, "tuesday")
+    assert tuesday["state"] == "optimized", tuesday["last_error"]
+    assert tuesday["lineage"] == "monday" and len(tuesday["chain"]) == 1
+    mount.expect_log("copying tuesday from default to r3 over its ancestor monday in r3")
+    expected = monday[:offset] + bytes(length) + monday[offset + length :]
+    assert (r3 / "snapshots/tuesday").read_bytes() == expected
+    assert (r3 / "snapshots/monday").read_bytes() == monday
+    # A hole, not written zeros; and nothing else moved: the rest is monday's extents.
+    fd = os.open(volume(r3, "tuesday"), os.O_RDONLY)
+    try:
+        assert os.lseek(fd, offset, os.SEEK_DATA) == offset + length
+    finally:
+        os.close(fd)
+    assert unshared_bytes(volume(r3, "tuesday")) == 0
