@@ -522,12 +522,13 @@ class Repository:
                 found[record.base].append(f"{other}/{record.id}")
         return found
 
-    async def dependents_elsewhere(self) -> list[str]:
+    async def dependents_elsewhere(self, volume: Volume | None = None) -> list[str]:
         """`REPO/ID` of the live images of other connected repositories that read
-        through volumes of this one."""
+        through volumes of this one (`volume`: through that one)."""
         return [
             f"{other}/{r.id}" for other, r in await self.records_elsewhere()
-            if any(v.repo == self.name for v in r.chain)
+            if any(v.repo == self.name and volume in (None, v.seen_from(other, self.name))
+                   for v in r.chain)
         ]  # fmt: skip
 
     async def volumes_used_elsewhere(self) -> dict[str, list[str]]:

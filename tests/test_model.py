@@ -83,6 +83,34 @@ class Model:
             if img.base == (repo, image_id)
         ]  # fmt: skip
 
+    def readers(self, repo: str, snap: str) -> list[tuple[str, str]]:
+        """Images (live or trashed, of any repository) that read through the
+        snapshot's layer: their bases lead to it."""
+        found = []
+        for area in (self.live, self.trash):
+            for r in REPOS:
+                for i, img in area[r].items():
+                    base = img.base
+                    while base is not None and base != (repo, snap):
+                        base = self.image(*base).base
+                    if base is not None:
+                        found.append((r, i))
+        return found
+
+    def merges(self, repo: str, snap: str) -> bool:
+        """Whether the check offers to merge a trashed snapshot: live images of
+        its repository read through it, and none of another repository does."""
+        readers = self.readers(repo, snap)
+        live_here = any(r == repo and i in self.live[r] for r, i in readers)
+        return live_here and all(r == repo for r, _ in readers)
+
+    def merge(self, repo: str, snap: str) -> None:
+        """What the merge of a trashed snapshot does: what built on it builds on its base."""
+        base = self.trash[repo][snap].base
+        for r, i in self.builders(repo, snap, trashed=True):
+            area = self.live if i in self.live[r] else self.trash
+            area[r][i] = replace(area[r][i], base=base)
+
     def reads_elsewhere(self, repo: str, image_id: str) -> bool:
         """Whether the image's chain goes through another repository's volumes."""
         base = self.image(repo, image_id).base
@@ -112,9 +140,9 @@ class Model:
         while changed:
             changed = False
             for repo in REPOS:
-                for image_id, img in list(self.trash[repo].items()):
-                    for r, i in self.builders(repo, image_id, trashed=False):
-                        self.live[r][i] = replace(self.live[r][i], base=img.base)
+                for image_id in list(self.trash[repo]):
+                    if self.merges(repo, image_id):
+                        self.merge(repo, image_id)
                     if not self.builders(repo, image_id, trashed=True):
                         del self.trash[repo][image_id]
                         changed = True
@@ -122,7 +150,7 @@ class Model:
     def expected_fixes(self, repo: str) -> set[str]:
         fixes = set()
         for image_id in self.trash[repo]:
-            if self.builders(repo, image_id, trashed=False):
+            if self.merges(repo, image_id):
                 fixes.add(f"merge-{image_id}")
             elif not self.builders(repo, image_id, trashed=True):
                 fixes.add(f"clean-{image_id}")
@@ -339,8 +367,8 @@ class MountMachine(RuleBasedStateMachine):
         repo, name = self.draw_existing(data, kind)
         if self.kind_of(repo, name) != kind:
             expected = errno.ENOENT
-        elif self.model.builders(repo, name, trashed=False):
-            expected = errno.EBUSY
+        elif any(r != repo and i in self.model.live[r] for r, i in self.model.readers(repo, name)):
+            expected = errno.EBUSY  # the merge here could not fold it into them
         elif name in self.model.trash[repo]:
             expected = errno.EEXIST
         else:
@@ -348,6 +376,11 @@ class MountMachine(RuleBasedStateMachine):
         path = self.path(repo, kind, name)
         if self.attempt(expected, f"rm: {path}", os.unlink, path):
             self.model.trash[repo][name] = self.model.live[repo].pop(name)
+            readers = self.model.readers(repo, name)
+            if [r for r, i in readers if i in self.model.live[r]] == [repo] and all(
+                r == repo for r, _ in readers
+            ):  # one live image reads through it: autofix merges it at once
+                self.model.merge(repo, name)
 
     @precondition(lambda self: any(self.model.trash.values()))
     @rule(data=st.data(), kind=st.sampled_from(KINDS))

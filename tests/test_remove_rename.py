@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from conftest import MiB, errno_of, sh
+from conftest import MiB, active_tasks, errno_of, pattern, sh, status, wait_for
 
 pytestmark = pytest.mark.mount
 
@@ -64,15 +64,73 @@ def test_rm_open_image_is_ebusy(repo, mount):
     assert listing(repo / "disks") == ["vm1"]
 
 
-def test_rm_snapshot_with_dependents_is_ebusy_and_names_them(repo, mount):
-    sh(f"truncate -s 1M {repo}/disks/vm1")
+def write_at(path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_rm_snapshot_that_images_read_through_is_logical(repo, mount):
+    """Issue 20: the snapshot goes to the trash, its ID stays taken, its readers
+    keep their bytes through its layer; restore works while the layer exists; the
+    merge (two readers: offered, not run by itself) folds it in, then the clean
+    frees it, and the readers still read the same."""
+    sh(f"truncate -s 4M {repo}/disks/vm1")
+    write_at(repo / "disks/vm1", 0, pattern(b"s1 data ", 2 * MiB))
     sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
     sh(f"ln {repo}/snapshots/s1 {repo}/disks/vm2")
-    assert os.getxattr(repo / "snapshots/s1", "user.repofs.dependents") == b"vm1,vm2"
-    assert errno_of(os.unlink, repo / "snapshots/s1") == errno.EBUSY
-    mount.expect_log("cannot remove s1: vm1, vm2 depend on it")
-    sh(f"rm {repo}/disks/vm1 {repo}/disks/vm2")
+    write_at(repo / "disks/vm1", MiB, pattern(b"vm1 since s1 ", MiB))
+    write_at(repo / "disks/vm2", 3 * MiB, pattern(b"vm2 since s1 ", MiB))
+    expected = {d: (repo / "disks" / d).read_bytes() for d in ("vm1", "vm2")}
+    layer = status(repo, "s1")["chain"][0]
     sh(f"rm {repo}/snapshots/s1")
+    assert listing(repo / "snapshots") == [] and listing(repo / "trash") == ["s1"]
+    assert os.getxattr(repo / "trash/s1", "user.repofs.dependents") == b"vm1,vm2"
+    assert errno_of(os.open, repo / "disks/s1", os.O_CREAT | os.O_WRONLY) == errno.EEXIST
+    mount.expect_log("s1 is in the trash: restore or clean it first")
+    for disk, data in expected.items():
+        assert (repo / "disks" / disk).read_bytes() == data
+    fix = json.loads((repo / "fixes/merge-s1").read_text())
+    assert fix["data"]["images"] == ["vm1", "vm2"], fix
+    assert "into 2 layers above it" in fix["description"], fix
+    assert fix["bytes_estimate"] >= 4 * MiB, fix  # 2 MiB of s1's data, into 2 layers
+    assert not active_tasks(repo)  # two readers: a person decides
+    sh(f"mv {repo}/trash/s1 {repo}/snapshots/")
+    assert (repo / "snapshots/s1").read_bytes()[: 2 * MiB] == pattern(b"s1 data ", 2 * MiB)
+    sh(f"rm {repo}/snapshots/s1")
+    sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
+    wait_for(lambda: not active_tasks(repo), 60, "the merge")
+    assert listing(repo / "fixes") == ["clean-s1"]
+    sh(f"mv {repo}/fixes/clean-s1 {repo}/tasks/")
+    wait_for(lambda: not active_tasks(repo), 60, "the clean")
+    assert listing(repo / "trash") == [] and not os.path.exists(layer)
+    for disk, data in expected.items():
+        assert (repo / "disks" / disk).read_bytes() == data
+        assert status(repo, disk)["base"] is None
+
+
+def test_rm_snapshot_one_open_disk_reads_through_merges_it_once_closed(repo, mount):
+    """Autofix merges a removed layer that exactly one image reads through; it
+    waits while that image is open, saying so, then finishes."""
+    sh(f"truncate -s 4M {repo}/disks/vm1")
+    write_at(repo / "disks/vm1", 0, pattern(b"before ", 2 * MiB))
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    with open(repo / "disks/vm1", "r+b") as disk:
+        write_at(repo / "disks/vm1", MiB, pattern(b"after ", MiB))
+        sh(f"rm {repo}/snapshots/s1")
+        task = repo / "tasks/merge-s1"
+        wait_for(lambda: "waiting for vm1" in (json.loads(task.read_text())["step"] or ""),
+                 30, "the merge to wait for vm1")  # fmt: skip
+        disk.seek(3 * MiB)
+        disk.write(pattern(b"while waiting ", MiB))
+    expected = pattern(b"before ", MiB) + pattern(b"after ", MiB) + bytes(MiB)
+    expected += pattern(b"while waiting ", MiB)
+    wait_for(lambda: not active_tasks(repo), 60, "the merge")
+    assert (repo / "disks/vm1").read_bytes() == expected
+    assert len(status(repo, "vm1")["chain"]) == 1 and status(repo, "vm1")["base"] is None
+    assert listing(repo / "fixes") == ["clean-s1"]
 
 
 def test_rename_within_a_repository(repo, mount):

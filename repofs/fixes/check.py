@@ -230,20 +230,43 @@ def _live_image_fixes(repo: Repository, inventory: Inventory, options: Repositor
 
 
 def _merge_fixes(repo: Repository, inventory: Inventory) -> list[Fix]:
-    """A trashed snapshot whose top volume live images still read through."""
+    """A trashed snapshot whose top volume live images still read through. Not
+    while images of other repositories read through it too: the merge rewrites
+    only this repository's records (theirs would then name a layer their
+    headers skip); they are optimized there first."""
     fixes = []
     for snapshot in inventory.trashed:
-        if snapshot.kind is not ImageKind.SNAPSHOT:
+        read_elsewhere = snapshot.top.file_name in inventory.used_elsewhere
+        if snapshot.kind is not ImageKind.SNAPSHOT or read_elsewhere:
             continue
-        users = [r.id for r in inventory.live if snapshot.top in r.chain[1:]]
-        if users:
-            fixes.append(Fix(
-                fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
-                f"merge the layer of removed snapshot {snapshot.id} into "
-                f"{', '.join(users)}, so that it can be cleaned",
-                repo.allocated_bytes(snapshot.top), FixData(images=tuple(users)),
-            ))  # fmt: skip
+        readers = [r for r in inventory.live + inventory.trashed if snapshot.top in r.chain[1:]]
+        if any(r in inventory.live for r in readers):
+            live = [r.id for r in inventory.live if r in readers]
+            fixes.append(merge_fix(repo, snapshot, readers, live))
     return fixes
+
+
+def merge_fix(repo: Repository, snapshot: ImageRecord, readers: list[ImageRecord],
+              live: list[str]) -> Fix:  # fmt: skip
+    """The merge of removed snapshot `snapshot`'s layer L (fixes/merge.py) into
+    `readers`, the records that read through it, of which `live` are live. Its
+    cost: each volume directly above L takes in at most all of L's data; its
+    clean then frees L's space. Blocking (the sizes of volumes)."""
+    layer = snapshot.top
+    uppers = {r.chain[r.chain.index(layer) - 1] for r in readers}
+    size = repo.allocated_bytes(layer)
+    into = f"{len(uppers)} layers" if len(uppers) > 1 else "the layer"
+    return Fix(
+        fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
+        f"merge the layer of removed snapshot {snapshot.id} into {', '.join(live)}: "
+        f"moves up to {_mib(size * len(uppers))} into {into} above it; its clean then "
+        f"frees {_mib(size)}",
+        size * len(uppers), FixData(images=tuple(live)),
+    )  # fmt: skip
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _clean_fixes(repo: Repository, inventory: Inventory, temp_files: list[Path]) -> list[Fix]:

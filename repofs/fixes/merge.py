@@ -17,7 +17,9 @@ Durable steps, and what a crash after each leaves:
    whose base is S take S's base. A crash between records leaves some naming L
    while their U already skips it: reads are right, the step is redone.
 4. clean is left to the clean fix now offered for S.
-All images whose chains hold L must be closed (the task waits, saying so).
+All images whose chains hold L must be closed (the task waits, saying so), and
+none of another repository may read through L (EBUSY: its record would name a
+layer its header skips).
 """
 
 from repofs import errors
@@ -31,6 +33,10 @@ async def run(ctx: TaskContext) -> None:
     snapshot = await ctx.repo.read_image(ctx.task.image, True)
     layer = snapshot.top
     await ctx.enter_stage("measure")
+    elsewhere = (await ctx.repo.volumes_used_elsewhere()).get(layer.file_name)
+    if elsewhere:
+        raise errors.busy(f"{', '.join(elsewhere)} read through {snapshot.id}'s layer from "
+                          "another repository: optimize them there first")  # fmt: skip
     guarded = [u.id for u in await _users(ctx, layer)]
     async with ctx.exclusive("commit", guarded):
         # A snapshot of a user, or a disk on one, waits for its guard; a copy into

@@ -371,7 +371,7 @@ class RepofsOperations(pyfuse3.Operations):
             return
         if parent.kind is not NodeKind.AREA or parent.area not in AREA_KIND:
             raise errors.read_only(f"cannot remove {_name(name)} from {parent}")
-        await remove_image(self._repo(parent), _name(name), AREA_KIND[parent.area])
+        await remove_image(self.fixes, self._repo(parent), _name(name), AREA_KIND[parent.area])
         self.inodes.detach(Node(NodeKind.IMAGE, parent.repo, parent.area, _name(name)))
 
     @boundary
@@ -399,7 +399,7 @@ class RepofsOperations(pyfuse3.Operations):
         elif old_area is Area.TRASH and new_area in AREA_KIND and old_name == new_name:
             await restore_image(repo, old_name, AREA_KIND[new_area])
         elif new_area is Area.TRASH and old_area in AREA_KIND and old_name == new_name:
-            await remove_image(repo, old_name, AREA_KIND[old_area])
+            await remove_image(self.fixes, repo, old_name, AREA_KIND[old_area])
         else:
             raise errors.invalid(
                 f"mv {old_area}/{old_name} {new_area}/{new_name} maps to no operation"

@@ -1,20 +1,27 @@
 """removeImage (`rm disks/X`, `rm snapshots/X`) and its undo (`mv trash/X disks/`).
 
 Removal is logical: the record moves into the trash in one rename and the volumes
-stay until a clean fix frees them.
+stay until a clean fix frees them. A removed snapshot that images still read
+through keeps its layer until a merge fix folds it into them (fixes/merge.py).
 """
 
 from repofs import errors
-from repofs.model import ImageKind
+from repofs.fix_daemon import FixDaemon
+from repofs.fixes.check import merge_fix
+from repofs.model import ImageKind, Volume
+from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
 from repofs.repository import Repository
 
 
 @logged()
-async def remove_image(repo: Repository, image_id: str, kind: ImageKind) -> None:
-    """Durable step: one rename of the record into the trash. Under the image's
-    guard, which a disk made on it would need too: no dependent comes between
-    the look and the trash."""
+async def remove_image(fixes: FixDaemon, repo: Repository, image_id: str,
+                       kind: ImageKind) -> None:  # fmt: skip
+    """Durable steps: (1) one rename of the record into the trash, under the
+    image's guard, which a disk made on it would need too: nothing comes between
+    the look and the trash; (2) for a snapshot that exactly one live image reads
+    through, unless autofix is off: its merge's task. A crash between them leaves
+    the merge offered in fixes/."""
     async with repo.guard(image_id):
         record = await repo.read_image(image_id)
         if record.kind is not kind:
@@ -22,16 +29,24 @@ async def remove_image(repo: Repository, image_id: str, kind: ImageKind) -> None
         await repo.ensure_closed(image_id, "remove")
         await repo.ensure_no_task(image_id, "remove")
         if kind is ImageKind.SNAPSHOT:  # only snapshots are bases, and copied
-            await _check_unused(repo, image_id)
+            await _check_removable(repo, image_id, record.top)
         await repo.trash_image(image_id)
+    if kind is ImageKind.SNAPSHOT and (await repo.read_options()).autofix:
+        readers = [r for r in await repo.list_images() if record.top in r.chain[1:]]
+        elsewhere = (await repo.volumes_used_elsewhere()).get(record.top.file_name)
+        if len(readers) == 1 and not elsewhere:  # else the check offers it, or not (check.py)
+            fix = await repo.run(merge_fix, repo, record, readers, [readers[0].id])
+            await queue_fix(fixes, repo, fix)
 
 
-async def _check_unused(repo: Repository, snapshot_id: str) -> None:
-    """EBUSY while images build on the snapshot, here or in another repository,
-    or its copy into another one is not finished."""
-    dependents = await repo.dependents(snapshot_id)
-    if dependents:
-        raise errors.busy(f"cannot remove {snapshot_id}: {', '.join(dependents)} depend on it")
+async def _check_removable(repo: Repository, snapshot_id: str, layer: Volume) -> None:
+    """EBUSY while images of another repository read through the snapshot's
+    layer (this repository's merge folds it only into its own images), or while
+    its copy into another one is not finished."""
+    elsewhere = await repo.dependents_elsewhere(layer)
+    if elsewhere:
+        raise errors.busy(f"cannot remove {snapshot_id}: {', '.join(elsewhere)} read through "
+                          "it from another repository (optimize them there first)")  # fmt: skip
     copies = await repo.copies_elsewhere(snapshot_id)
     if copies:
         raise errors.busy(
