@@ -303,9 +303,10 @@ def pattern(tag: bytes, length: int) -> bytes:
     return (tag * (length // len(tag) + 1))[:length]
 
 
-# The root blkio cgroup's write limits (cgroup v1): they slow down every write to
-# one device, the flusher's and the journal's included.
+# The root blkio cgroup's limits (cgroup v1): they slow down every write (or
+# read) of one device, the flusher's and the journal's included.
 THROTTLE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+READ_THROTTLE = THROTTLE.with_name("blkio.throttle.read_bps_device")
 
 
 class Disk:
@@ -315,15 +316,21 @@ class Disk:
         self.number = Path(f"/sys/class/block/{Path(device).name}/dev").read_text().strip()
 
     @contextlib.contextmanager
-    def throttled(self, bytes_per_s: int):
-        """Writes to the disk at no more than `bytes_per_s`, as a busy disk takes them."""
+    def throttled(self, bytes_per_s: int, reads: bool = False):
+        """Writes to the disk (and `reads`: reads from it, past the page cache,
+        which it drops first) at no more than `bytes_per_s`, as a busy disk."""
         if not THROTTLE.exists():
             pytest.skip(f"no {THROTTLE} (cgroup v1 blkio) to slow a disk down")
-        THROTTLE.write_text(f"{self.number} {bytes_per_s}\n")
+        limits = [THROTTLE, READ_THROTTLE] if reads else [THROTTLE]
+        if reads:
+            sh("sync && echo 3 > /proc/sys/vm/drop_caches")
+        for limit in limits:
+            limit.write_text(f"{self.number} {bytes_per_s}\n")
         try:
             yield
         finally:
-            THROTTLE.write_text(f"{self.number} 0\n")
+            for limit in limits:
+                limit.write_text(f"{self.number} 0\n")
 
     @contextlib.contextmanager
     def frozen(self):

@@ -111,28 +111,6 @@ def test_rm_snapshot_that_images_read_through_is_logical(repo, mount):
         assert status(repo, disk)["base"] is None
 
 
-def test_rm_snapshot_one_open_disk_reads_through_merges_it_once_closed(repo, mount):
-    """Autofix merges a removed layer that exactly one image reads through; it
-    waits while that image is open, saying so, then finishes."""
-    sh(f"truncate -s 4M {repo}/disks/vm1")
-    write_at(repo / "disks/vm1", 0, pattern(b"before ", 2 * MiB))
-    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
-    with open(repo / "disks/vm1", "r+b") as disk:
-        write_at(repo / "disks/vm1", MiB, pattern(b"after ", MiB))
-        sh(f"rm {repo}/snapshots/s1")
-        task = repo / "tasks/merge-s1"
-        wait_for(lambda: "waiting for vm1" in (json.loads(task.read_text())["step"] or ""),
-                 30, "the merge to wait for vm1")  # fmt: skip
-        disk.seek(3 * MiB)
-        disk.write(pattern(b"while waiting ", MiB))
-    expected = pattern(b"before ", MiB) + pattern(b"after ", MiB) + bytes(MiB)
-    expected += pattern(b"while waiting ", MiB)
-    wait_for(lambda: not active_tasks(repo), 60, "the merge")
-    assert (repo / "disks/vm1").read_bytes() == expected
-    assert len(status(repo, "vm1")["chain"]) == 1 and status(repo, "vm1")["base"] is None
-    assert listing(repo / "fixes") == ["clean-s1"]
-
-
 def test_rename_within_a_repository(repo, mount):
     sh(f"truncate -s 1M {repo}/disks/a")
     sh(f"printf data | dd of={repo}/disks/a conv=notrunc status=none")

@@ -117,19 +117,43 @@ class TaskContext:
         """Read, change and write the image record in one step (Repository.change_image)."""
         return await self.repo.change_image(self.task.image, change)
 
-    @asynccontextmanager
-    async def exclusive(self, step: str, image_ids: list[str]):
+    def exclusive(self, step: str, image_ids: list[str]):
         """Holds images closed: waits (saying so in the task's step) while one is
         open, then keeps their guards, so that no one opens, snapshots, removes,
         renames or resizes them until the block ends; the repository's other
         images go on meanwhile."""
+
+        async def open_(image_id: str) -> bool:
+            return not await self.repo.wait_for_release(image_id)
+
+        return self._holding(step, image_ids, open_, "to be closed")
+
+    def held(self, step: str, image_ids: list[str]):
+        """Keeps the images' guards, open or not, so that no one snapshots,
+        removes, renames or resizes them, or opens a closed one, until the block
+        ends; waits first (saying so) while one is open for writing on another
+        host, whose I/O only that host serves."""
+
+        async def written_elsewhere(image_id: str) -> bool:
+            try:
+                record = await self.repo.read_image(image_id)
+            except errors.NotFound:
+                return False  # in the trash: nobody has it open
+            return self.repo.writer_elsewhere(record) is not None
+
+        return self._holding(step, image_ids, written_elsewhere,
+                             "to be closed on the other host")  # fmt: skip
+
+    @asynccontextmanager
+    async def _holding(self, step: str, image_ids: list[str],
+                       busy: Callable[[str], Awaitable[bool]], waited: str):  # fmt: skip
         while True:
             async with self.repo.guard(*image_ids):
-                still_open = [i for i in image_ids if not await self.repo.wait_for_release(i)]
-                if not still_open:
+                busy_ones = [i for i in image_ids if await busy(i)]
+                if not busy_ones:
                     await self.enter_stage(step)
                     yield
                     return
-            waiting = f"{step}: waiting for {', '.join(still_open)} to be closed"
+            waiting = f"{step}: waiting for {', '.join(busy_ones)} {waited}"
             await self.save(stage=self._stage(step), step=waiting)
             await trio.sleep(WAIT_FOR_CLOSE_S)

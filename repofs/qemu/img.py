@@ -54,7 +54,7 @@ async def create_overlay(
     that a repository, or a data dir of repositories, can move as a whole. The
     backing chain is not opened (-u): the size is given, and opening a long chain
     would make a snapshot cost O(chain)."""
-    options = ["-u", "-f", "qcow2", "-o", "cluster_size=65536", "-b", _backing_name(path, backing)]
+    options = ["-u", "-f", "qcow2", "-o", "cluster_size=65536", "-b", backing_name(path, backing)]
     options += ["-F", str(backing_format)]
     await _run("create", "-q", *options, str(path), str(qcow2_size(size)))
 
@@ -110,7 +110,7 @@ async def map_extents(path: Path, fmt: VolumeFormat) -> list[Extent]:
     ]
 
 
-def _backing_name(path: Path, backing: Path) -> str:
+def backing_name(path: Path, backing: Path) -> str:
     """`backing` relative to `path`'s directory, as QEMU resolves backing names."""
     return os.path.relpath(backing, path.parent)
 
@@ -118,7 +118,7 @@ def _backing_name(path: Path, backing: Path) -> str:
 async def rebase_unsafe(path: Path, backing: Path, backing_format: VolumeFormat) -> None:
     """Points a qcow2 volume at another backing file with the same contents (no
     data is compared or copied). Idempotent."""
-    await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", _backing_name(path, backing),
+    await _run("rebase", "-q", "-u", "-f", "qcow2", "-b", backing_name(path, backing),
                "-F", str(backing_format), str(path))  # fmt: skip
 
 
@@ -132,7 +132,7 @@ async def rebase_safe(
     if backing is None:
         await _run("rebase", "-q", "-f", "qcow2", "-b", "", str(path))
         return
-    await _run("rebase", "-q", "-f", "qcow2", "-b", _backing_name(path, backing),
+    await _run("rebase", "-q", "-f", "qcow2", "-b", backing_name(path, backing),
                "-F", str(backing_format), str(path))  # fmt: skip
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 RESTART_DELAY_S = 0.5
+JOB_POLL_S = 0.25
 PR_SET_PDEATHSIG = 1
 
 
@@ -49,6 +51,8 @@ class Node:
     users: int = 1
     # The block nodes added for it, top first: live snapshots add overlays.
     layers: list[str] = field(default_factory=list)
+    # Block jobs running in its graph (stream): cancelled before it is closed.
+    jobs: set[str] = field(default_factory=set)
 
     @property
     def top(self) -> str:
@@ -251,6 +255,8 @@ class StorageDaemon:
             if node.users:
                 return
             del self._nodes[top]
+            for job in list(node.jobs):  # QEMU deletes no node a job works in
+                await self._cancel_job(job)
             async with self._restarted_on_failure(f"closing {top.name}"):
                 await self._remove_export(node)
                 for layer in node.layers:
@@ -278,6 +284,90 @@ class StorageDaemon:
             node.layers.insert(0, name)
             node.path = overlay
             self._nodes[overlay] = self._nodes.pop(top)
+
+    async def stream(self, top: Path, depth: int, backing_name: str | None,
+                     report: Callable[[int, int], Awaitable[None]]) -> None:  # fmt: skip
+        """Folds the layer below depth `depth` (0: the top) of the open chain topped
+        by `top` into the layer at `depth`, while the chain is in use: QEMU's
+        block-stream copies into that layer what it lacks of the one below, then
+        writes `backing_name` (of the layer below that; None: it is the last) into
+        its header, and the chain skips the folded layer. `report(done, total)`
+        tells the job's progress. Returns once the layer's data and header are
+        flushed (QEMU flushes a layer below the top when it makes it read-only
+        again; the top is flushed through its export). A cancelled call cancels
+        the job: the layer keeps what was copied, the same bytes either way.
+        ENOENT if the chain is not open, EIO if it is closed meanwhile (the job
+        is cancelled then)."""
+        await self._wait_ready()
+        async with self._node_lock:
+            node = self._nodes.get(top)
+            if node is None:
+                raise errors.not_found(f"{top.name} is no longer open")
+            layers = await self._layer_nodes(node.top)
+            job = f"stream{next(self._names)}"
+            args = {"job-id": job, "device": layers[depth], "auto-dismiss": False}
+            if depth + 2 < len(layers):
+                args |= {"base-node": layers[depth + 2], "backing-file": backing_name}
+            await self._qmp.execute("block-stream", args)
+            node.jobs.add(job)
+        try:
+            await self._wait_for_job(job, report)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._cancel_job(job)
+            raise
+        finally:
+            node.jobs.discard(job)
+        if depth == 0:
+            conn = await self.connect(node.name)
+            try:
+                await conn.flush()
+            finally:
+                await conn.close()
+
+    async def _layer_nodes(self, top_node: str) -> list[str]:
+        """The format nodes of the chain under `top_node`, top first (its backing
+        links in QEMU's block graph)."""
+        graph = await self._qmp.execute("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        backing = {names[e["parent"]]: names[e["child"]] for e in graph["edges"]
+                   if e["name"] == "backing"}  # fmt: skip
+        layers = [top_node]
+        while layers[-1] in backing:
+            layers.append(backing[layers[-1]])
+        return layers
+
+    async def _wait_for_job(self, job: str,
+                            report: Callable[[int, int], Awaitable[None]]) -> None:  # fmt: skip
+        while True:
+            found = [j for j in await self._qmp.execute("query-jobs") if j["id"] == job]
+            if not found:
+                raise errors.io_error(f"block job {job} ended unseen (its chain was closed, "
+                                      "or the storage daemon restarted)")  # fmt: skip
+            state = found[0]
+            await report(state["current-progress"], state["total-progress"])
+            if state["status"] == "concluded":
+                await self._qmp.execute("job-dismiss", {"id": job})
+                if "error" in state:
+                    raise errors.io_error(f"block job {job} failed: {state['error']}")
+                return
+            await trio.sleep(JOB_POLL_S)
+
+    async def _cancel_job(self, job: str) -> None:
+        """Cancels a block job and waits until QEMU let go of its nodes."""
+        try:
+            await self._qmp.execute("job-cancel", {"id": job})
+        except errors.RepofsError:
+            pass  # ended meanwhile
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            while True:
+                found = [j for j in await self._qmp.execute("query-jobs") if j["id"] == job]
+                if not found:
+                    return
+                if found[0]["status"] == "concluded":
+                    await self._qmp.execute("job-dismiss", {"id": job})
+                    return
+                await trio.sleep(JOB_POLL_S)
 
     async def _remove_export(self, node: Node) -> None:
         """Drops the export and its clients; returns once it let go of the node."""
