@@ -298,6 +298,15 @@ def errno_of(call, *args) -> int:
     return info.value.errno
 
 
+def write_at(path, offset: int, data: bytes) -> None:
+    """pwrite(2) of all of `data` into the file at `path`."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
 def pattern(tag: bytes, length: int) -> bytes:
     """A distinct, recognisable byte pattern."""
     return (tag * (length // len(tag) + 1))[:length]

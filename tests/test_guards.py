@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MiB, Mount, checked, pattern, sh, status, wait_for
+from conftest import MiB, Mount, checked, pattern, sh, status, wait_for, write_at
 
 pytestmark = pytest.mark.mount
 
@@ -50,14 +50,6 @@ def mount(tmp_path):
             yield m
     finally:
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
-
-
-def write_at(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        assert os.pwrite(fd, data, offset) == len(data)
-    finally:
-        os.close(fd)
 
 
 def chunk(index: int, noise: bytes) -> bytes:

@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from conftest import MiB, active_tasks, errno_of, pattern, sh, status, wait_for
+from conftest import MiB, active_tasks, errno_of, pattern, sh, status, wait_for, write_at
 
 pytestmark = pytest.mark.mount
 
@@ -62,14 +62,6 @@ def test_rm_open_image_is_ebusy(repo, mount):
         assert errno_of(os.unlink, repo / "disks/vm1") == errno.EBUSY
     mount.expect_log("cannot remove vm1 in default: it is open")
     assert listing(repo / "disks") == ["vm1"]
-
-
-def write_at(path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        assert os.pwrite(fd, data, offset) == len(data)
-    finally:
-        os.close(fd)
 
 
 def test_rm_snapshot_that_images_read_through_is_logical(repo, mount):

@@ -8,19 +8,11 @@ import signal
 import time
 
 import pytest
-from conftest import MiB, Mount, errno_of, pattern, sh, status
+from conftest import MiB, Mount, errno_of, pattern, sh, status, write_at
 
 pytestmark = pytest.mark.mount
 
 SIZE = 8 * MiB
-
-
-def write_at(path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        assert os.pwrite(fd, data, offset) == len(data)
-    finally:
-        os.close(fd)
 
 
 def read_at(path, offset: int, length: int) -> bytes:
