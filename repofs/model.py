@@ -115,6 +115,10 @@ class ImageRecord:
     # The host that has the image open for writing, in a repository several
     # hosts share (ops/write_claims.py); None in a one-host repository.
     writer: str | None = None
+    # A snapshot taken by a backup (`ln disks/D r2/snapshots/B`): the repository
+    # it was copied into. Once a newer one for that repository is whole there,
+    # this one leaves D's chain (fixes/copy.py release_older_backups).
+    backup_for: str | None = None
     generation: int = 0
 
     @property
@@ -184,6 +188,7 @@ class ImageRecord:
             user_data=dict(data.get("user_data", {})),
             owner=Owner(**data.get("owner", {})),
             writer=data.get("writer"),
+            backup_for=data.get("backup_for"),
             generation=int(data["generation"]),
         )
 

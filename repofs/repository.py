@@ -148,6 +148,10 @@ class Repository:
                       trashed: bool) -> None:  # fmt: skip
             if not trashed:
                 self._record_changed(image_id, record)
+                if record is not None:
+                    # Before the changer's await returns (the loop runs these in
+                    # order): no one acts on the open image's older record.
+                    token.run_sync_soon(self._follow_open_image, record)
             token.run_sync_soon(self._publish, event, image_id, record)
 
         def on_task_change(task_id: str, task: Task | None) -> None:
@@ -208,6 +212,15 @@ class Repository:
 
     async def read_image(self, image_id: str, trashed: bool = False) -> ImageRecord:
         return await self.run(self.driver.read_image, image_id, trashed)
+
+    async def read_live_or_trashed(self, image_id: str) -> ImageRecord | None:
+        """The image's record, live or else in the trash; None if it has neither."""
+        for trashed in (False, True):
+            try:
+                return await self.read_image(image_id, trashed)
+            except errors.NotFound:
+                continue
+        return None
 
     async def has_image(self, image_id: str, trashed: bool = False) -> bool:
         return await self.run(self.driver.has_image, image_id, trashed)
@@ -370,6 +383,14 @@ class Repository:
             self._records_generation += 1
             if self._records is not None:
                 self._records = _with_record(self._records, image_id, record)
+
+    def _follow_open_image(self, record: ImageRecord) -> None:
+        """An open image holds its record for its own compare-and-swap writes (a
+        live snapshot, a resize, a claim): a change made by someone else here (a
+        live merge's) goes into it."""
+        image = self.open_images.get(record.id)
+        if image is not None:
+            image.record = record
 
     def _publish(self, event: str, image_id: str, record: ImageRecord | None) -> None:
         if self._published is not None:

@@ -5,6 +5,8 @@ and killed midway; no acknowledged write of the guest is lost."""
 import json
 import os
 import threading
+from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -13,11 +15,13 @@ from conftest import (
     active_tasks,
     assert_consistent,
     check_through_the_mount,
+    crash_then_remount,
     kill_at_a_random_moment,
     pattern,
     sh,
     status,
     wait_for,
+    write_at,
 )
 
 pytestmark = pytest.mark.mount
@@ -176,3 +180,73 @@ def _streaming(repo) -> bool:
     except FileNotFoundError:
         return False
     return task["step"] == "commit" and task["percent_complete"] > 0
+
+
+def two_snapshots(repo) -> None:
+    """vm1 (64 MiB): 48 MiB in s1's layer, 1 MiB more in s2's, then its own top."""
+    sh(f"truncate -s 64M {repo}/disks/vm1")
+    sh(f"head -c {48 * MiB} /dev/urandom | dd of={repo}/disks/vm1 conv=notrunc status=none")
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s1")
+    write_at(repo / "disks/vm1", 8 * MiB, pattern(b"s2 ", MiB))
+    sh(f"ln {repo}/disks/vm1 {repo}/snapshots/s2")
+    write_at(repo / "disks/vm1", 16 * MiB, pattern(b"vm1 ", MiB))
+
+
+@pytest.mark.parametrize("open_", [False, True], ids=["closed", "open"])
+def test_an_old_snapshot_merges_down_the_newer_layer(repo, mount, open_):
+    """s1 holds the disk as it was (48 MiB), s2 only what changed since (1 MiB):
+    the merge moves s2's layer down into s1's, s2 takes s1's volume, s1 and s2's
+    old layer go; nothing else to clean. Live when the disk is open and written."""
+    two_snapshots(repo)
+    s2, vm1 = (repo / "snapshots/s2").read_bytes(), bytearray((repo / "disks/vm1").read_bytes())
+    s1_volume = status(repo, "s1")["chain"][0]
+    s2_layer = status(repo, "s2")["chain"][0]
+    sh(f"rm {repo}/snapshots/s1")  # two images read through it: offered, not run
+    fix = json.loads((repo / "fixes/merge-s1").read_text())
+    assert "MiB of s2 down into it" in fix["description"], fix
+    assert fix["bytes_estimate"] < 4 * MiB, fix  # not s1's 48 MiB
+    with open(repo / "disks/vm1", "r+b", buffering=0) if open_ else nullcontext() as disk:
+        sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
+        written = 0
+        while disk is not None and (active_tasks(repo) or not written):
+            offset = (written * 5 * MiB) % (60 * MiB)
+            data = pattern(b"during %d " % written, 128 * 1024)
+            disk.seek(offset)
+            disk.write(data)
+            vm1[offset : offset + len(data)] = data
+            written += 1
+        wait_for(lambda: not active_tasks(repo), 60, "the merge")
+    assert os.listdir(repo / "tasks") == [], os.listdir(repo / "tasks")
+    assert (repo / "snapshots/s2").read_bytes() == s2
+    assert (repo / "disks/vm1").read_bytes() == vm1
+    assert status(repo, "s2")["chain"] == [s1_volume]
+    assert len(status(repo, "vm1")["chain"]) == 2
+    assert status(repo, "s2")["base"] is None and status(repo, "vm1")["base"] == "s2"
+    assert os.listdir(repo / "trash") == [] and os.listdir(repo / "fixes") == []
+    assert not os.path.exists(s2_layer)
+    how = "live, in the open chain of vm1" if open_ else "offline"
+    assert f"down into {Path(s1_volume).name} {how}" in mount.log_text()
+
+
+@pytest.mark.parametrize("step", ["commit", "record", "unlink"])
+def test_a_merge_down_crashed_at_each_step_ends_the_same(tmp_path, step):
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": f"merge:{step}"})
+    repo = m.default
+    try:
+        m.start()
+        two_snapshots(repo)
+        s2, vm1 = (repo / "snapshots/s2").read_bytes(), (repo / "disks/vm1").read_bytes()
+        s1_volume = status(repo, "s1")["chain"][0]
+        sh(f"rm {repo}/snapshots/s1")
+        sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
+        crash_then_remount(m)
+        wait_for(lambda: not active_tasks(repo), TASK_TIMEOUT_S, "the merge after the remount")
+        assert (repo / "snapshots/s2").read_bytes() == s2
+        assert (repo / "disks/vm1").read_bytes() == vm1
+        assert status(repo, "s2")["chain"] == [s1_volume]
+        assert os.listdir(repo / "trash") == []
+        m.expected_fixes.add("clean-volumes")  # s2's old layer, if the crash came first
+        check_through_the_mount(m)
+    finally:
+        m.stop()
+    assert_consistent(m.data / "default", garbage_expected=True)

@@ -57,14 +57,19 @@ class Inventory(Holdings):
         """The live images whose qcow2 headers must agree with their records: all
         but those an optimize or merge task (whatever its state) works on. Those
         rewrite a header before the record (fixes/optimize.py, fixes/merge.py),
-        and running the task again sets both right."""
+        and running the task again sets both right. A merge works on every chain
+        through the layer it folds (or, going down, the one above it)."""
         rewriting = set()
+        folded = set()
         for task in self.tasks:
             if task.fix.kind is FixKind.OPTIMIZE:
                 rewriting.add(task.image)
             elif task.fix.kind is FixKind.MERGE:
                 rewriting.update(task.fix.data.images or ())
-        return [r for r in self.live if r.id not in rewriting]
+                folded |= {r.top for r in self.trashed if r.id == task.image}
+                if task.checkpoint.target is not None:
+                    folded.add(Volume.from_file_name(task.checkpoint.target))
+        return [r for r in self.live if r.id not in rewriting and not folded & set(r.chain)]
 
     def named_volumes(self) -> set[str]:
         """Volumes that a record (live or trashed) or a task that may go on names,
@@ -250,17 +255,31 @@ def merge_fix(repo: Repository, snapshot: ImageRecord, readers: list[ImageRecord
               live: list[str]) -> Fix:  # fmt: skip
     """The merge of removed snapshot `snapshot`'s layer L (fixes/merge.py) into
     `readers`, the records that read through it, of which `live` are live. Its
-    cost: each volume directly above L takes in at most all of L's data; its
-    clean then frees L's space. Blocking (the sizes of volumes)."""
+    cost: each volume directly above L takes in at most all of L's data, and the
+    clean then frees L's space; or, one snapshot's top U holding less than L
+    being the only layer above it, U goes down into L and its space is freed
+    (fixes/merge_down.py). Blocking (the sizes of volumes)."""
     layer = snapshot.top
     uppers = {r.chain[r.chain.index(layer) - 1] for r in readers}
     size = repo.allocated_bytes(layer)
-    into = f"{len(uppers)} layers" if len(uppers) > 1 else "the layer"
+    into = ", ".join(live)
+    owners = [r for r in readers if r.top in uppers and r.kind is ImageKind.SNAPSHOT]
+    if len(uppers) == 1 and len(owners) == 1:
+        upper_size = repo.allocated_bytes(owners[0].top)
+        if upper_size < size:
+            return Fix(
+                fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
+                f"merge the layer of removed snapshot {snapshot.id} with {owners[0].id}'s "
+                f"above it, for {into}: moves {_mib(upper_size)} of {owners[0].id} down "
+                f"into it and frees that much",
+                upper_size, FixData(images=tuple(live)),
+            )  # fmt: skip
+    into_layers = f"{len(uppers)} layers" if len(uppers) > 1 else "the layer"
     return Fix(
         fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
-        f"merge the layer of removed snapshot {snapshot.id} into {', '.join(live)}: "
-        f"moves up to {_mib(size * len(uppers))} into {into} above it; its clean then "
-        f"frees {_mib(size)}",
+        f"merge the layer of removed snapshot {snapshot.id} into {into}: "
+        f"moves up to {_mib(size * len(uppers))} into {into_layers} above it; its clean "
+        f"then frees {_mib(size)}",
         size * len(uppers), FixData(images=tuple(live)),
     )  # fmt: skip
 

@@ -22,6 +22,7 @@ import trio
 
 from repofs import errors
 from repofs.crash import crash_point
+from repofs.fixes.backups import release_older_backups
 from repofs.fixes.context import TaskContext
 from repofs.model import COPY_UNFINISHED, ImageKind, ImageRecord, ImageState, Pending, VolumeFormat
 from repofs.qemu import img
@@ -233,19 +234,25 @@ async def copy_snapshot_in(ctx: TaskContext, image_id: str) -> ImageRecord:
     repository holding that snapshot: all of it into a raw volume, or, over an
     ancestor (its base, or the lineage its volume was cloned from), only what
     differs from it. Then the image is usable: `optimized`, or `degraded` when
-    that ancestor is in another repository."""
+    that ancestor is in another repository; a backup's older backup points then
+    leave their disk's chain (fixes/backups.py)."""
     image = await ctx.repo.read_image(image_id)
     source_repo, source = await find_source(ctx.registry, ctx.repo, image.id)
     ancestor_id = image.base if image.base is not None else image.lineage
     over = None
-    if ancestor_id is not None:
-        over = await _changes_since(source_repo, source, ancestor_id)
-    await source_repo.verify_chain(source.chain)
+    # Under the source's guard: a merge rewrites a chain's headers, then records.
+    async with source_repo.guard(source.id):
+        source = await source_repo.read_image(source.id)
+        if ancestor_id is not None:
+            over = await _changes_since(source_repo, source, ancestor_id)
+        await source_repo.verify_chain(source.chain)
     await copy_chain(
         ctx, "copy", source_repo, source_repo.volume_path(source.top), source.top.format,
         ctx.repo.volume_path(image.top), image.top.format, image.size, over,
     )  # fmt: skip
-    return await settle(ctx, image_id)
+    record = await settle(ctx, image_id)
+    await release_older_backups(source_repo, image_id, ctx.repo)
+    return record
 
 
 async def settle(ctx: TaskContext, image_id: str) -> ImageRecord:
@@ -275,7 +282,7 @@ async def nearest_ancestor(source_repo: Repository, snapshot: ImageRecord,
     record = snapshot
     # A base in yet another repository ends the walk: the copy is then whole.
     while record.base_repository is None and (parent := record.base or record.lineage):
-        found = await _live_or_trashed(source_repo, parent)
+        found = await source_repo.read_live_or_trashed(parent)
         if found is None:
             break
         record = found
@@ -285,14 +292,6 @@ async def nearest_ancestor(source_repo: Repository, snapshot: ImageRecord,
                 if held is not None:
                     return holder, held
     return None, None
-
-
-async def _live_or_trashed(repo: Repository, image_id: str) -> ImageRecord | None:
-    """The image's record, live or else in the trash; None if it has neither."""
-    for trashed in (False, True):
-        if await repo.has_image(image_id, trashed):
-            return await repo.read_image(image_id, trashed)
-    return None
 
 
 async def usable_snapshot(repo: Repository, image_id: str) -> ImageRecord | None:
@@ -322,7 +321,7 @@ async def _changes_since(source_repo: Repository, source: ImageRecord,
     range (its data, and zeros elsewhere): more work, the same bytes."""
 
     async def compare() -> Ancestor | list[img.Extent] | None:
-        ancestor = await _live_or_trashed(source_repo, ancestor_id)
+        ancestor = await source_repo.read_live_or_trashed(ancestor_id)
         if ancestor is None:
             return None
         if ancestor.top in source.chain:

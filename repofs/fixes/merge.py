@@ -22,6 +22,8 @@ Durable steps, and what a crash after each leaves:
    whose base is S take S's base. A crash between records leaves some naming L
    while their U already skips it: reads are right, the step is redone.
 4. clean is left to the clean fix now offered for S.
+When the one layer above L holds less than L, the merge goes the other way
+instead (fixes/merge_down.py).
 The images reading through L are held (their guards) throughout: their
 snapshots, removal, renames and first opens wait. One open on another host (a
 shared repository) is waited for. None of another repository may read through
@@ -32,6 +34,7 @@ is closed during its stream cancels it; the task then folds U offline.
 import logging
 
 from repofs import errors
+from repofs.fixes import merge_down
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.model import ImageRecord, Volume
@@ -41,31 +44,51 @@ log = logging.getLogger(__name__)
 
 
 async def run(ctx: TaskContext) -> None:
-    snapshot = await ctx.repo.read_image(ctx.task.image, True)
+    try:
+        snapshot = await ctx.repo.read_image(ctx.task.image, True)
+    except errors.NotFound:
+        if ctx.checkpoint.target is None:
+            raise
+        return await merge_down.finish(ctx, ctx.task.image)  # after its step 5
     layer = snapshot.top
     await ctx.enter_stage("measure")
     elsewhere = (await ctx.repo.volumes_used_elsewhere()).get(layer.file_name)
     if elsewhere:
         raise errors.busy(f"{', '.join(elsewhere)} read through {snapshot.id}'s layer from "
                           "another repository: optimize them there first")  # fmt: skip
-    held = [u.id for u in await _users(ctx, layer)]
-    async with ctx.held("commit", held):
-        # A copy into the repository may have made a chain through the layer since.
-        users = await _users(ctx, layer)
-        for user in users:
-            if user.id not in held and not await ctx.repo.wait_for_release(user.id):
-                raise errors.busy(f"{user.id} is open: queue the merge again when it is closed")
-        below = snapshot.chain[1] if len(snapshot.chain) > 1 else None
-        uppers = sorted({r.chain[r.chain.index(layer) - 1] for r in users},
-                        key=lambda v: v.file_name)  # fmt: skip
-        for done, upper in enumerate(uppers):
-            await _fold_into(ctx, upper, layer, below, users)
-            await ctx.report("commit", done + 1, len(uppers), force=True)
-        ctx.crash_point("record")
-        await ctx.enter_stage("record")
-        for user in users:
-            await _drop_layer(ctx, user, snapshot)
+    # S too: its restore waits (a merge down changes its layer).
+    held = [snapshot.id, *(u.id for u in await _users(ctx, layer))]
+    while True:
+        async with ctx.held("commit", held):
+            # A snapshot of a user, or a copy into the repository, may have made a
+            # chain through the layer since: every user is held, or none is merged.
+            users = await _users(ctx, layer)
+            new = [u.id for u in users if u.id not in held]
+            if not new:
+                uppers = sorted({r.chain[r.chain.index(layer) - 1] for r in users},
+                                key=lambda v: v.file_name)  # fmt: skip
+                down = await merge_down.plan(ctx, snapshot, users, uppers)
+                if down is not None:
+                    await merge_down.fold_down(ctx, snapshot, users, down)
+                else:
+                    await _fold_up(ctx, snapshot, users, uppers)
+                break
+        held += new
     await ctx.report("record", 1, 1, force=True)
+
+
+async def _fold_up(ctx: TaskContext, snapshot: ImageRecord, users: list[ImageRecord],
+                   uppers: list[Volume]) -> None:  # fmt: skip
+    """Steps 2 and 3."""
+    layer = snapshot.top
+    below = snapshot.chain[1] if len(snapshot.chain) > 1 else None
+    for done, upper in enumerate(uppers):
+        await _fold_into(ctx, upper, layer, below, users)
+        await ctx.report("commit", done + 1, len(uppers), force=True)
+    ctx.crash_point("record")
+    await ctx.enter_stage("record")
+    for user in users:
+        await _drop_layer(ctx, user, snapshot)
 
 
 async def _users(ctx: TaskContext, layer: Volume) -> list:

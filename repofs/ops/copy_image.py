@@ -12,6 +12,7 @@ volume (drivers/reflink.py): whole, raw and `optimized` at once, with no task.
 """
 
 from repofs.fix_daemon import FixDaemon
+from repofs.fixes.backups import release_older_backups
 from repofs.fixes.check import mend_fix
 from repofs.fixes.copy import start_snapshot_copy
 from repofs.model import ImageRecord, Owner, Pending
@@ -28,12 +29,15 @@ async def copy_snapshot(fixes: FixDaemon, source_repo: Repository, snapshot_id: 
                         target_repo: Repository) -> ImageRecord:  # fmt: skip
     """Durable steps: those of fixes/copy.py's start_snapshot_copy (volume, then
     the record, broken and pending its copy, or whole if it is a clone), then
-    the queueing of its mend. A crash before the queueing leaves a broken image
-    whose mend the check offers."""
+    the queueing of its mend (or, a clone being whole at once, those of
+    fixes/backups.py). A crash before the queueing leaves a broken image whose
+    mend the check offers."""
     source = await source_repo.read_image(snapshot_id)
     async with guarded((source_repo, snapshot_id), (target_repo, snapshot_id)):
         record = await start_snapshot_copy(source_repo, source, target_repo)
-    if record.pending is Pending.COPY and (await target_repo.read_options()).autofix:
+    if record.pending is not Pending.COPY:  # a clone: whole already
+        await release_older_backups(source_repo, snapshot_id, target_repo)
+    elif (await target_repo.read_options()).autofix:
         await queue_fix(fixes, target_repo, mend_fix(record))
     return record
 
@@ -48,12 +52,13 @@ async def back_up_disk(
 ) -> ImageRecord:
     """`ln r1/disks/D r2/snapshots/B`: snapshot D as B in r1 (point in time, O(1)),
     then copy B into r2. B stays in r1 as the base of D's next backup, which then
-    copies only what changed since (B is its ancestor in r2).
+    copies only what changed since (B is its ancestor in r2); once that one is
+    whole in r2, B leaves D's chain (fixes/backups.py).
 
     Durable steps: those of createSnapshot, then those of copy_snapshot. A crash
     between leaves snapshot B in r1 only: repeat the ln as a copy of B."""
     await target_repo.check_free(backup_id)
-    await create_snapshot(source_repo, disk_id, backup_id)
+    await create_snapshot(source_repo, disk_id, backup_id, backup_for=target_repo.name)
     return await copy_snapshot(fixes, source_repo, backup_id, target_repo)
 
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 
 @logged(image="snapshot_id")
-async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> ImageRecord:
+async def create_snapshot(
+    repo: Repository, disk_id: str, snapshot_id: str, backup_for: str | None = None
+) -> ImageRecord:
     """On reflink storage, the snapshot of a raw disk is a clone of its volume
     (_clone_snapshot), unless it has too many extents to clone in time
     (_clones_in_time); otherwise the disk's current top volume becomes the
@@ -33,6 +35,7 @@ async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> I
     paused for steps 2 and 3 (its requests in flight finish, new ones wait) and
     its data synced first, so the snapshot holds exactly the writes acknowledged
     before it (crash-consistent); its requests then go to the new top.
+    `backup_for`: the repository a backup copies it into (ops/copy_image.py).
 
     Durable steps:
     1. create the disk's new top NEW over its top volume TOP;
@@ -68,16 +71,16 @@ async def create_snapshot(repo: Repository, disk_id: str, snapshot_id: str) -> I
             image = None
         if disk.is_raw and repo.reflink and await _clones_in_time(repo, disk, image):
             try:
-                return await _clone_snapshot(repo, disk, snapshot_id, image)
+                return await _clone_snapshot(repo, disk, snapshot_id, image, backup_for)
             finally:
                 if image is not None:
                     await release_image(image)
         if image is None:
             chain = await repo.new_overlay(disk)
-            snapshot = await _switch(repo, disk, chain, snapshot_id, max_chain, None)
+            snapshot = await _switch(repo, disk, chain, snapshot_id, max_chain, None, backup_for)
         else:
             try:
-                snapshot = await _switch_live(repo, image, snapshot_id, max_chain)
+                snapshot = await _switch_live(repo, image, snapshot_id, max_chain, backup_for)
             finally:
                 await release_image(image)
         crash_point("snapshot:finish")
@@ -103,7 +106,11 @@ async def _clones_in_time(repo: Repository, disk: ImageRecord, image: OpenImage 
 
 
 async def _clone_snapshot(
-    repo: Repository, disk: ImageRecord, snapshot_id: str, image: OpenImage | None
+    repo: Repository,
+    disk: ImageRecord,
+    snapshot_id: str,
+    image: OpenImage | None,
+    backup_for: str | None,
 ) -> ImageRecord:
     """The snapshot of a raw disk on reflink storage: a new raw volume sharing
     the disk's extents. The disk stays as it is, raw, one volume. An open disk is
@@ -141,7 +148,8 @@ async def _clone_snapshot(
                      snapshot_id, disk.id, paused_ms)  # fmt: skip
     crash_point("snapshot:clone")
     snapshot = ImageRecord(snapshot_id, ImageKind.SNAPSHOT, disk.size, (volume,),
-                           lineage=disk.lineage, owner=disk.owner)  # fmt: skip
+                           lineage=disk.lineage, owner=disk.owner,
+                           backup_for=backup_for)  # fmt: skip
     snapshot = await repo.commit_new_image(snapshot, volume)
     crash_point("snapshot:lineage")
 
@@ -155,7 +163,7 @@ async def _clone_snapshot(
 
 
 async def _switch_live(
-    repo: Repository, image: OpenImage, snapshot_id: str, max_chain: int
+    repo: Repository, image: OpenImage, snapshot_id: str, max_chain: int, backup_for: str | None
 ) -> ImageRecord:
     """Steps 1-3 of an open disk: what does not need the pause (most of the sync,
     NEW) is done while requests go on; the pause lasts steps 2 and 3."""
@@ -167,7 +175,8 @@ async def _switch_live(
         await image.sync()
         if image.size != size:  # grown by a write meanwhile
             await img.resize(repo.volume_path(chain[0]), VolumeFormat.QCOW2, image.size)
-        snapshot = await _switch(repo, image.record, chain, snapshot_id, max_chain, image)
+        snapshot = await _switch(repo, image.record, chain, snapshot_id, max_chain, image,
+                                 backup_for)  # fmt: skip
     paused_ms = (trio.current_time() - started) * 1000
     log.info(
         "live snapshot %s of %s paused its I/O %.1f ms", snapshot_id, image.record.id, paused_ms
@@ -182,6 +191,7 @@ async def _switch(
     snapshot_id: str,
     max_chain: int,
     image: OpenImage | None,
+    backup_for: str | None,
 ) -> ImageRecord:
     """Steps 2 and 3, given NEW's chain; returns the snapshot's record (broken)."""
     snapshot = ImageRecord(
@@ -194,6 +204,7 @@ async def _switch(
         last_error=UNFINISHED_SNAPSHOT,
         pending=Pending.SNAPSHOT,
         owner=disk.owner,
+        backup_for=backup_for,
     )
     snapshot = await repo.commit_new_image(snapshot, chain[0])
     crash_point("snapshot:switch")

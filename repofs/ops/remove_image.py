@@ -7,8 +7,8 @@ through keeps its layer until a merge fix folds it into them (fixes/merge.py).
 
 from repofs import errors
 from repofs.fix_daemon import FixDaemon
-from repofs.fixes.check import merge_fix
-from repofs.model import ImageKind, Volume
+from repofs.fixes.removal import check_removable, merge_of_removed
+from repofs.model import ImageKind
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
 from repofs.repository import Repository
@@ -29,30 +29,12 @@ async def remove_image(fixes: FixDaemon, repo: Repository, image_id: str,
         await repo.ensure_closed(image_id, "remove")
         await repo.ensure_no_task(image_id, "remove")
         if kind is ImageKind.SNAPSHOT:  # only snapshots are bases, and copied
-            await _check_removable(repo, image_id, record.top)
+            await check_removable(repo, record)
         await repo.trash_image(image_id)
     if kind is ImageKind.SNAPSHOT and (await repo.read_options()).autofix:
-        readers = [r for r in await repo.list_images() if record.top in r.chain[1:]]
-        elsewhere = (await repo.volumes_used_elsewhere()).get(record.top.file_name)
-        if len(readers) == 1 and not elsewhere:  # else the check offers it, or not (check.py)
-            fix = await repo.run(merge_fix, repo, record, readers, [readers[0].id])
-            await queue_fix(fixes, repo, fix)
-
-
-async def _check_removable(repo: Repository, snapshot_id: str, layer: Volume) -> None:
-    """EBUSY while images of another repository read through the snapshot's
-    layer (this repository's merge folds it only into its own images), or while
-    its copy into another one is not finished."""
-    elsewhere = await repo.dependents_elsewhere(layer)
-    if elsewhere:
-        raise errors.busy(f"cannot remove {snapshot_id}: {', '.join(elsewhere)} read through "
-                          "it from another repository (optimize them there first)")  # fmt: skip
-    copies = await repo.copies_elsewhere(snapshot_id)
-    if copies:
-        raise errors.busy(
-            f"cannot remove {snapshot_id}: its copy into {', '.join(copies)} is not finished "
-            "(wait for it, or remove the copy)"
-        )
+        merge = await merge_of_removed(repo, record)
+        if merge is not None and len(merge[1]) == 1:  # else the check offers it
+            await queue_fix(fixes, repo, merge[0])
 
 
 @logged()

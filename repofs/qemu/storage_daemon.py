@@ -41,6 +41,8 @@ STOP_TIMEOUT_S = 10
 RESTART_DELAY_S = 0.5
 JOB_POLL_S = 0.25
 PR_SET_PDEATHSIG = 1
+# What a block job tells as it goes: (bytes done, bytes in all).
+Report = Callable[[int, int], Awaitable[None]]
 
 
 @dataclass
@@ -285,30 +287,53 @@ class StorageDaemon:
             node.path = overlay
             self._nodes[overlay] = self._nodes.pop(top)
 
-    async def stream(self, top: Path, depth: int, backing_name: str | None,
-                     report: Callable[[int, int], Awaitable[None]]) -> None:  # fmt: skip
+    async def stream(self, top: Path, depth: int, backing_name: str | None, report: Report) -> None:
         """Folds the layer below depth `depth` (0: the top) of the open chain topped
         by `top` into the layer at `depth`, while the chain is in use: QEMU's
         block-stream copies into that layer what it lacks of the one below, then
         writes `backing_name` (of the layer below that; None: it is the last) into
-        its header, and the chain skips the folded layer. `report(done, total)`
-        tells the job's progress. Returns once the layer's data and header are
-        flushed (QEMU flushes a layer below the top when it makes it read-only
-        again; the top is flushed through its export). A cancelled call cancels
-        the job: the layer keeps what was copied, the same bytes either way.
-        ENOENT if the chain is not open, EIO if it is closed meanwhile (the job
-        is cancelled then)."""
+        its header, and the chain skips the folded layer. See `_job`."""
+
+        def args(layers: list[str]) -> dict:
+            found = {"device": layers[depth]}
+            if depth + 2 < len(layers):
+                found |= {"base-node": layers[depth + 2], "backing-file": backing_name}
+            return found
+
+        await self._job("block-stream", top, args, depth, report)
+
+    async def commit(self, top: Path, depth: int, backing_name: str, report: Report) -> None:
+        """Folds the layer at depth `depth` (1 or more: below the top) of the open
+        chain topped by `top` down into the layer below it, while the chain is in
+        use: QEMU's block-commit copies its data there, then writes `backing_name`
+        (of the layer below) into the header of the layer above it, and the chain
+        skips the folded layer. See `_job`."""
+
+        def args(layers: list[str]) -> dict:
+            return {"device": layers[0], "top-node": layers[depth],
+                    "base-node": layers[depth + 1], "backing-file": backing_name}  # fmt: skip
+
+        await self._job("block-commit", top, args, depth - 1, report)
+
+    async def _job(self, command: str, top: Path, args: Callable[[list[str]], dict],
+                   written: int, report: Report) -> None:  # fmt: skip
+        """Runs a block job `command` in the open chain topped by `top`, given
+        `args(its layer nodes, top first)`, reporting `(done, total)`. Returns once
+        the layers it wrote are flushed: QEMU flushes one below the top when it
+        makes it read-only again; `written` (the depth of the highest one) being 0,
+        the top is flushed through its export. A cancelled call cancels the job;
+        what it wrote reads the same either way (the chain changes at its end).
+        ENOENT if the chain is not open, EIO if it is closed meanwhile (its close
+        cancels the job).
+        """
         await self._wait_ready()
         async with self._node_lock:
             node = self._nodes.get(top)
             if node is None:
                 raise errors.not_found(f"{top.name} is no longer open")
-            layers = await self._layer_nodes(node.top)
-            job = f"stream{next(self._names)}"
-            args = {"job-id": job, "device": layers[depth], "auto-dismiss": False}
-            if depth + 2 < len(layers):
-                args |= {"base-node": layers[depth + 2], "backing-file": backing_name}
-            await self._qmp.execute("block-stream", args)
+            job = f"job{next(self._names)}"
+            arguments = {"job-id": job, "auto-dismiss": False}
+            await self._qmp.execute(command, arguments | args(await self._layer_nodes(node.top)))
             node.jobs.add(job)
         try:
             await self._wait_for_job(job, report)
@@ -318,7 +343,7 @@ class StorageDaemon:
             raise
         finally:
             node.jobs.discard(job)
-        if depth == 0:
+        if written == 0:
             conn = await self.connect(node.name)
             try:
                 await conn.flush()
@@ -337,8 +362,7 @@ class StorageDaemon:
             layers.append(backing[layers[-1]])
         return layers
 
-    async def _wait_for_job(self, job: str,
-                            report: Callable[[int, int], Awaitable[None]]) -> None:  # fmt: skip
+    async def _wait_for_job(self, job: str, report: Report) -> None:
         while True:
             found = [j for j in await self._qmp.execute("query-jobs") if j["id"] == job]
             if not found:
