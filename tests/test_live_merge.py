@@ -83,6 +83,20 @@ class Guest(threading.Thread):
         assert disk == expected
 
 
+def write_while(disk, expected: bytearray, busy) -> None:
+    """A guest writing distinct 256 KiB blocks into the open `disk` (and into
+    `expected`, its bytes) while `busy()`, at least once."""
+    written = 0
+    while busy() or not written:
+        offset = (written * 7 * MiB) % (60 * MiB)
+        data = pattern(b"during %d " % written, 256 * 1024)
+        disk.seek(offset)
+        disk.write(data)
+        expected[offset : offset + len(data)] = data
+        written += 1
+        assert written < 10_000, "the merge did not end"
+
+
 def disk_with_a_snapshot(repo) -> bytes:
     """vm1: SIZE bytes, DATA of them written, then snapshot s1 (vm1 becomes a
     qcow2 layer over s1's volume); returns vm1's bytes."""
@@ -156,15 +170,7 @@ def test_rm_snapshot_under_a_written_disk_merges_it_live(repo, mount):
     with open(repo / "disks/vm1", "r+b", buffering=0) as disk:
         sh(f"rm {repo}/snapshots/s1")
         task = repo / "tasks/merge-s1"
-        written = 0
-        while task.exists() or not written:  # the guest writes all along the merge
-            offset = (written * 7 * MiB) % (60 * MiB)
-            data = pattern(b"during %d " % written, 256 * 1024)
-            disk.seek(offset)
-            disk.write(data)
-            expected[offset : offset + len(data)] = data
-            written += 1
-            assert written < 10_000, "the merge did not end"
+        write_while(disk, expected, task.exists)
         disk.seek(0)
         assert disk.read() == expected
     assert (repo / "disks/vm1").read_bytes() == expected
@@ -207,14 +213,8 @@ def test_an_old_snapshot_merges_down_the_newer_layer(repo, mount, open_):
     assert fix["bytes_estimate"] < 4 * MiB, fix  # not s1's 48 MiB
     with open(repo / "disks/vm1", "r+b", buffering=0) if open_ else nullcontext() as disk:
         sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
-        written = 0
-        while disk is not None and (active_tasks(repo) or not written):
-            offset = (written * 5 * MiB) % (60 * MiB)
-            data = pattern(b"during %d " % written, 128 * 1024)
-            disk.seek(offset)
-            disk.write(data)
-            vm1[offset : offset + len(data)] = data
-            written += 1
+        if disk is not None:
+            write_while(disk, vm1, lambda: bool(active_tasks(repo)))
         wait_for(lambda: not active_tasks(repo), 60, "the merge")
     assert os.listdir(repo / "tasks") == [], os.listdir(repo / "tasks")
     assert (repo / "snapshots/s2").read_bytes() == s2

@@ -168,3 +168,20 @@ def test_a_snapshot_that_trashed_images_build_on_keeps_its_name(repo, mount):
     assert errno_of(os.rename, repo / "snapshots/s1", repo / "snapshots/s2") == errno.EBUSY
     mount.expect_log("cannot rename s1: vm1 depend on it")
     sh(f"mv {repo}/trash/vm1 {repo}/disks/")
+
+
+def test_a_merge_that_puts_the_base_in_another_repository_degrades_the_image(mount):
+    """Found by the model test: s2, a snapshot of r2's disk vm over s1 (itself a
+    snapshot of vm, so s2's base is here: optimized), keeps its state when the
+    merge of removed s1 makes its base default's gold: degraded, as any image
+    whose base is in another repository."""
+    r1, r2 = mount.default, mount.path / "r2"
+    sh(f"mkdir {r2} && truncate -s 1M {r1}/disks/g && ln {r1}/disks/g {r1}/snapshots/gold")
+    sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
+    sh(f"ln {r2}/disks/vm {r2}/snapshots/s1 && ln {r2}/disks/vm {r2}/snapshots/s2")
+    assert status(r2, "s2")["state"] == "optimized"
+    sh(f"rm {r2}/snapshots/s2 {r2}/snapshots/s1")  # vm reads through both: merged
+    wait_for(lambda: not active_tasks(r2), 30, "the merges")
+    sh(f"mv {r2}/trash/s2 {r2}/snapshots/")
+    assert (status(r2, "s2")["state"], status(r2, "s2")["base"]) == ("degraded", "gold")
+    mount.expected_fixes.update({"optimize-s2", "optimize-vm", "clean-s1"})

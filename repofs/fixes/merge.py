@@ -37,6 +37,7 @@ from repofs import errors
 from repofs.fixes import merge_down
 from repofs.fixes.check import Inventory
 from repofs.fixes.context import FixKindSpec, TaskContext
+from repofs.fixes.removal import drop_from_chain
 from repofs.model import ImageRecord, Volume
 from repofs.qemu import img
 
@@ -88,7 +89,7 @@ async def _fold_up(ctx: TaskContext, snapshot: ImageRecord, users: list[ImageRec
     ctx.crash_point("record")
     await ctx.enter_stage("record")
     for user in users:
-        await _drop_layer(ctx, user, snapshot)
+        await drop_from_chain(ctx.repo, user, layer, snapshot)
 
 
 async def _users(ctx: TaskContext, layer: Volume) -> list:
@@ -128,15 +129,6 @@ async def _fold_into(ctx: TaskContext, upper: Volume, layer: Volume, below: Volu
         # Closed before or during the stream (which its close cancelled): the
         # guards keep it closed now.
         await _fold_into(ctx, upper, layer, below, users)
-
-
-async def _drop_layer(ctx: TaskContext, user: ImageRecord, snapshot: ImageRecord) -> None:
-    def drop(record: ImageRecord) -> ImageRecord:
-        chain = tuple(v for v in record.chain if v != snapshot.top)
-        base = snapshot.base if record.base == snapshot.id else record.base
-        return record.evolve(chain=chain, base=base)
-
-    await ctx.repo.change_image(user.id, drop, trashed=not await ctx.repo.has_image(user.id))
 
 
 MERGE = FixKindSpec(stages=("measure", "commit", "record"), progress_on_image=False, run=run)

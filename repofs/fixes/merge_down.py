@@ -32,6 +32,7 @@ import logging
 
 from repofs import errors
 from repofs.fixes.context import TaskContext
+from repofs.fixes.removal import drop_from_chain
 from repofs.model import ImageKind, ImageRecord, ImageState, Volume
 from repofs.qemu import img
 
@@ -83,7 +84,7 @@ async def fold_down(ctx: TaskContext, snapshot: ImageRecord, users: list[ImageRe
     await ctx.enter_stage("record")
     for user in users:
         if upper in user.chain:
-            await _drop(ctx, user, upper, snapshot)
+            await drop_from_chain(ctx.repo, user, upper, snapshot)
     await finish(ctx, snapshot.id)
 
 
@@ -121,13 +122,3 @@ async def _commit(ctx: TaskContext, upper: Volume, layer: Volume,
     await img.commit(ctx.repo.volume_path(upper))
     for top in {r.chain[r.chain.index(upper) - 1] for r in above}:
         await img.rebase_unsafe(ctx.repo.volume_path(top), layer_path, layer.format)
-
-
-async def _drop(ctx: TaskContext, user: ImageRecord, upper: Volume,
-                snapshot: ImageRecord) -> None:  # fmt: skip
-    def drop(record: ImageRecord) -> ImageRecord:
-        chain = tuple(v for v in record.chain if v != upper)
-        base = snapshot.base if record.base == snapshot.id else record.base
-        return record.evolve(chain=chain, base=base)
-
-    await ctx.repo.change_image(user.id, drop, trashed=not await ctx.repo.has_image(user.id))

@@ -5,7 +5,7 @@ disk (fixes/copy.py)."""
 
 from repofs import errors
 from repofs.fixes.check import merge_fix
-from repofs.model import Fix, ImageRecord
+from repofs.model import Fix, ImageRecord, ImageState, Volume
 from repofs.repository import Repository
 
 
@@ -35,3 +35,22 @@ async def merge_of_removed(repo: Repository, snapshot: ImageRecord) -> tuple[Fix
         return None
     live = [r.id for r in await repo.list_images() if r in readers]
     return await repo.run(merge_fix, repo, snapshot, readers, live), live
+
+
+async def drop_from_chain(repo: Repository, user: ImageRecord, volume: Volume,
+                          snapshot: ImageRecord) -> None:  # fmt: skip
+    """The last step of a merge for one record (live or trashed) that read
+    through removed snapshot `snapshot`: its chain drops `volume` (whose data
+    the merge moved), and if it was based on the snapshot it takes the
+    snapshot's base. A base that thereby lies in another repository makes an
+    optimized image degraded (ImageRecord.usable_state)."""
+
+    def drop(record: ImageRecord) -> ImageRecord:
+        chain = tuple(v for v in record.chain if v != volume)
+        base = snapshot.base if record.base == snapshot.id else record.base
+        record = record.evolve(chain=chain, base=base)
+        if record.state is ImageState.OPTIMIZED and record.base_repository:
+            record = record.evolve(state=ImageState.DEGRADED)
+        return record
+
+    await repo.change_image(user.id, drop, trashed=not await repo.has_image(user.id))
