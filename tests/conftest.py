@@ -252,7 +252,12 @@ def checked(m: Mount):
     repository's storage are judged, and `m` is stopped whatever happens."""
     try:
         yield m.start()
-        check_through_the_mount(m)
+        try:
+            check_through_the_mount(m)
+        except (AssertionError, OSError) as exc:
+            # The test's own tmp dir may be gone by the time anyone looks.
+            tail = "\n".join(m.log_text().splitlines()[-40:])
+            raise AssertionError(f"{exc}\nthe log's end:\n{tail}") from exc
         unexpected = m.unexpected_log_lines()
         assert not unexpected, "unexpected errors in the log:\n" + "\n".join(unexpected)
     finally:

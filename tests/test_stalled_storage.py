@@ -21,6 +21,8 @@ import pytest
 from conftest import MiB, Mount, checked, pattern, sh, wait_for
 from gluster import unmount_left_behind
 
+from repofs import leases
+
 pytestmark = pytest.mark.mount
 
 # How long the local repository is driven while the brick is stopped (the minute).
@@ -265,6 +267,18 @@ def test_a_stalled_gluster_repository_leaves_the_local_one_serving(
     assert recovered.startswith("Gluster serves again"), recovered
     # What the stall left to say: late heartbeats, and what failed for the stall.
     m.expect_log(r"heartbeat of test-host in shared not renewed")
+    # A first heartbeat after the stall slower than LEASE_S / 2 (a busy machine)
+    # fences the host once more, by the lease rule, and it rejoins LEASE_S later:
+    # the check at the fixture's end needs the repository serving.
+    wait_for(lambda: lists(shared / "tasks"), 3 * leases.LEASE_S, "shared serving, stably")
+
+
+def lists(directory: Path) -> bool:
+    try:
+        os.listdir(directory)
+    except OSError:
+        return False
+    return True
 
 
 def read_after_a_failed_rejoin(m: Mount, shared: Path) -> Call:
