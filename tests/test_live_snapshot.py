@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import qemu_accel, sh, status, wait_for
+from conftest import active_tasks, qemu_accel, sh, status, wait_for
 
 pytestmark = [pytest.mark.mount, pytest.mark.vm]
 
@@ -105,3 +105,34 @@ def test_snapshots_under_a_running_vm_are_crash_consistent(repo, guest_disk, vm,
         assert hashlib.sha256(read(snapshot)).digest() == digest, f"{snapshot.name} changed"
         assert status(repo, snapshot.name)["state"] == "optimized"
     assert status(repo, "vm1")["base"] == f"s{SNAPSHOTS - 1}"
+
+
+def test_snapshots_removed_under_a_running_vm_merge_live(repo, mount, guest_disk, vm,
+                                                          tmp_path):  # fmt: skip
+    """Issue 20: five snapshots taken while the guest writes, the middle three
+    removed and their merges run while it goes on writing: the guest sees no
+    I/O error, the kept snapshots still read as they were taken, the disk is a
+    whole sequence, and its chain is three shorter."""
+    wait_for(lambda: written_prefix(read(guest_disk)) > 0, BOOT_TIMEOUT_S, "the guest to write")
+    digests = {}
+    for i in range(5):
+        time.sleep(0.3)
+        sh(f"ln {guest_disk} {repo}/snapshots/s{i}")
+        digests[f"s{i}"] = hashlib.sha256(read(repo / f"snapshots/s{i}")).digest()
+    depth = len(status(repo, "vm1")["chain"])
+    for i in (1, 2, 3):
+        sh(f"rm {repo}/snapshots/s{i}")
+    wait_for(lambda: not active_tasks(repo), 60, "autofix merges")  # none: two readers each
+    for i in (3, 2, 1):  # newest first: each merge goes down into the older layer
+        sh(f"mv {repo}/fixes/merge-s{i} {repo}/tasks/")
+        wait_for(lambda: not active_tasks(repo), 60, f"the merge of s{i}")
+        assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+    assert "live, in the open chain of vm1" in mount.log_text()
+    time.sleep(0.5)
+    assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+    vm.send_signal(signal.SIGTERM)
+    assert vm.wait(timeout=STOP_TIMEOUT_S) == 0
+    assert written_prefix(read(guest_disk)) > 0
+    assert len(status(repo, "vm1")["chain"]) == depth - 3
+    for name in ("s0", "s4"):
+        assert hashlib.sha256(read(repo / "snapshots" / name)).digest() == digests[name], name

@@ -343,6 +343,13 @@ class StorageDaemon:
             raise
         finally:
             node.jobs.discard(job)
+        async with self._node_lock:
+            # A layer a live snapshot added is the monitor's node: out of the
+            # chain it stays open (holding its image lock) until deleted.
+            chain = await self._layer_nodes(node.top)
+            for name in [n for n in node.layers if n not in chain]:
+                await self._qmp.execute("blockdev-del", {"node-name": name})
+                node.layers.remove(name)
         if written == 0:
             conn = await self.connect(node.name)
             try:
