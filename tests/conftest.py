@@ -204,6 +204,15 @@ def crash_then_remount(m: Mount) -> None:
     m.start()
 
 
+def settled(repo: Path) -> bool:
+    """No task of the repository queued or running; False while it cannot be
+    read (a shared repository that fenced this host rejoins LEASE_S later)."""
+    try:
+        return not active_tasks(repo)
+    except OSError:
+        return False
+
+
 def active_tasks(repo: Path) -> list[str]:
     active = []
     for name in os.listdir(repo / "tasks"):
@@ -238,7 +247,7 @@ def check_through_the_mount(m: Mount) -> None:
     tasks the test queued are done, `fixes/` offers only cleans of what the test
     removed, and the fixes the test declared in `mount.expected_fixes`."""
     for repo in sorted(p for p in m.path.iterdir() if p.is_dir()):
-        wait_for(lambda r=repo: not active_tasks(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
+        wait_for(lambda r=repo: settled(r), TASKS_TIMEOUT_S, f"{repo.name}'s tasks")
         failed = os.listdir(repo / "tasks")
         assert not failed, f"tasks left in {repo.name}: {failed}"
         allowed = {f"clean-{i}" for i in os.listdir(repo / "trash")} | m.expected_fixes
