@@ -9,7 +9,7 @@ keeps every backup whole."""
 import logging
 
 from repofs import errors
-from repofs.fixes.removal import check_removable, merge_of_removed
+from repofs.fixes.removal import merge_of_removed, trash
 from repofs.model import ImageRecord, Task
 from repofs.repository import Repository
 
@@ -44,10 +44,7 @@ async def _retire(repo: Repository, point: ImageRecord, newer: str) -> None:
     async with repo.guard(point.id):
         try:
             current = await repo.read_image(point.id)
-            await repo.ensure_closed(point.id, "remove backup point")
-            await repo.ensure_no_task(point.id, "remove backup point")
-            await check_removable(repo, current)
-            await repo.trash_image(point.id)
+            await trash(repo, current)
         except errors.RepofsError as exc:
             log.warning("backup point %s of %s stays for now: %s", point.id, repo.name,
                         exc.reason)  # fmt: skip

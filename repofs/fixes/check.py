@@ -263,14 +263,14 @@ def merge_fix(repo: Repository, snapshot: ImageRecord, readers: list[ImageRecord
     uppers = {r.chain[r.chain.index(layer) - 1] for r in readers}
     size = repo.allocated_bytes(layer)
     into = ", ".join(live)
-    owners = [r for r in readers if r.top in uppers and r.kind is ImageKind.SNAPSHOT]
-    if len(uppers) == 1 and len(owners) == 1:
-        upper_size = repo.allocated_bytes(owners[0].top)
+    owner = fold_down_owner(layer, readers)
+    if owner is not None:
+        upper_size = repo.allocated_bytes(owner.top)
         if upper_size < size:
             return Fix(
                 fix_id(FixKind.MERGE, snapshot.id), FixKind.MERGE, snapshot.id,
-                f"merge the layer of removed snapshot {snapshot.id} with {owners[0].id}'s "
-                f"above it, for {into}: moves {_mib(upper_size)} of {owners[0].id} down "
+                f"merge the layer of removed snapshot {snapshot.id} with {owner.id}'s "
+                f"above it, for {into}: moves {_mib(upper_size)} of {owner.id} down "
                 f"into it and frees that much",
                 upper_size, FixData(images=tuple(live)),
             )  # fmt: skip
@@ -282,6 +282,22 @@ def merge_fix(repo: Repository, snapshot: ImageRecord, readers: list[ImageRecord
         f"then frees {_mib(size)}",
         size * len(uppers), FixData(images=tuple(live)),
     )  # fmt: skip
+
+
+def fold_down_owner(layer: Volume, readers: list[ImageRecord]) -> ImageRecord | None:
+    """The snapshot B whose top U is the one layer above `layer` in the chains of
+    `readers` (the records reading through it), with at most one layer above U:
+    a merge of `layer` may then fold U down into it instead, when U holds less
+    (fixes/merge_down.py); else None."""
+    uppers = {r.chain[r.chain.index(layer) - 1] for r in readers}
+    if len(uppers) != 1:
+        return None
+    (upper,) = uppers
+    owners = [r for r in readers if r.top == upper]
+    above = {r.chain[r.chain.index(upper) - 1] for r in readers if upper in r.chain[1:]}
+    if len(owners) != 1 or owners[0].kind is not ImageKind.SNAPSHOT or len(above) > 1:
+        return None
+    return owners[0]
 
 
 def _mib(size: int) -> str:

@@ -68,7 +68,7 @@ async def run(ctx: TaskContext) -> None:
             if not new:
                 uppers = sorted({r.chain[r.chain.index(layer) - 1] for r in users},
                                 key=lambda v: v.file_name)  # fmt: skip
-                down = await merge_down.plan(ctx, snapshot, users, uppers)
+                down = await merge_down.plan(ctx, snapshot, users)
                 if down is not None:
                     await merge_down.fold_down(ctx, snapshot, users, down)
                 else:

@@ -31,32 +31,25 @@ Durable steps, and what a crash after each leaves:
 import logging
 
 from repofs import errors
+from repofs.fixes.check import fold_down_owner
 from repofs.fixes.context import TaskContext
 from repofs.fixes.removal import drop_from_chain
-from repofs.model import ImageKind, ImageRecord, ImageState, Volume
+from repofs.model import ImageRecord, ImageState, Volume
 from repofs.qemu import img
 
 log = logging.getLogger(__name__)
 
 
-async def plan(ctx: TaskContext, snapshot: ImageRecord, users: list[ImageRecord],
-               uppers: list[Volume]) -> Volume | None:  # fmt: skip
+async def plan(ctx: TaskContext, snapshot: ImageRecord, users: list[ImageRecord]) -> Volume | None:
     """U, if this merge goes down (see the module's docstring); else None."""
     if ctx.checkpoint.target is not None:
         return Volume.from_file_name(ctx.checkpoint.target)
-    if len(uppers) != 1:
+    layer = snapshot.top
+    owner = fold_down_owner(layer, users)
+    if owner is None or owner.id in ctx.repo.open_images:
         return None
-    upper, layer = uppers[0], snapshot.top
-    owners = [r for r in users if r.top == upper]
-    above = [r for r in users if upper in r.chain[1:]]
-    served = [r for r in above if r.id in ctx.repo.open_images]
-    if (
-        len(owners) != 1
-        or owners[0].kind is not ImageKind.SNAPSHOT
-        or owners[0].id in ctx.repo.open_images
-        or len({r.chain[r.chain.index(upper) - 1] for r in above}) > 1
-        or len(served) > 1
-    ):
+    upper = owner.top
+    if len([r for r in users if upper in r.chain[1:] and r.id in ctx.repo.open_images]) > 1:
         return None
 
     def smaller() -> bool:

@@ -5,8 +5,19 @@ disk (fixes/copy.py)."""
 
 from repofs import errors
 from repofs.fixes.check import merge_fix
-from repofs.model import Fix, ImageRecord, ImageState, Volume
+from repofs.model import Fix, ImageKind, ImageRecord, ImageState, Volume
 from repofs.repository import Repository
+
+
+async def trash(repo: Repository, record: ImageRecord) -> None:
+    """removeImage's durable step, one rename of the record into the trash,
+    after what refuses it: the image open, a task on it, and for a snapshot
+    check_removable. Call under the image's guard."""
+    await repo.ensure_closed(record.id, "remove")
+    await repo.ensure_no_task(record.id, "remove")
+    if record.kind is ImageKind.SNAPSHOT:  # only snapshots are bases, and copied
+        await check_removable(repo, record)
+    await repo.trash_image(record.id)
 
 
 async def check_removable(repo: Repository, snapshot: ImageRecord) -> None:
@@ -29,11 +40,12 @@ async def merge_of_removed(repo: Repository, snapshot: ImageRecord) -> tuple[Fix
     """The merge of a removed snapshot's layer and the live images reading
     through it; None if nothing reads through it, or if images of another
     repository do (fixes/check.py offers no merge then)."""
-    records = await repo.list_images() + await repo.list_images(trashed=True)
+    live_records = await repo.list_images()
+    records = live_records + await repo.list_images(trashed=True)
     readers = [r for r in records if snapshot.top in r.chain[1:]]
     if not readers or (await repo.volumes_used_elsewhere()).get(snapshot.top.file_name):
         return None
-    live = [r.id for r in await repo.list_images() if r in readers]
+    live = [r.id for r in live_records if r in readers]
     return await repo.run(merge_fix, repo, snapshot, readers, live), live
 
 

@@ -7,7 +7,7 @@ through keeps its layer until a merge fix folds it into them (fixes/merge.py).
 
 from repofs import errors
 from repofs.fix_daemon import FixDaemon
-from repofs.fixes.removal import check_removable, merge_of_removed
+from repofs.fixes.removal import merge_of_removed, trash
 from repofs.model import ImageKind
 from repofs.ops.fix_repository import queue_fix
 from repofs.ops.logged import logged
@@ -26,11 +26,7 @@ async def remove_image(fixes: FixDaemon, repo: Repository, image_id: str,
         record = await repo.read_image(image_id)
         if record.kind is not kind:
             raise errors.not_found(f"{image_id} is a {record.kind}, not a {kind}")
-        await repo.ensure_closed(image_id, "remove")
-        await repo.ensure_no_task(image_id, "remove")
-        if kind is ImageKind.SNAPSHOT:  # only snapshots are bases, and copied
-            await check_removable(repo, record)
-        await repo.trash_image(image_id)
+        await trash(repo, record)
     if kind is ImageKind.SNAPSHOT and (await repo.read_options()).autofix:
         merge = await merge_of_removed(repo, record)
         if merge is not None and len(merge[1]) == 1:  # else the check offers it
