@@ -117,6 +117,16 @@ class TaskContext:
         """Read, change and write the image record in one step (Repository.change_image)."""
         return await self.repo.change_image(self.task.image, change)
 
+    async def closed_meanwhile(self, image_id: str) -> bool:
+        """After a block job in an image's open chain failed: whether the image
+        was closed here (which cancels the job), once a close under way ended.
+        The caller then goes on offline: the image's guard, which it holds,
+        keeps it closed."""
+        image = self.repo.open_images.get(image_id)
+        if image is not None and not image.handles:
+            await image.closed.wait()
+        return image_id not in self.repo.open_images
+
     def exclusive(self, step: str, image_ids: list[str]):
         """Holds images closed: waits (saying so in the task's step) while one is
         open, then keeps their guards, so that no one opens, snapshots, removes,

@@ -32,6 +32,7 @@ is closed during its stream cancels it; the task then folds U offline.
 """
 
 import logging
+from functools import partial
 
 from repofs import errors
 from repofs.fixes import merge_down
@@ -116,18 +117,13 @@ async def _fold_into(ctx: TaskContext, upper: Volume, layer: Volume, below: Volu
     log.info("merge: folding %s into %s live, in the open chain of %s", layer.file_name,
              upper.file_name, user.id)  # fmt: skip
 
-    async def report(done: int, total: int) -> None:
-        await ctx.report("commit", done, total)
-
     try:
         await ctx.daemon.stream(ctx.repo.volume_path(user.top), user.chain.index(upper),
                                 img.backing_name(path, below_path) if below_path else None,
-                                report)  # fmt: skip
+                                partial(ctx.report, "commit"))  # fmt: skip
     except (errors.NotFound, errors.IOFailure):
-        if user.id in ctx.repo.open_images:
+        if not await ctx.closed_meanwhile(user.id):
             raise
-        # Closed before or during the stream (which its close cancelled): the
-        # guards keep it closed now.
         await _fold_into(ctx, upper, layer, below, users)
 
 

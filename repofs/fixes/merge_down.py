@@ -29,6 +29,7 @@ Durable steps, and what a crash after each leaves:
 """
 
 import logging
+from functools import partial
 
 from repofs import errors
 from repofs.fixes.check import fold_down_owner
@@ -98,19 +99,14 @@ async def _commit(ctx: TaskContext, upper: Volume, layer: Volume,
         log.info("merge: folding %s down into %s live, in the open chain of %s",
                  upper.file_name, layer.file_name, user.id)  # fmt: skip
 
-        async def report(done: int, total: int) -> None:
-            await ctx.report("commit", done, total)
-
         backing = img.backing_name(ctx.repo.volume_path(top), layer_path)
         try:
             await ctx.daemon.commit(ctx.repo.volume_path(user.top), user.chain.index(upper),
-                                    backing, report)  # fmt: skip
+                                    backing, partial(ctx.report, "commit"))  # fmt: skip
             return
         except (errors.NotFound, errors.IOFailure):
-            if user.id in ctx.repo.open_images:
+            if not await ctx.closed_meanwhile(user.id):
                 raise
-            # Closed before or during the job (which its close cancelled): the
-            # guards keep it closed now.
     log.info("merge: folding %s down into %s offline", upper.file_name, layer.file_name)
     await img.commit(ctx.repo.volume_path(upper))
     for top in {r.chain[r.chain.index(upper) - 1] for r in above}:

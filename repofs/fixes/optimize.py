@@ -39,7 +39,15 @@ The image is never broken: until step 4's record write it is degraded and reads
 its old, equal bytes.
 """
 
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import trio
+
 from repofs import errors
+from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
 from repofs.model import (
@@ -55,6 +63,8 @@ from repofs.model import (
 from repofs.qemu import img
 from repofs.repository import guarded
 
+log = logging.getLogger(__name__)
+
 
 async def run(ctx: TaskContext) -> None:
     image = await ctx.read_image()
@@ -63,12 +73,10 @@ async def run(ctx: TaskContext) -> None:
     if image.kind is not ImageKind.VIRTUAL_DISK:
         raise errors.invalid(f"{image.id} is a snapshot: only virtual disks are optimized")
     target = ctx.checkpoint.target
-    if len(image.chain) > 1 and image.chain[1].file_name == target:
-        return await _commit(ctx, target)  # resumed after step 3
+    rebased = len(image.chain) > 1 and image.chain[1].file_name == target  # after step 3
     if image.is_raw:
         await ctx.update_image(lambda r: r.evolve(state=ImageState.OPTIMIZED))
         return
-
     if target is None:
         preallocate = await ctx.repo.preallocates()
         volume = await ctx.repo.create_raw_volume(image.size, preallocate)
@@ -76,19 +84,19 @@ async def run(ctx: TaskContext) -> None:
         base_chain = tuple(v.ref for v in image.chain[1:])
         await ctx.save_checkpoint(target=target, volumes=(target,), copied=0, base=base_chain)
     target_path = ctx.repo.volume_path(Volume.from_file_name(target))
-    base_top = image.chain[1]
-    await ctx.repo.verify_chain(image.chain[1:])
-    await copy_chain(ctx, "copy", ctx.repo, ctx.repo.volume_path(base_top), base_top.format,
-                     target_path, VolumeFormat.RAW, image.size)  # fmt: skip
+    if not rebased:
+        base_top = image.chain[1]
+        await ctx.repo.verify_chain(image.chain[1:])
+        await copy_chain(ctx, "copy", ctx.repo, ctx.repo.volume_path(base_top), base_top.format,
+                         target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
-
+    if await _flatten_live(ctx, target_path):
+        return
+    if rebased:
+        async with ctx.exclusive("commit", [image.id]):
+            return await _commit_locked(ctx, target)
     async with ctx.exclusive("rebase", [image.id]):
-        image = await ctx.read_image()
-        if tuple(v.ref for v in image.chain[1:]) != ctx.checkpoint.base:
-            # Defended by EBUSY on snapshots while the task runs; another host
-            # could still have changed it. The copy is of the wrong base: start over.
-            await ctx.save(checkpoint=Checkpoint())
-            raise errors.conflict(f"{image.id}'s chain changed during the optimize; queue it again")
+        image = await _same_base(ctx, await ctx.read_image())
         top = ctx.repo.volume_path(image.top)
         await img.rebase_unsafe(top, target_path, VolumeFormat.RAW)
         ctx.crash_point("record")
@@ -100,9 +108,89 @@ async def run(ctx: TaskContext) -> None:
         await _commit_locked(ctx, target)
 
 
-async def _commit(ctx: TaskContext, target: str) -> None:
-    async with ctx.exclusive("commit", [ctx.task.image]):
-        await _commit_locked(ctx, target)
+async def _same_base(ctx: TaskContext, image: ImageRecord) -> ImageRecord:
+    """The image, if its chain under the top is still the one copied (unless
+    step 3 named the target already)."""
+    if image.chain[1].file_name == ctx.checkpoint.target:
+        return image
+    if tuple(v.ref for v in image.chain[1:]) != ctx.checkpoint.base:
+        # Defended by EBUSY on snapshots while the task runs; another host
+        # could still have changed it. The copy is of the wrong base: start over.
+        await ctx.save(checkpoint=Checkpoint())
+        raise errors.conflict(f"{image.id}'s chain changed during the optimize; queue it again")
+    return image
+
+
+async def _flatten_live(ctx: TaskContext, target: Path) -> bool:
+    """The rest of a flatten while the disk is open here and written; False if
+    it is not open here (the offline steps 2-5 then).
+
+    Durable steps, and what a crash after each leaves:
+    a. sync: the storage daemon copies into TARGET what TOP holds and then every
+       write of the guest (qemu/storage_daemon.py synced_copy). The record names
+       the old chain, whose bytes are TOP's: reads are right; a resume copies
+       again (TOP's clusters only ever get written, so what an earlier run left
+       in TARGET is overwritten).
+    b. switch, in a pause of the disk's requests: the job ends with TARGET in
+       sync, TARGET is fsynced, the record's chain becomes TARGET alone
+       (optimized), and the disk is served from TARGET in place. Before the
+       record write the old chain holds the same bytes, nothing having written
+       since the pause began.
+    c. unlink TOP, as step 5."""
+    async with ctx.held("commit", [ctx.task.image]):
+        opened = ctx.repo.open_images.get(ctx.task.image)
+        if opened is None or not opened.handles:
+            return False
+        async with opened.kept():
+            image = await _same_base(ctx, await ctx.read_image())
+            log.info("optimize: flattening %s live, in its open chain", image.id)
+
+            await opened.hand_writes_to_daemon()
+            synced = ctx.daemon.synced_copy(ctx.repo.volume_path(image.top), target,
+                                            partial(ctx.report, "commit"))  # fmt: skip
+            async with synced as settle:
+                await _fsync(ctx, target)  # most of it, before the pause
+
+                async def switch() -> ImageRecord:
+                    await _fsync(ctx, target)
+                    ctx.crash_point("done")
+                    return await ctx.update_image(_optimized(target.name))
+
+                paused_ms = await _reopened(opened, switch, settle)
+            log.info("optimize: %s served from its one raw volume from now on: its requests "
+                     "paused %.0f ms", image.id, paused_ms)  # fmt: skip
+    ctx.crash_point("unlink")
+    await ctx.repo.remove_volume(image.top)
+    return True
+
+
+async def _reopened(opened, change: Callable[[], Awaitable[ImageRecord]],
+                    settle: Callable[[], Awaitable[None]] | None = None) -> float:  # fmt: skip
+    """In a pause of the open image's requests: `settle` (the end of a job in
+    its chain), then OpenImage.reopen with `change`. Returns the pause in ms."""
+    started = trio.current_time()
+    async with opened.paused():
+        if settle is not None:
+            await settle()
+        await opened.reopen(change)
+    return (trio.current_time() - started) * 1000
+
+
+async def _fsync(ctx: TaskContext, path: Path) -> None:
+    """What QEMU wrote into the volume is durable."""
+    volume = await ctx.repo.run(RawVolumeFile, path, False)
+    try:
+        await volume.fsync()
+    finally:
+        await volume.close()
+
+
+def _optimized(target: str) -> Callable[[ImageRecord], ImageRecord]:
+    """The record's change once TARGET holds the whole disk."""
+    return lambda r: r.evolve(
+        chain=(Volume.from_file_name(target),), base=None, state=ImageState.OPTIMIZED,
+        stage=None, percent_complete=100, last_error=None,
+    )  # fmt: skip
 
 
 async def _commit_locked(ctx: TaskContext, target: str) -> None:
@@ -111,12 +199,7 @@ async def _commit_locked(ctx: TaskContext, target: str) -> None:
     await ctx.repo.verify_chain(image.chain)
     await img.commit(ctx.repo.volume_path(image.top))
     ctx.crash_point("done")
-    await ctx.update_image(
-        lambda r: r.evolve(
-            chain=(Volume.from_file_name(target),),
-            state=ImageState.OPTIMIZED, stage=None, percent_complete=100, last_error=None,
-        )
-    )  # fmt: skip
+    await ctx.update_image(_optimized(target))
     ctx.crash_point("unlink")
     await ctx.repo.remove_volume(image.top)
 
@@ -137,17 +220,31 @@ async def _localize(ctx: TaskContext, image: ImageRecord) -> None:
         raise errors.conflict(f"{base_id} here is no usable snapshot to base {image.id} on: "
                               f"{local.state} {local.kind}, {local.last_error}")  # fmt: skip
     ctx.crash_point("rebase")
-    async with ctx.exclusive("rebase", [image.id]):
+
+    async def rebase() -> ImageRecord:
         image = await ctx.read_image()
         if image.base != base_id or image.base_repository != elsewhere:
             raise errors.conflict(f"{image.id}'s base changed during the optimize")
         await img.rebase_unsafe(ctx.repo.volume_path(image.top), ctx.repo.volume_path(local.top),
                                 local.top.format)  # fmt: skip
         ctx.crash_point("record")
-        await ctx.update_image(lambda r: r.evolve(
+        return await ctx.update_image(lambda r: r.evolve(
             chain=(r.top, *local.chain), state=local.usable_state, stage=None,
             percent_complete=100,
         ))  # fmt: skip
+
+    async with ctx.held("rebase", [image.id]):
+        opened = ctx.repo.open_images.get(image.id)
+        if opened is not None and opened.handles:
+            # Open here: in a pause of its requests, its chain is closed, rebased
+            # and opened again (OpenImage.reopen).
+            async with opened.kept():
+                paused_ms = await _reopened(opened, rebase)
+            log.info("optimize: rebased %s onto %s here, live: its requests paused %.0f ms",
+                     image.id, base_id, paused_ms)  # fmt: skip
+            return
+    async with ctx.exclusive("rebase", [image.id]):
+        await rebase()
 
 
 OPTIMIZE = FixKindSpec(

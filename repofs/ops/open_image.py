@@ -16,6 +16,7 @@ volume under nobody's feet (ops/create_snapshot.py).
 import errno
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -118,6 +119,39 @@ class OpenImage:
         becomes the top that requests read and write (the caller then updates the
         record)."""
         self.io = await add_overlay(self._daemon, self.io, overlay, self.size, self.repo.run)
+
+    @asynccontextmanager
+    async def kept(self):
+        """One more handle inside, for a fix at work in the image's open chain:
+        the image is not closed under it (its last close waits for the block)."""
+        self.handles += 1
+        try:
+            yield self
+        finally:
+            with trio.CancelScope(shield=True):
+                await release_image(self)
+
+    async def hand_writes_to_daemon(self) -> None:
+        """Every write goes through the storage daemon from now on, so that a
+        block job in the chain sees it (qemu/chain_map.py stop_in_place)."""
+        async with self.paused():
+            self.io.stop_in_place()
+
+    async def reopen(self, change: Callable[[], Awaitable[ImageRecord]]) -> None:
+        """Inside a pause: closes the image's volumes, runs `change`, which makes
+        them and then the record name another chain of the same bytes and returns
+        that record, and opens that chain. If `change` fails, the old chain is
+        opened again; if a chain cannot be opened, every request fails until the
+        image is closed."""
+        await self.io.close()
+        try:
+            self.record = await change()
+        finally:
+            try:
+                self.io = await _open_io(self._daemon, self.repo, self.record, self.writable)
+            except BaseException as exc:
+                self.fail(f"its chain could not be opened again: {exc}")
+                raise
 
     async def make_writable(self) -> None:
         """A write open of an image opened read-only (in a shared repository, where

@@ -123,8 +123,12 @@ class QcowChainFile:
     async def add_overlay(self, overlay: Path) -> None:
         await self._daemon.add_overlay(self._top, overlay)
         self._top = overlay
+        self.stop_in_place()
+
+    def stop_in_place(self) -> None:
+        """See ChainMap.stop_in_place."""
         if self._files is not None:
-            self._files.top_covered()
+            self._files.stop_in_place()
 
     async def close(self) -> None:
         await self._conn.close()

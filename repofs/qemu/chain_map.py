@@ -109,9 +109,11 @@ class ChainMap:
                 self._unsynced = True
                 raise
 
-    def top_covered(self) -> None:
-        """A new top is above the old one (a live snapshot, during its pause): the
-        old top's clusters are a lower layer's from now on."""
+    def stop_in_place(self) -> None:
+        """Every write goes to the daemon from now on, and the top's clusters are
+        read from its file like a lower layer's until written: a new top is above
+        the old one (a live snapshot, during its pause), or a block job copies
+        the top and must see every write (called while none is in flight)."""
         self._in_place = False
 
     def _pieces(self, offset: int, length: int, writing: bool):

@@ -40,6 +40,7 @@ START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 RESTART_DELAY_S = 0.5
 JOB_POLL_S = 0.25
+SETTLE_POLL_S = 0.002  # while a job ends in a pause of the chain's requests
 PR_SET_PDEATHSIG = 1
 # What a block job tells as it goes: (bytes done, bytes in all).
 Report = Callable[[int, int], Awaitable[None]]
@@ -326,23 +327,9 @@ class StorageDaemon:
         ENOENT if the chain is not open, EIO if it is closed meanwhile (its close
         cancels the job).
         """
-        await self._wait_ready()
-        async with self._node_lock:
-            node = self._nodes.get(top)
-            if node is None:
-                raise errors.not_found(f"{top.name} is no longer open")
-            job = f"job{next(self._names)}"
-            arguments = {"job-id": job, "auto-dismiss": False}
-            await self._qmp.execute(command, arguments | args(await self._layer_nodes(node.top)))
-            node.jobs.add(job)
-        try:
-            await self._wait_for_job(job, report)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._cancel_job(job)
-            raise
-        finally:
-            node.jobs.discard(job)
+        node, job = await self._start_job(command, top, args)
+        async with self._running(node, job):
+            await self._wait_for_job(job, report, "concluded")
         async with self._node_lock:
             # A layer a live snapshot added is the monitor's node: out of the
             # chain it stays open (holding its image lock) until deleted.
@@ -357,6 +344,92 @@ class StorageDaemon:
             finally:
                 await conn.close()
 
+    @asynccontextmanager
+    async def synced_copy(self, top: Path, target: Path, report: Report):
+        """Makes the raw volume `target` read as the open chain topped by `top`
+        does, while the chain is in use, and keeps it so. `target` must already
+        hold what the layers below the top read, or be the layer below it: then
+        QEMU's active block-commit copies the top's data into it, else its
+        blockdev-mirror (sync top) does. Enters once the target is in sync
+        (progress `report`ed), with `settle`: called while no request is in
+        flight, it ends the job, the target then reading what the chain reads,
+        the chain itself unchanged (the job ends without a pivot: the caller
+        moves the image), and QEMU lets go of the target. Leaving without
+        `settle` cancels the job. ENOENT, EIO as `_job`."""
+        mirrored: str | None = None  # the target's node, if it is added for a mirror
+
+        def args(layers: list[str]) -> dict:
+            if mirrored is None:
+                return {"device": layers[0], "base-node": layers[1]}
+            return {"device": layers[0], "target": mirrored, "sync": "top"}
+
+        command = "block-commit"
+        if await self._backing_file(top) != target:
+            command, mirrored = "blockdev-mirror", f"img{next(self._names)}"
+            await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
+        try:
+            node, job = await self._start_job(command, top, args)
+            async with self._running(node, job):
+                await self._wait_for_job(job, report, "ready")
+
+                async def settle() -> None:
+                    # Cancelled once in sync, the job copies what is left and ends
+                    # without replacing the chain (QMP block-job-cancel).
+                    await self._qmp.execute("block-job-cancel", {"device": job})
+                    await self._wait_for_job(job, report, "concluded", SETTLE_POLL_S)
+                    node.jobs.discard(job)
+                    if mirrored is not None:  # deleted, QEMU flushes it
+                        await self._qmp.execute("blockdev-del", {"node-name": mirrored})
+
+                yield settle
+        finally:
+            if mirrored is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._qmp.execute("blockdev-del", {"node-name": mirrored})
+                    except errors.RepofsError:
+                        pass  # deleted by settle, or gone with a restarted daemon
+
+    async def _backing_file(self, top: Path) -> Path | None:
+        """The volume below the top layer of the open chain topped by `top`."""
+        await self._wait_ready()
+        node = self._nodes.get(top)
+        if node is None:
+            raise errors.not_found(f"{top.name} is no longer open")
+        for found in await self._qmp.execute("query-named-block-nodes", {"flat": True}):
+            if found["node-name"] == node.top:
+                backing = found["image"].get("backing-image")
+                return Path(backing["filename"]) if backing else None
+        return None
+
+    async def _start_job(self, command: str, top: Path,
+                         args: Callable[[list[str]], dict]) -> tuple[Node, str]:  # fmt: skip
+        """Starts block job `command` in the open chain topped by `top`, given
+        `args(its layer nodes, top first)`; ENOENT if the chain is not open."""
+        await self._wait_ready()
+        async with self._node_lock:
+            node = self._nodes.get(top)
+            if node is None:
+                raise errors.not_found(f"{top.name} is no longer open")
+            job = f"job{next(self._names)}"
+            arguments = {"job-id": job, "auto-dismiss": False}
+            await self._qmp.execute(command, arguments | args(await self._layer_nodes(node.top)))
+            node.jobs.add(job)
+        return node, job
+
+    @asynccontextmanager
+    async def _running(self, node: Node, job: str):
+        """A job of `node`'s chain is waited for inside: a failure or a
+        cancellation cancels it."""
+        try:
+            yield
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._cancel_job(job)
+            raise
+        finally:
+            node.jobs.discard(job)
+
     async def _layer_nodes(self, top_node: str) -> list[str]:
         """The format nodes of the chain under `top_node`, top first (its backing
         links in QEMU's block graph)."""
@@ -369,7 +442,10 @@ class StorageDaemon:
             layers.append(backing[layers[-1]])
         return layers
 
-    async def _wait_for_job(self, job: str, report: Report) -> None:
+    async def _wait_for_job(self, job: str, report: Report, until: str,
+                            poll_s: float = JOB_POLL_S) -> None:  # fmt: skip
+        """Reports a job's progress until its status is `until` ("ready": in sync,
+        waiting to be completed; "concluded": ended, then dismissed)."""
         while True:
             found = [j for j in await self._qmp.execute("query-jobs") if j["id"] == job]
             if not found:
@@ -381,8 +457,9 @@ class StorageDaemon:
                 await self._qmp.execute("job-dismiss", {"id": job})
                 if "error" in state:
                     raise errors.io_error(f"block job {job} failed: {state['error']}")
+            if state["status"] in (until, "concluded"):
                 return
-            await trio.sleep(JOB_POLL_S)
+            await trio.sleep(poll_s)
 
     async def _cancel_job(self, job: str) -> None:
         """Cancels a block job and waits until QEMU let go of its nodes."""
@@ -472,6 +549,16 @@ class StorageDaemon:
                     if exc.errno == errno.ENOENT and self._ready.is_set():
                         raise errors.io_error(f"no NBD export {node_name}: {exc}") from None
                     await trio.sleep(RESTART_DELAY_S)
+
+
+def _raw_node(name: str, path: Path) -> dict:
+    """blockdev-add arguments of a raw volume that a job writes."""
+    return {
+        "driver": str(VolumeFormat.RAW),
+        "node-name": name,
+        "read-only": False,
+        "file": {"driver": "file", "filename": str(path), "aio": "threads"},
+    }
 
 
 def _qcow2_node(name: str, path: Path, read_only: bool, alone: bool = False) -> dict:
