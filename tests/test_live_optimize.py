@@ -9,6 +9,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -17,6 +18,7 @@ from conftest import (
     active_tasks,
     assert_consistent,
     check_through_the_mount,
+    checked,
     crash_then_remount,
     sh,
     status,
@@ -67,9 +69,39 @@ def test_a_written_disk_is_flattened_live_and_served_in_place_after(repo, mount)
         assert disk.read() == expected
     assert (repo / "disks/vm1").read_bytes() == expected
     assert (repo / "snapshots/s1").read_bytes() == s1
-    print("\n".join(x for x in mount.log_text().splitlines() if "optimize" in x))
     assert "optimize: flattening vm1 live" in mount.log_text()
     assert os.listdir(repo / "fixes") == []
+
+
+def test_a_flatten_past_its_rebase_ends_live_by_an_active_commit(tmp_path):
+    """A flatten whose commit failed after the record named the target under the
+    disk's top, queued again while the disk is open and written."""
+    with checked(Mount(tmp_path, module="injected_commit_failure")) as m:
+        repo = m.default
+        long_chain(repo, 64 * MiB, 16, top_mib=8)
+        sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
+        failed = wait_for(lambda: _failed(repo / "tasks/optimize-vm1"), 30, "the failure")
+        assert "injected failure" in failed["last_error"]
+        chain = status(repo, "vm1")["chain"]
+        assert len(chain) == 2 and chain[1].endswith(".raw"), chain
+        expected = bytearray((repo / "disks/vm1").read_bytes())
+        with open(repo / "disks/vm1", "r+b", buffering=0) as disk:
+            sh(f"rm {repo}/tasks/optimize-vm1")
+            sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
+            write_while(disk, expected, (repo / "tasks/optimize-vm1").exists)
+            assert_flat(repo)
+            assert status(repo, "vm1")["chain"] == [chain[1]]
+            disk.seek(0)
+            assert disk.read() == expected
+        assert (repo / "disks/vm1").read_bytes() == expected
+        top, target = (Path(v).name for v in chain)
+        assert f"block-commit from the top {top} into {target}" in m.log_text()
+        m.expect_log("injected failure")
+
+
+def _failed(task) -> dict | None:
+    view = json.loads(task.read_text())
+    return view if view["state"] == "failed" else None
 
 
 def _mirroring(task) -> dict | None:
@@ -187,7 +219,6 @@ def test_a_written_disk_is_localized_live(mount):
         disk.seek(0)
         assert disk.read() == expected
     assert (r2 / "disks/vm").read_bytes() == expected
-    print("\n".join(x for x in mount.log_text().splitlines() if "optimize" in x))
     assert "optimize: rebased vm onto gold here, live" in mount.log_text()
     sh(f"rm {r1}/snapshots/gold")  # nothing reads through r1's any more
     sh(f"cmp {r1}/disks/g {r2}/snapshots/gold")

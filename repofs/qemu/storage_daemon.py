@@ -367,6 +367,7 @@ class StorageDaemon:
         if await self._backing_file(top) != target:
             command, mirrored = "blockdev-mirror", f"img{next(self._names)}"
             await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
+        log.info("%s from the top %s into %s, kept in sync", command, top.name, target.name)
         try:
             node, job = await self._start_job(command, top, args)
             async with self._running(node, job):
@@ -398,8 +399,8 @@ class StorageDaemon:
             raise errors.not_found(f"{top.name} is no longer open")
         for found in await self._qmp.execute("query-named-block-nodes", {"flat": True}):
             if found["node-name"] == node.top:
-                backing = found["image"].get("backing-image")
-                return Path(backing["filename"]) if backing else None
+                backing = found["image"].get("full-backing-filename")
+                return Path(backing) if backing else None
         return None
 
     async def _start_job(self, command: str, top: Path,
