@@ -107,12 +107,17 @@ def test_snapshots_under_a_running_vm_are_crash_consistent(repo, guest_disk, vm,
     assert status(repo, "vm1")["base"] == f"s{SNAPSHOTS - 1}"
 
 
-def test_snapshots_removed_under_a_running_vm_merge_live(repo, mount, guest_disk, vm,
-                                                          tmp_path):  # fmt: skip
+def test_the_whole_life_of_a_disk_under_a_running_vm(repo, mount, guest_disk, vm, tmp_path):
     """Issue 20: five snapshots taken while the guest writes, the middle three
-    removed and their merges run while it goes on writing: the guest sees no
-    I/O error, the kept snapshots still read as they were taken, the disk is a
-    whole sequence, and its chain is three shorter."""
+    removed and their merges run, the disk flattened, and ten backups made into
+    a second repository, all while it goes on writing: the guest sees no I/O
+    error, the kept snapshots still read as they were taken, every backup is a
+    whole sequence that does not change, the disk is a whole sequence, and its
+    chain ends at most three deep."""
+
+    def running() -> None:
+        assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+
     wait_for(lambda: written_prefix(read(guest_disk)) > 0, BOOT_TIMEOUT_S, "the guest to write")
     digests = {}
     for i in range(5):
@@ -126,13 +131,40 @@ def test_snapshots_removed_under_a_running_vm_merge_live(repo, mount, guest_disk
     for i in (3, 2, 1):  # newest first: each merge goes down into the older layer
         sh(f"mv {repo}/fixes/merge-s{i} {repo}/tasks/")
         wait_for(lambda: not active_tasks(repo), 60, f"the merge of s{i}")
-        assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+        running()
     assert "live, in the open chain of vm1" in mount.log_text()
+    assert len(status(repo, "vm1")["chain"]) == depth - 3
+
+    sh(f"setfattr -n user.repofs.max_chain -v 2 {repo}")
+    sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
+    wait_for(lambda: not active_tasks(repo), 60, "the flatten")
+    assert "optimize: flattening vm1 live" in mount.log_text()
+    assert len(status(repo, "vm1")["chain"]) == 1
+    sh(f"setfattr -n user.repofs.max_chain -v 8 {repo}")
+    running()
+
+    r2 = mount.path / "r2"
+    sh(f"mkdir {r2}")
+    counts = []
+    for n in range(10):
+        time.sleep(0.2)
+        sh(f"ln {guest_disk} {r2}/snapshots/b{n}")
+        wait_for(lambda: not active_tasks(r2), 60, f"backup b{n} whole in r2")
+        wait_for(lambda: not active_tasks(repo), 60, "the merge of the older point")
+        data = read(r2 / f"snapshots/b{n}")
+        counts.append(written_prefix(data))
+        digests[f"b{n}"] = hashlib.sha256(data).digest()
+        assert len(status(repo, "vm1")["chain"]) <= 3
+        running()
+    assert counts == sorted(set(counts)), counts
+
     time.sleep(0.5)
-    assert vm.poll() is None, f"the guest stopped: {(tmp_path / 'qemu.log').read_text()}"
+    running()
     vm.send_signal(signal.SIGTERM)
     assert vm.wait(timeout=STOP_TIMEOUT_S) == 0
-    assert written_prefix(read(guest_disk)) > 0
-    assert len(status(repo, "vm1")["chain"]) == depth - 3
-    for name in ("s0", "s4"):
-        assert hashlib.sha256(read(repo / "snapshots" / name)).digest() == digests[name], name
+    assert written_prefix(read(guest_disk)) > counts[-1]
+    assert len(status(repo, "vm1")["chain"]) <= 3
+    kept = [repo / "snapshots/s0", repo / "snapshots/s4",
+            *(r2 / f"snapshots/b{n}" for n in range(10))]  # fmt: skip
+    for path in kept:
+        assert hashlib.sha256(read(path)).digest() == digests[path.name], path.name
