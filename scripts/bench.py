@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-import bench_live_merge
+import bench_live_jobs
 import bench_long_step
 import bench_native
 import bench_reflink
@@ -630,8 +630,8 @@ def main() -> None:
                 "long_step": lambda: bench_long_step.long_step_section(
                     mnt / "default", sizes["long_step_gib"]
                 ),
-                "live_merge": lambda: bench_live_merge.live_merge_section(
-                    mnt / "default", data, sizes["live_merge_mib"]
+                "live_jobs": lambda: bench_live_jobs.live_jobs_section(
+                    mnt / "default", data, sizes["live_jobs_mib"]
                 ),
             }
             if args.only and args.results.exists():  # one section again: keep the others
@@ -648,7 +648,7 @@ def main() -> None:
 
 
 # scale last: the longest
-SECTIONS = ("data_path", "native", "copy", "latency", "long_step", "live_merge", "resume",
+SECTIONS = ("data_path", "native", "copy", "latency", "long_step", "live_jobs", "resume",
             "gluster", "reflink", "headers", "scale")  # fmt: skip
 # 100,000 images wait for the scale work: `ls -l` of 10,000 takes 7-10 s, and
 # the list of live records that it rereads each second grows with them
@@ -656,11 +656,11 @@ SECTIONS = ("data_path", "native", "copy", "latency", "long_step", "live_merge",
 FULL = {"data_path_mib": 2048, "copy_mib": 2048, "latency_rounds": 100,
         "scale_images": [10_000, 100_000], "resume_mib": 1024, "kills": 5,
         "gluster_mib": 1024, "headers": 10_000, "reflink": bench_reflink.FULL,
-        "native": bench_native.FULL, "long_step_gib": 4, "live_merge_mib": 1024}  # fmt: skip
+        "native": bench_native.FULL, "long_step_gib": 4, "live_jobs_mib": 1024}  # fmt: skip
 QUICK = {"data_path_mib": 64, "copy_mib": 64, "latency_rounds": 5,
          "scale_images": [100], "resume_mib": 256, "kills": 1, "gluster_mib": 64,
          "headers": 100, "reflink": bench_reflink.QUICK,
-         "native": bench_native.QUICK, "long_step_gib": 1, "live_merge_mib": 64}  # fmt: skip
+         "native": bench_native.QUICK, "long_step_gib": 1, "live_jobs_mib": 64}  # fmt: skip
 
 
 if __name__ == "__main__":

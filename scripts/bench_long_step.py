@@ -6,9 +6,10 @@ that none of them waits for the commit; this measures how fast they are meanwhil
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
+
+from bench_native import run
 
 MiB = 1 << 20
 CHUNK = 16 * MiB
@@ -22,11 +23,11 @@ def long_step_section(repo: Path, gib: int) -> dict:
     its overlay; its optimize started; the rounds timed while the task's step is
     the commit. The repository's options are put back after."""
     size = gib << 30
-    _sh(f"truncate -s {size} {repo}/disks/ls-g && ln {repo}/disks/ls-g {repo}/snapshots/ls-gold")
-    _sh(f"setfattr -n user.repofs.strategy -v performance {repo}")
-    _sh(f"setfattr -n user.repofs.autofix -v false {repo}")
+    run(f"truncate -s {size} {repo}/disks/ls-g && ln {repo}/disks/ls-g {repo}/snapshots/ls-gold")
+    run(f"setfattr -n user.repofs.strategy -v performance {repo}")
+    run(f"setfattr -n user.repofs.autofix -v false {repo}")
     try:
-        _sh(f"ln {repo}/snapshots/ls-gold {repo}/disks/ls-vm")
+        run(f"ln {repo}/snapshots/ls-gold {repo}/disks/ls-vm")
         data = os.urandom(CHUNK)
         fd = os.open(repo / "disks/ls-vm", os.O_WRONLY)
         try:
@@ -35,20 +36,20 @@ def long_step_section(repo: Path, gib: int) -> dict:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _sh(f"truncate -s 1M {repo}/disks/ls-other")
+        run(f"truncate -s 1M {repo}/disks/ls-other")
         for i in range(ROUNDS):
-            _sh(f"truncate -s 1M {repo}/disks/ls-closed-{i} {repo}/disks/ls-doomed-{i}")
+            run(f"truncate -s 1M {repo}/disks/ls-closed-{i} {repo}/disks/ls-doomed-{i}")
         task = repo / "tasks/optimize-ls-vm"
         os.rename(repo / "fixes/optimize-ls-vm", task)
-        _wait(lambda: _step(task) == "commit", START_TIMEOUT_S, "the optimize's commit")
+        wait_until(lambda: _step(task) == "commit", START_TIMEOUT_S, "the optimize's commit")
         started = time.monotonic()
         times = _rounds(repo)
         rounds_s = time.monotonic() - started
         still_committing = _step(task) == "commit"
-        _wait(lambda: _step(task) is None, END_TIMEOUT_S, "the optimize's end")
+        wait_until(lambda: _step(task) is None, END_TIMEOUT_S, "the optimize's end")
         commit_s = time.monotonic() - started
     finally:
-        _sh(f"setfattr -x user.repofs.strategy {repo}; setfattr -x user.repofs.autofix {repo}")
+        run(f"setfattr -x user.repofs.strategy {repo}; setfattr -x user.repofs.autofix {repo}")
     result = {"commit_gib": gib, "commit_s": round(commit_s, 1), "rounds_s": round(rounds_s, 1),
               "rounds_within_commit": still_committing, "rounds": ROUNDS}  # fmt: skip
     for kind, values in times.items():
@@ -89,13 +90,9 @@ def _step(task: Path) -> str | None:
         return None
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
+def wait_until(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not come within {timeout_s}s")
         time.sleep(0.005)
-
-
-def _sh(cmd: str) -> None:
-    subprocess.run(cmd, shell=True, check=True, capture_output=True)
