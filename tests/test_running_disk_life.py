@@ -120,10 +120,13 @@ def under_way(task, step: str):
     return view if view["step"] == step and view["percent_complete"] > 0 else None
 
 
-def killed_in(m, task, step: str) -> None:
+def killed_in(m, task, step: str, started: str | None = None) -> None:
     """kill -9 of the mount at a random moment of `task`'s `step`, judged by the
-    disk's throttle."""
+    disk's throttle (once the log says `started`: the step's progress may be
+    the previous step's until its first report)."""
     view = wait_for(lambda: under_way(task, step), 60, f"{task.name} in its {step}")
+    if started is not None:
+        wait_for(lambda: started in m.log_text(), 30, started)
     time.sleep(random.uniform(0, 0.3 * (view["bytes_total"] - view["bytes_done"]) / THROTTLE))
     m.kill()
     stored = json.loads((m.data / "default/tasks" / f"{task.name}.json").read_text())
@@ -181,7 +184,7 @@ def test_the_whole_life_of_a_running_disk(mount_on_disk, disk, kill):
     with disk.throttled(THROTTLE, reads=True):
         sh(f"mv {r1}/fixes/optimize-vm {task}")
         if kill == "flatten":
-            killed_in(m, task, "commit")
+            killed_in(m, task, "commit", "blockdev-mirror from the top")
             restarted()
         wait_for(lambda: not active_tasks(r1), TIMEOUT_S, "the flatten")
     assert "optimize: flattening vm live" in m.log_text()

@@ -357,19 +357,31 @@ class StorageDaemon:
         moves the image), and QEMU lets go of the target. Leaving without
         `settle` cancels the job. ENOENT, EIO as `_job`."""
         mirrored: str | None = None  # the target's node, if it is added for a mirror
-
-        def args(layers: list[str]) -> dict:
-            if mirrored is None:
-                return {"device": layers[0], "base-node": layers[1]}
-            return {"device": layers[0], "target": mirrored, "sync": "top"}
-
-        command = "block-commit"
-        if await self._backing_file(top) != target:
-            command, mirrored = "blockdev-mirror", f"img{next(self._names)}"
-            await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
-        log.info("%s from the top %s into %s, kept in sync", command, top.name, target.name)
+        await self._wait_ready()
+        async with self._node_lock:  # no resize in between (resize: EBUSY once it runs)
+            node = self._open(top)
+            layers = await self._layer_nodes(node.top)
+            info = next(n["image"] for n in await self._qmp.execute("query-named-block-nodes")
+                        if n["node-name"] == node.top)  # fmt: skip
+            if Path(info.get("full-backing-filename", "")) == target:
+                command, arguments = "block-commit", {"device": node.top, "base-node": layers[1]}
+            else:
+                # A mirror wants its target as long as the top: the disk may have
+                # grown since the target was made, and qcow2 rounds sizes up.
+                await trio.to_thread.run_sync(_grow_file, target, info["virtual-size"])
+                mirrored = f"img{next(self._names)}"
+                await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
+                command = "blockdev-mirror"
+                arguments = {"device": node.top, "target": mirrored, "sync": "top"}
+            log.info("%s from the top %s into %s, kept in sync", command, top.name, target.name)
+            try:
+                job = await self._start_job_locked(node, command, arguments)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    if mirrored is not None:
+                        await self._qmp.execute("blockdev-del", {"node-name": mirrored})
+                raise
         try:
-            node, job = await self._start_job(command, top, args)
             async with self._running(node, job):
                 await self._wait_for_job(job, report, "ready")
 
@@ -391,17 +403,11 @@ class StorageDaemon:
                     except errors.RepofsError:
                         pass  # deleted by settle, or gone with a restarted daemon
 
-    async def _backing_file(self, top: Path) -> Path | None:
-        """The volume below the top layer of the open chain topped by `top`."""
-        await self._wait_ready()
+    def _open(self, top: Path) -> Node:
         node = self._nodes.get(top)
         if node is None:
             raise errors.not_found(f"{top.name} is no longer open")
-        for found in await self._qmp.execute("query-named-block-nodes", {"flat": True}):
-            if found["node-name"] == node.top:
-                backing = found["image"].get("full-backing-filename")
-                return Path(backing) if backing else None
-        return None
+        return node
 
     async def _start_job(self, command: str, top: Path,
                          args: Callable[[list[str]], dict]) -> tuple[Node, str]:  # fmt: skip
@@ -409,14 +415,15 @@ class StorageDaemon:
         `args(its layer nodes, top first)`; ENOENT if the chain is not open."""
         await self._wait_ready()
         async with self._node_lock:
-            node = self._nodes.get(top)
-            if node is None:
-                raise errors.not_found(f"{top.name} is no longer open")
-            job = f"job{next(self._names)}"
-            arguments = {"job-id": job, "auto-dismiss": False}
-            await self._qmp.execute(command, arguments | args(await self._layer_nodes(node.top)))
-            node.jobs.add(job)
-        return node, job
+            node = self._open(top)
+            arguments = args(await self._layer_nodes(node.top))
+            return node, await self._start_job_locked(node, command, arguments)
+
+    async def _start_job_locked(self, node: Node, command: str, arguments: dict) -> str:
+        job = f"job{next(self._names)}"
+        await self._qmp.execute(command, {"job-id": job, "auto-dismiss": False} | arguments)
+        node.jobs.add(job)
+        return job
 
     @asynccontextmanager
     async def _running(self, node: Node, job: str):
@@ -522,10 +529,14 @@ class StorageDaemon:
     async def resize(self, top: Path, size: int) -> None:
         """Grows an open chain. An NBD export holds its node's size fixed, so the
         export is dropped around the resize; its clients reconnect (see `connect`)
-        and then see the new size."""
+        and then see the new size. EBUSY while a block job works in the chain:
+        QEMU holds the size of the nodes a job copies (and refusing it midway
+        would restart the daemon)."""
         await self._wait_ready()
         async with self._node_lock:
             node = self._nodes[top]
+            if node.jobs:
+                raise errors.busy(f"{top.name} cannot grow while a block job works in its chain")
             self._hold()
             try:
                 async with self._restarted_on_failure(f"resizing {top.name}"):
@@ -550,6 +561,11 @@ class StorageDaemon:
                     if exc.errno == errno.ENOENT and self._ready.is_set():
                         raise errors.io_error(f"no NBD export {node_name}: {exc}") from None
                     await trio.sleep(RESTART_DELAY_S)
+
+
+def _grow_file(path: Path, size: int) -> None:
+    if os.stat(path).st_size < size:
+        os.truncate(path, size)
 
 
 def _raw_node(name: str, path: Path) -> dict:
