@@ -6,10 +6,12 @@ by `ln r1/snapshots/S r2/disks/V` under strategy space, or a copy built on an
 ancestor in a participating repository). S is copied into this repository under
 its own ID (fixes/copy.py, moving only what differs from an ancestor already
 here), then the image is based on that copy. Durable steps: (1) S's record here,
-broken, pending its copy, (2) its data, checkpointed, then S usable, (3) with
-the image closed, its top's backing file points at the local S (same bytes,
-`qemu-img rebase -u`), (4) the image record's chain becomes the top over local
-S's chain. A crash resumes at the first step not done; each is idempotent.
+broken, pending its copy, (2) its data, checkpointed, then S usable, (3) its
+top's backing file points at the local S (same bytes, `qemu-img rebase -u`),
+(4) the image record's chain becomes the top over local S's chain. Steps 3 and
+4 run with the image closed, or, open here, in a pause of its requests with
+its chain closed in the storage daemon and opened again after (OpenImage.reopen).
+A crash resumes at the first step not done; each is idempotent.
 
 `flatten`: a disk is degraded when it is a qcow2 overlay committed for speed
 under strategy `performance`, when its chain is longer than the repository's
@@ -17,7 +19,11 @@ max_chain, or when its base is in another repository (and the strategy is
 performance, or it is a clone that must become independent). Everything below
 the disk's top is immutable (snapshot layers), so it is copied into a new raw
 volume while the disk stays in use; then, with the disk closed, the top is
-rebased onto that copy and committed into it.
+rebased onto that copy and committed into it (steps 2-5), or, with the disk
+open here, the storage daemon copies the top into it and keeps it in sync
+until a pause of the disk's requests switches the disk over (_flatten_live).
+A raw disk is never flattened (it is one volume) and so never moves to the
+daemon for it.
 
 Durable steps of flatten, and what a crash after each leaves:
 1. copy: create TARGET (raw) and name it and the base chain in the task's
