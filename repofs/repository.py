@@ -28,6 +28,7 @@ from repofs.drivers.glusterfs import GlusterRepository
 from repofs.drivers.localfs import LocalRepository
 from repofs.drivers.posix import SharedRepository
 from repofs.drivers.reflink import Change as ExtentChange
+from repofs.drivers.volume_io import RawVolumeFile
 from repofs.events import EventBus, Subscription
 from repofs.leases import HostWatch
 from repofs.model import (
@@ -316,6 +317,14 @@ class Repository:
         """Space a volume takes here (none for another repository's). Blocking:
         in `run`, with the other facts of a status or a check."""
         return self.driver.allocated_bytes(volume)
+
+    async def sync_volume(self, volume: Volume) -> None:
+        """What was written into the volume so far, by QEMU too, is durable."""
+        file = await self.run(RawVolumeFile, self.volume_path(volume), False)
+        try:
+            await file.fsync()
+        finally:
+            await file.close()
 
     async def remove_volume(self, volume: Volume) -> None:
         """Durable step: the volume is gone. The caller made sure nothing names it."""

@@ -35,11 +35,13 @@ TASK_TIMEOUT_S = 120
 class Guest(threading.Thread):
     """Writes distinct blocks at spread offsets of an open disk, each followed
     by an fsync; a block counts once its fsync returned. Ends when told, or at
-    the first error (the mount died): that block may have landed or not."""
+    the first error (the mount died): that block may have landed or not.
+    `size`: of the disk, which it writes all over."""
 
-    def __init__(self, path):
+    def __init__(self, path, size: int = SIZE):
         super().__init__(daemon=True)
         self.fd = os.open(path, os.O_RDWR)
+        self.size = size
         self.acked: dict[int, bytes] = {}
         self.in_flight: int | None = None
         self.error: OSError | None = None
@@ -49,7 +51,7 @@ class Guest(threading.Thread):
         n = 0
         try:
             while not self.done.is_set():
-                offset = (n * 7919 * BLOCK) % SIZE
+                offset = (n * 7919 * BLOCK) % self.size
                 data = (b"guest write %d " % n).ljust(BLOCK, b".")
                 self.in_flight = offset
                 os.pwrite(self.fd, data, offset)

@@ -5,10 +5,13 @@ backing), then switches the disk to the target in a pause of its requests; a
 localize rebases the top in such a pause. Stop and kill -9 at any moment lose
 no acknowledged write of the guest."""
 
+import contextlib
 import errno
 import json
+import mmap
 import os
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +20,6 @@ from conftest import (
     MiB,
     Mount,
     active_tasks,
-    assert_consistent,
-    check_through_the_mount,
     checked,
     crash_then_remount,
     errno_of,
@@ -32,6 +33,7 @@ from test_live_merge import SIZE, Guest, write_while
 pytestmark = pytest.mark.mount
 
 TASK_TIMEOUT_S = 120
+BLOCK = 64 * 1024
 
 
 def long_chain(repo, size: int, base_mib: int, top_mib: int = 0) -> None:
@@ -58,11 +60,40 @@ def assert_flat(repo) -> None:
     assert len(s["chain"]) == 1 and s["chain"][0].endswith(".raw"), s
 
 
+@contextlib.contextmanager
+def reading(path):
+    """Another opener reads the disk all along the block (no read may fail while
+    a pause switches its volumes: one that waited at the pause once went to the
+    volumes closed in it)."""
+    done, failures = threading.Event(), []
+
+    def read_all_along() -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)  # past the page cache, as QEMU's
+        buffer = mmap.mmap(-1, BLOCK)
+        try:
+            while not done.is_set():
+                try:
+                    os.preadv(fd, [buffer], random.randrange(0, 64 * MiB, BLOCK))
+                except OSError as exc:
+                    failures.append(exc)
+        finally:
+            os.close(fd)
+
+    reader = threading.Thread(target=read_all_along, daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reader.join(30)
+    assert not failures, failures
+
+
 def test_a_written_disk_is_flattened_live_and_served_in_place_after(repo, mount):
     long_chain(repo, 64 * MiB, 48, top_mib=8)
     s1 = (repo / "snapshots/s1").read_bytes()
     expected = bytearray((repo / "disks/vm1").read_bytes())
-    with open(repo / "disks/vm1", "r+b", buffering=0) as disk:
+    with open(repo / "disks/vm1", "r+b", buffering=0) as disk, reading(repo / "disks/vm1"):
         sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
         write_while(disk, expected, (repo / "tasks/optimize-vm1").exists)
         assert_flat(repo)  # while it is still open
@@ -117,8 +148,7 @@ def test_kill_9_in_a_live_flatten_loses_no_acknowledged_write(tmp_path, disk):
     m = Mount(tmp_path)
     m.data = disk.path / "data"
     repo = m.default
-    try:
-        m.start()
+    with checked(m):
         long_chain(repo, SIZE, 16, top_mib=512)
         sh("sync")
         before = (repo / "disks/vm1").read_bytes()
@@ -131,17 +161,20 @@ def test_kill_9_in_a_live_flatten_loses_no_acknowledged_write(tmp_path, disk):
             m.kill()
         stored = json.loads((m.data / "default/tasks/optimize-vm1.json").read_text())
         assert stored["state"] == "running" and stored["step"] == "commit", stored
-        guest.join(30)
-        assert guest.error is not None  # the mount died under it
         m.start()
-        wait_for(lambda: not active_tasks(repo), TASK_TIMEOUT_S, "the flatten after the remount")
-        guest.assert_landed((repo / "disks/vm1").read_bytes(), before)
-        assert_flat(repo)
-        m.expected_fixes.add("clean-volumes")
-        check_through_the_mount(m)
-    finally:
-        m.stop()
-    assert_consistent(m.data / "default", garbage_expected=True)
+        ends_flat_with_what_the_guest_wrote(m, guest, before)
+
+
+def ends_flat_with_what_the_guest_wrote(m: Mount, guest: Guest, before: bytes) -> None:
+    """After a crash under the guest and a remount: the flatten ends, every
+    acknowledged write of the guest is there, and only the old top is left
+    for a clean."""
+    guest.join(30)
+    assert guest.error is not None  # the mount died under it
+    wait_for(lambda: not active_tasks(m.default), TASK_TIMEOUT_S, "the flatten after the remount")
+    guest.assert_landed((m.default / "disks/vm1").read_bytes(), before)
+    assert_flat(m.default)
+    m.expected_fixes.add("clean-volumes")
 
 
 def test_a_stopped_live_flatten_leaves_the_bytes_and_runs_again(mount_on_disk, disk):
@@ -176,8 +209,7 @@ def test_crash_at_each_live_step_of_a_flatten(tmp_path, step):
     `unlink`: the record written, the old top not yet unlinked."""
     m = Mount(tmp_path, env={"REPOFS_CRASH_AT": f"optimize:{step}"})
     repo = m.default
-    try:
-        m.start()
+    with checked(m):
         long_chain(repo, SIZE, 16, top_mib=16)
         before = (repo / "disks/vm1").read_bytes()
         guest = Guest(repo / "disks/vm1")
@@ -185,21 +217,11 @@ def test_crash_at_each_live_step_of_a_flatten(tmp_path, step):
         wait_for(lambda: guest.acked, 10, "the guest writing")
         sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
         crash_then_remount(m)
-        guest.join(30)
-        assert guest.error is not None
-        wait_for(lambda: not active_tasks(repo), TASK_TIMEOUT_S, "the flatten after the remount")
-        guest.assert_landed((repo / "disks/vm1").read_bytes(), before)
-        assert_flat(repo)
-        m.expected_fixes.add("clean-volumes")
-        check_through_the_mount(m)
-    finally:
-        m.stop()
-    assert_consistent(tmp_path / "data/default", garbage_expected=True)
+        ends_flat_with_what_the_guest_wrote(m, guest, before)
 
 
-def test_a_written_disk_is_localized_live(mount):
-    """vm in r2 over r1's gold (strategy space): the localize copies gold into
-    r2, then rebases vm's top onto that copy in a pause of its requests."""
+def gold_in_r1_under_vm_in_r2(mount):
+    """vm in r2 over r1's gold (strategy space): degraded, its localize offered."""
     r1, r2 = mount.default, mount.path / "r2"
     sh(f"mkdir {r2}")
     sh(f"setfattr -n user.repofs.autofix -v false {r2}")
@@ -208,13 +230,24 @@ def test_a_written_disk_is_localized_live(mount):
     sh(f"ln {r1}/disks/g {r1}/snapshots/gold")
     sh(f"ln {r1}/snapshots/gold {r2}/disks/vm")
     assert os.listdir(r2 / "fixes") == ["optimize-vm"]
+    return r1, r2
+
+
+def assert_localized(r2) -> None:
+    s = status(r2, "vm")
+    assert (s["state"], s["base"]) == ("optimized", "gold"), s
+    assert s["chain"][1:] == status(r2, "gold")["chain"]
+
+
+def test_a_written_disk_is_localized_live(mount):
+    """The localize copies gold into r2, then rebases vm's top onto that copy in
+    a pause of its requests."""
+    r1, r2 = gold_in_r1_under_vm_in_r2(mount)
     expected = bytearray((r2 / "disks/vm").read_bytes())
     with open(r2 / "disks/vm", "r+b", buffering=0) as disk:
         sh(f"mv {r2}/fixes/optimize-vm {r2}/tasks/")
         write_while(disk, expected, (r2 / "tasks/optimize-vm").exists)
-        s = status(r2, "vm")
-        assert (s["state"], s["base"]) == ("optimized", "gold"), s
-        assert s["chain"][1:] == status(r2, "gold")["chain"]
+        assert_localized(r2)
         write_while(disk, expected, lambda: False)
         disk.seek(0)
         assert disk.read() == expected
@@ -222,3 +255,23 @@ def test_a_written_disk_is_localized_live(mount):
     assert "optimize: rebased vm onto gold here, live" in mount.log_text()
     sh(f"rm {r1}/snapshots/gold")  # nothing reads through r1's any more
     sh(f"cmp {r1}/disks/g {r2}/snapshots/gold")
+
+
+def test_a_crash_in_a_live_localize_between_header_and_record(tmp_path):
+    """Killed in the pause with vm's top already rebased onto r2's gold and its
+    record still naming r1's: after the remount the task writes the record, and
+    every acknowledged write of the guest is there."""
+    m = Mount(tmp_path, env={"REPOFS_CRASH_AT": "optimize:record"})
+    with checked(m):
+        r1, r2 = gold_in_r1_under_vm_in_r2(m)
+        before = (r2 / "disks/vm").read_bytes()
+        guest = Guest(r2 / "disks/vm", size=64 * MiB)
+        guest.start()
+        wait_for(lambda: guest.acked, 10, "the guest writing")
+        sh(f"mv {r2}/fixes/optimize-vm {r2}/tasks/")
+        crash_then_remount(m)
+        guest.join(30)
+        assert guest.error is not None
+        wait_for(lambda: not active_tasks(r2), TASK_TIMEOUT_S, "the localize after the remount")
+        assert_localized(r2)
+        guest.assert_landed((r2 / "disks/vm").read_bytes(), before)

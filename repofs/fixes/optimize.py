@@ -48,12 +48,10 @@ its old, equal bytes.
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 import trio
 
 from repofs import errors
-from repofs.drivers.volume_io import RawVolumeFile
 from repofs.fixes.context import FixKindSpec, TaskContext
 from repofs.fixes.copy import copy_chain, copy_snapshot_in, start_snapshot_copy
 from repofs.model import (
@@ -96,7 +94,7 @@ async def run(ctx: TaskContext) -> None:
         await copy_chain(ctx, "copy", ctx.repo, ctx.repo.volume_path(base_top), base_top.format,
                          target_path, VolumeFormat.RAW, image.size)  # fmt: skip
     ctx.crash_point("rebase")
-    if await _flatten_live(ctx, target_path):
+    if await _flatten_live(ctx, Volume.from_file_name(target)):
         return
     if rebased:
         async with ctx.exclusive("commit", [image.id]):
@@ -127,7 +125,7 @@ async def _same_base(ctx: TaskContext, image: ImageRecord) -> ImageRecord:
     return image
 
 
-async def _flatten_live(ctx: TaskContext, target: Path) -> bool:
+async def _flatten_live(ctx: TaskContext, target: Volume) -> bool:
     """The rest of a flatten while the disk is open here and written; False if
     it is not open here (the offline steps 2-5 then).
 
@@ -152,15 +150,16 @@ async def _flatten_live(ctx: TaskContext, target: Path) -> bool:
             log.info("optimize: flattening %s live, in its open chain", image.id)
 
             await opened.hand_writes_to_daemon()
-            synced = ctx.daemon.synced_copy(ctx.repo.volume_path(image.top), target,
+            synced = ctx.daemon.synced_copy(ctx.repo.volume_path(image.top),
+                                            ctx.repo.volume_path(target),
                                             partial(ctx.report, "commit"))  # fmt: skip
             async with synced as settle:
-                await _fsync(ctx, target)  # most of it, before the pause
+                await ctx.repo.sync_volume(target)  # most of it, before the pause
 
                 async def switch() -> ImageRecord:
-                    await _fsync(ctx, target)
+                    await ctx.repo.sync_volume(target)
                     ctx.crash_point("done")
-                    return await ctx.update_image(_optimized(target.name))
+                    return await ctx.update_image(_optimized(target.file_name))
 
                 paused_ms = await _reopened(opened, switch, settle)
             log.info("optimize: %s served from its one raw volume from now on: its requests "
@@ -180,15 +179,6 @@ async def _reopened(opened, change: Callable[[], Awaitable[ImageRecord]],
             await settle()
         await opened.reopen(change)
     return (trio.current_time() - started) * 1000
-
-
-async def _fsync(ctx: TaskContext, path: Path) -> None:
-    """What QEMU wrote into the volume is durable."""
-    volume = await ctx.repo.run(RawVolumeFile, path, False)
-    try:
-        await volume.fsync()
-    finally:
-        await volume.close()
 
 
 def _optimized(target: str) -> Callable[[ImageRecord], ImageRecord]:

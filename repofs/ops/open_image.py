@@ -94,8 +94,13 @@ class OpenImage:
             resumed.set()
 
     async def read(self, offset: int, length: int) -> bytes:
+        return await self._gated(self._read, offset, length)
+
+    async def _read(self, offset: int, length: int) -> bytes:
+        # self.io only past the gate: a pause may replace it (a live snapshot of a
+        # raw disk, a chain reopened by a fix).
         length = max(0, min(length, self.size - offset))
-        return await self._gated(self.io.read, offset, length) if length else b""
+        return await self.io.read(offset, length) if length else b""
 
     async def write(self, offset: int, data: bytes) -> int:
         return await self._gated(self._write, offset, data)
