@@ -2,10 +2,10 @@
 through it is open and written (the storage daemon's block-stream), stopped
 and killed midway; no acknowledged write of the guest is lost."""
 
+import contextlib
 import json
 import os
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -71,6 +71,16 @@ class Guest(threading.Thread):
         self.done.set()
         self.join(30)
         assert not self.is_alive()
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Writes all along the block; then stopped, having seen no error."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+        assert self.error is None, self.error
 
     def assert_landed(self, disk: bytes, before: bytes) -> None:
         """`disk` is `before` with every acknowledged block; the one in flight
@@ -141,9 +151,7 @@ def test_a_stopped_live_merge_leaves_the_bytes_and_runs_again(mount_on_disk, dis
     repo = m.default
     sh(f"setfattr -n user.repofs.autofix -v false {repo}")
     before = disk_with_a_snapshot(repo)
-    guest = Guest(repo / "disks/vm1")
-    guest.start()
-    try:
+    with Guest(repo / "disks/vm1").writing() as guest:
         sh(f"rm {repo}/snapshots/s1")
         with disk.throttled(100 * MiB, reads=True):
             sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
@@ -153,9 +161,6 @@ def test_a_stopped_live_merge_leaves_the_bytes_and_runs_again(mount_on_disk, dis
         assert len(status(repo, "vm1")["chain"]) == 2  # still reading through s1's layer
         sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
         wait_for(lambda: not active_tasks(repo), TASK_TIMEOUT_S, "the merge")
-    finally:
-        guest.stop()
-    assert guest.error is None, guest.error
     guest.assert_landed((repo / "disks/vm1").read_bytes(), before)
     assert len(status(repo, "vm1")["chain"]) == 1
     assert os.listdir(repo / "fixes") == ["clean-s1"]
@@ -213,7 +218,8 @@ def test_an_old_snapshot_merges_down_the_newer_layer(repo, mount, open_):
     fix = json.loads((repo / "fixes/merge-s1").read_text())
     assert "MiB of s2 down into it" in fix["description"], fix
     assert fix["bytes_estimate"] < 4 * MiB, fix  # not s1's 48 MiB
-    with open(repo / "disks/vm1", "r+b", buffering=0) if open_ else nullcontext() as disk:
+    opened = open(repo / "disks/vm1", "r+b", buffering=0) if open_ else None
+    with opened or contextlib.nullcontext() as disk:
         sh(f"mv {repo}/fixes/merge-s1 {repo}/tasks/")
         if disk is not None:
             write_while(disk, vm1, lambda: bool(active_tasks(repo)))

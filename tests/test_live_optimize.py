@@ -183,9 +183,7 @@ def test_a_stopped_live_flatten_leaves_the_bytes_and_runs_again(mount_on_disk, d
     task = repo / "tasks/optimize-vm1"
     long_chain(repo, SIZE, 16, top_mib=256)
     before = (repo / "disks/vm1").read_bytes()
-    guest = Guest(repo / "disks/vm1")
-    guest.start()
-    try:
+    with Guest(repo / "disks/vm1").writing() as guest:
         with disk.throttled(100 * MiB, reads=True):
             sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
             wait_for(lambda: mirroring(m), 60, "the mirror under way")
@@ -196,9 +194,6 @@ def test_a_stopped_live_flatten_leaves_the_bytes_and_runs_again(mount_on_disk, d
         assert status(repo, "vm1")["state"] == "degraded"
         sh(f"mv {repo}/fixes/optimize-vm1 {repo}/tasks/")
         wait_for(lambda: not active_tasks(repo), TASK_TIMEOUT_S, "the flatten")
-    finally:
-        guest.stop()
-    assert guest.error is None, guest.error
     guest.assert_landed((repo / "disks/vm1").read_bytes(), before)
     assert_flat(repo)
 
