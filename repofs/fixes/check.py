@@ -54,14 +54,19 @@ class Inventory(Holdings):
         ]  # fmt: skip
 
     def headers_to_judge(self) -> list[ImageRecord]:
-        """The live images whose qcow2 headers must agree with their records: all
-        but those an optimize or merge task (whatever its state) works on. Those
-        rewrite a header before the record (fixes/optimize.py, fixes/merge.py),
-        and running the task again sets both right. A merge works on every chain
-        through the layer it folds (or, going down, the one above it)."""
+        """The live images whose qcow2 headers must agree with their records."""
+        rewritten = self.rewritten(self.tasks)
+        return [r for r in self.live if r.id not in rewritten]
+
+    def rewritten(self, tasks: list[Task]) -> set[str]:
+        """The live images whose qcow2 headers one of `tasks` may have rewritten
+        ahead of their records: the image an optimize works on, and for a merge
+        every chain through the layer it folds (or, going down, the one above
+        it). Those rewrite a header before the record (fixes/optimize.py,
+        fixes/merge.py), and running the task again sets both right."""
         rewriting = set()
         folded = set()
-        for task in self.tasks:
+        for task in tasks:
             if task.fix.kind is FixKind.OPTIMIZE:
                 rewriting.add(task.image)
             elif task.fix.kind is FixKind.MERGE:
@@ -69,7 +74,7 @@ class Inventory(Holdings):
                 folded |= {r.top for r in self.trashed if r.id == task.image}
                 if task.checkpoint.target is not None:
                     folded.add(Volume.from_file_name(task.checkpoint.target))
-        return [r for r in self.live if r.id not in rewriting and not folded & set(r.chain)]
+        return {r.id for r in self.live if r.id in rewriting or folded & set(r.chain)}
 
     def named_volumes(self) -> set[str]:
         """Volumes that a record (live or trashed) or a task that may go on names,

@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 from repofs import errors
+from repofs.fixes.check import Inventory
 from repofs.logs import facts
 from repofs.model import ImageKind, ImageRecord, Pending
 from repofs.ops import write_claims
@@ -32,6 +33,10 @@ from repofs.registry import Registry
 from repofs.repository import QUICK_CLONE_EXTENTS, Repository
 
 log = logging.getLogger(__name__)
+
+# An open whose chain a task is rewriting waits this long for it, at most.
+REWRITTEN_WAIT_S = 10
+REWRITTEN_POLL_S = 0.1
 
 
 class OpenImage:
@@ -287,20 +292,29 @@ async def open_image(registry: Registry, repo: Repository, image_id: str, write:
     """Opens an image for one more handle. Snapshots are read-only (EROFS).
 
     A first open holds the image's guard, so that it cannot open the top
-    volume that a snapshot, removal or rename of the image is changing.
+    volume that a snapshot, removal or rename of the image is changing. One
+    whose headers a task rewrote ahead of its record (a merge or optimize that
+    a crash interrupted between the two) waits a moment for that task, which
+    takes the guard to set the record right, and opens then.
     """
     image = await hold_open_image(repo, image_id)
-    if image is None:
-        async with repo.guard(image_id):
-            image = await hold_open_image(repo, image_id)
-            if image is None:
-                record = await repo.read_image(image_id)
-                _check_writable(record.kind, image_id, write)
-                if record.pending is Pending.COPY:
-                    raise errors.RepofsError(
-                        errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
-                    )
-                return await _first_open(registry, repo, record, write)
+    deadline = trio.current_time() + REWRITTEN_WAIT_S
+    while image is None:
+        try:
+            async with repo.guard(image_id):
+                image = await hold_open_image(repo, image_id)
+                if image is None:
+                    record = await repo.read_image(image_id)
+                    _check_writable(record.kind, image_id, write)
+                    if record.pending is Pending.COPY:
+                        raise errors.RepofsError(
+                            errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
+                        )
+                    return await _first_open(registry, repo, record, write)
+        except errors.IOFailure:
+            if trio.current_time() > deadline or not await _being_rewritten(repo, image_id):
+                raise
+            await trio.sleep(REWRITTEN_POLL_S)
     try:
         _check_writable(image.record.kind, image_id, write)
         if write:
@@ -309,6 +323,13 @@ async def open_image(registry: Registry, repo: Repository, image_id: str, write:
         await release_image(image)
         raise
     return image
+
+
+async def _being_rewritten(repo: Repository, image_id: str) -> bool:
+    """Whether a queued or running task may have rewritten the image's headers
+    ahead of its record (fixes/check.py Inventory.rewritten)."""
+    inventory = await Inventory.read(repo, elsewhere=False)
+    return image_id in inventory.rewritten([t for t in inventory.tasks if t.active])
 
 
 async def hold_open_image(repo: Repository, image_id: str) -> OpenImage | None:
