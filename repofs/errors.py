@@ -49,6 +49,10 @@ class IOFailure(RepofsError):
     """EIO: the storage or QEMU failed."""
 
 
+class ChainRefused(IOFailure):
+    """EIO: a chain's qcow2 headers disagree with its record; it was not opened."""
+
+
 _NARROW = {errno.ENOENT: NotFound, errno.EBUSY: Busy, errno.ESTALE: Stale,
            errno.ENOSPC: NoSpace, errno.EIO: IOFailure}  # fmt: skip
 
@@ -95,6 +99,10 @@ def no_space(reason: str) -> RepofsError:
 
 def io_error(reason: str) -> RepofsError:
     return RepofsError(errno.EIO, reason)
+
+
+def chain_refused(reason: str) -> RepofsError:
+    return ChainRefused(errno.EIO, reason)
 
 
 def unreachable(reason: str) -> RepofsError:

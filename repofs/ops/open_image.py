@@ -311,7 +311,7 @@ async def open_image(registry: Registry, repo: Repository, image_id: str, write:
                             errno.EAGAIN, f"{image_id} is not usable yet: {record.last_error}"
                         )
                     return await _first_open(registry, repo, record, write)
-        except errors.IOFailure:
+        except errors.ChainRefused:
             if trio.current_time() > deadline or not await _being_rewritten(repo, image_id):
                 raise
             await trio.sleep(REWRITTEN_POLL_S)

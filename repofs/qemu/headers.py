@@ -245,4 +245,4 @@ async def verify_chain(looks: HeaderLooks, layers: list[tuple[Path, VolumeFormat
             raise errors.io_error(f"volume {path.name} is missing: refused, never opened")
     found = disagreement(layers, headers)
     if found is not None:
-        raise errors.io_error(f"{found}: refused, never opened")
+        raise errors.chain_refused(f"{found}: refused, never opened")
