@@ -358,30 +358,26 @@ class StorageDaemon:
         `settle` cancels the job. ENOENT, EIO as `_job`."""
         mirrored: str | None = None  # the target's node, if it is added for a mirror
         await self._wait_ready()
-        async with self._node_lock:  # no resize in between (resize: EBUSY once it runs)
-            node = self._open(top)
-            layers = await self._layer_nodes(node.top)
-            info = next(n["image"] for n in await self._qmp.execute("query-named-block-nodes")
-                        if n["node-name"] == node.top)  # fmt: skip
-            if Path(info.get("full-backing-filename", "")) == target:
-                command, arguments = "block-commit", {"device": node.top, "base-node": layers[1]}
-            else:
-                # A mirror wants its target as long as the top: the disk may have
-                # grown since the target was made, and qcow2 rounds sizes up.
-                await trio.to_thread.run_sync(_grow_file, target, info["virtual-size"])
-                mirrored = f"img{next(self._names)}"
-                await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
-                command = "blockdev-mirror"
-                arguments = {"device": node.top, "target": mirrored, "sync": "top"}
-            log.info("%s from the top %s into %s, kept in sync", command, top.name, target.name)
-            try:
-                job = await self._start_job_locked(node, command, arguments)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    if mirrored is not None:
-                        await self._qmp.execute("blockdev-del", {"node-name": mirrored})
-                raise
         try:
+            async with self._node_lock:  # no resize in between (resize: EBUSY once it runs)
+                node = self._open(top)
+                layers = await self._layer_nodes(node.top)
+                info = next(n["image"] for n in await self._qmp.execute("query-named-block-nodes")
+                            if n["node-name"] == node.top)  # fmt: skip
+                if Path(info.get("full-backing-filename", "")) == target:
+                    command = "block-commit"
+                    arguments = {"device": node.top, "base-node": layers[1]}
+                else:
+                    # A mirror wants its target as long as the top: the disk may have
+                    # grown since the target was made, and qcow2 rounds sizes up.
+                    await trio.to_thread.run_sync(_grow_file, target, info["virtual-size"])
+                    mirrored = f"img{next(self._names)}"
+                    await self._qmp.execute("blockdev-add", _raw_node(mirrored, target))
+                    command = "blockdev-mirror"
+                    arguments = {"device": node.top, "target": mirrored, "sync": "top"}
+                log.info("%s from the top %s into %s, kept in sync", command, top.name,
+                         target.name)  # fmt: skip
+                job = await self._start_job_locked(node, command, arguments)
             async with self._running(node, job):
                 await self._wait_for_job(job, report, "ready")
 
